@@ -1,0 +1,104 @@
+// dialmark snippet entry: <script async src="https://TRACKER/snippet.js" data-site="SITE_ID"></script>
+import { replacer } from './phone.js';
+import { touches, visitorId, saveVid, get, set, del } from './source.js';
+import { swap } from './swap.js';
+import { post } from './api.js';
+
+const w = window, d = document, de = d.documentElement, L = location, H = history, N = navigator;
+
+const init = () => {
+  const s = d.currentScript || d.querySelector('script[data-site]'), o = s.dataset, site = o.site,
+    base = (o.tracker || new URL(s.src).origin).replace(/\/$/, ''),
+    ms = +o.timeout || 1000, af = +o.antiflicker, https = L.protocol == 'https:',
+    SK = '_dm_s_' + site, vis = () => d.visibilityState == 'visible',
+    kaUrl = () => base + '/v1/visits/' + cur.session_id + '/keepalive';
+  let ls, on, cur, fx, tel, timer, mo, busy, deb, vid, src, from = [];
+  try { ls = localStorage; } catch (e) {}
+
+  const show = () => { if (af) de.style.opacity = ''; };
+
+  const run = () => {
+    if (fx) swap(de, fx, tel);
+    if (mo) mo.takeRecords(); // drop the records of our own edits
+  };
+  const later = () => { clearTimeout(deb); deb = setTimeout(run, 50); };
+
+  const save = () => { cur.ts = Date.now(); set(ls, SK, cur); };
+
+  const beacon = () => { if (on && cur && N.sendBeacon) N.sendBeacon(kaUrl(), JSON.stringify({ site })); };
+
+  const tick = () => {
+    if (on && cur) post(kaUrl(), { site }, ms).then(r => {
+      if (r.status == 404 || r.status == 410) visit(); // lease lost: ask again, re-swap
+      else if (r.ok) save();
+    }, () => {});
+  };
+  const sched = () => {
+    clearInterval(timer);
+    if (on && cur && vis()) timer = setInterval(tick, (cur.keepalive_seconds || 30) * 1000);
+  };
+
+  const watch = () => {
+    if (mo) return;
+    mo = new MutationObserver(later);
+    mo.observe(de, { childList: true, subtree: true, characterData: true, attributes: true, attributeFilter: ['href'] });
+    addEventListener('popstate', later);
+    ['pushState', 'replaceState'].forEach(k => {
+      const f = H[k];
+      H[k] = function () { const r = f.apply(this, arguments); later(); return r; };
+    });
+    d.addEventListener('visibilitychange', () => { vis() ? tick() : beacon(); sched(); });
+    addEventListener('pagehide', beacon);
+  };
+
+  const apply = r => {
+    if (api.number && api.number != r.number) from.push(api.number); // re-swap a number we showed before
+    [fx, tel] = replacer((r.replace || []).concat(from), r.number, r.display);
+    api.number = r.number; api.display = r.display; api.session = r.session_id;
+    run();
+  };
+
+  const visit = () => {
+    if (busy) return;
+    busy = 1;
+    const st = get(ls, SK), young = st && Date.now() - st.ts < (st.hold_seconds || 900) * 1000;
+    post(base + '/v1/visits', Object.assign({ site, visitor_id: vid, session_id: young ? st.session_id : void 0, url: L.href }, src.c, { first_touch: src.f }), ms)
+      .then(r => { if (!r.ok) throw 0; return r.json(); })
+      .then(r => {
+        if (!on || !r.number) return;
+        cur = r; save();
+        if (r.visitor_id) vid = saveVid(d, ls, r.visitor_id, https);
+        apply(r); watch(); sched();
+      })
+      .catch(() => {})
+      .then(() => { busy = 0; show(); });
+  };
+
+  const start = () => {
+    if (on) return;
+    on = 1;
+    if (af) { de.style.opacity = 0; setTimeout(show, af); }
+    vid = visitorId(d, ls, https);
+    src = touches(ls, L.href, d.referrer);
+    visit();
+  };
+
+  const stop = () => {
+    on = fx = cur = 0;
+    clearInterval(timer);
+    api.number = api.display = api.session = null;
+    ['_dm_vid', '_dm_src', SK].forEach(k => del(ls, k));
+    d.cookie = '_dm_vid=;path=/;max-age=0';
+    show();
+  };
+
+  const api = w.dialmark = {
+    swap: r => { if (fx) swap(r || de, fx, tel); },
+    consent: c => (c ? start() : stop()),
+    session: null, number: null, display: null,
+  };
+
+  if (o.consent != 'required' || w.dialmarkConsent === true) start();
+};
+
+if (!(w.dialmark && w.dialmark.consent)) init();

@@ -1,0 +1,162 @@
+# shellcheck shell=bash
+# Shared helpers of ops/up, ops/down and ops/test: install what is missing,
+# start and stop local services on loopback with their data under var/.
+# Every process we start is tracked by a PID file and stopped by it, never
+# by name, so nothing else on the machine is touched.
+
+DM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export DM_ROOT
+
+dm_log() { printf '[dialmark] %s\n' "$*" >&2; }
+dm_die() { printf '[dialmark] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Debian packages the project needs, by the command that proves each is there.
+DM_PACKAGES=(
+  "redis-server:redis-server"
+  "redis-cli:redis-tools"
+  "clickhouse-server:clickhouse-server"
+  "clickhouse-client:clickhouse-client"
+  "sipp:sip-tester"
+  "curl:curl"
+  "python3:python3"
+  "node:nodejs"
+  "npm:npm"
+)
+
+# dm_install [extra "cmd:package" ...]: apt-get install whatever is missing.
+dm_install() {
+  local missing=() entry cmd pkg
+  for entry in "${DM_PACKAGES[@]}" "$@"; do
+    cmd=${entry%%:*}; pkg=${entry#*:}
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  dm_log "installing: ${missing[*]}"
+  command -v apt-get >/dev/null || dm_die "apt-get not found; install ${missing[*]} by hand"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq || dm_die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || dm_die "apt-get install ${missing[*]} failed"
+}
+
+# dm_pid_alive PIDFILE: the process in PIDFILE is running.
+dm_pid_alive() {
+  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+# dm_stop_pid NAME PIDFILE: TERM, wait up to 10 s, then KILL.
+dm_stop_pid() {
+  local name=$1 pidfile=$2 pid i
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      dm_log "$name did not stop on TERM; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$pidfile"
+}
+
+# dm_wait NAME SECONDS COMMAND...: retry COMMAND until it succeeds.
+dm_wait() {
+  local name=$1 secs=$2 i
+  shift 2
+  for i in $(seq 1 $((secs * 5))); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  dm_die "$name not ready after ${secs}s"
+}
+
+# dm_redis_start DIR PORT [extra redis-server args]
+dm_redis_start() {
+  local dir=$1 port=$2
+  shift 2
+  mkdir -p "$dir"
+  if dm_pid_alive "$dir/redis.pid"; then
+    dm_log "redis on $port already running"
+    return 0
+  fi
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+    --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir" "$@" \
+    || dm_die "redis-server failed to start; see $dir/redis.log"
+  dm_wait "redis :$port" 10 redis-cli -p "$port" ping
+}
+
+dm_redis_stop() { dm_stop_pid redis "$1/redis.pid"; }
+
+# dm_clickhouse_start DIR HTTP_PORT TCP_PORT INTERSERVER_PORT
+# Runs the Debian clickhouse-server from a config generated from the
+# packaged one, with every path under DIR and ports of our own.
+dm_clickhouse_start() {
+  local dir=$1 http=$2 tcp=$3 inter=$4
+  mkdir -p "$dir"/{data,tmp,user_files,format_schemas,log,etc}
+  if dm_pid_alive "$dir/clickhouse.pid"; then
+    dm_log "clickhouse on $http already running"
+    return 0
+  fi
+  python3 - "$dir" "$http" "$tcp" "$inter" <<'PY' || dm_die "could not write the clickhouse config"
+import re, sys
+d, http, tcp, inter = sys.argv[1:5]
+src = open('/etc/clickhouse-server/config.xml').read()
+def tag(name, value):
+    global src
+    src, n = re.subn(r'<%s>[^<]*</%s>' % (name, name), '<%s>%s</%s>' % (name, value, name), src, count=1)
+    if n != 1:
+        raise SystemExit('config.xml has no <%s>' % name)
+tag('path', d + '/data/')
+tag('tmp_path', d + '/tmp/')
+tag('user_files_path', d + '/user_files/')
+tag('format_schema_path', d + '/format_schemas/')
+tag('log', d + '/log/clickhouse-server.log')
+tag('errorlog', d + '/log/clickhouse-server.err.log')
+tag('http_port', http)
+tag('tcp_port', tcp)
+tag('interserver_http_port', inter)
+src = src.replace('<http_port>', '<listen_host>127.0.0.1</listen_host>\n    <http_port>', 1)
+src = re.sub(r'<users_config>[^<]*</users_config>', '<users_config>%s/etc/users.xml</users_config>' % d, src)
+open(d + '/etc/config.xml', 'w').write(src)
+users = open('/etc/clickhouse-server/users.xml').read()
+# LowCardinality is experimental in 18.16; allow it for every query.
+users = users.replace('<default>\n', '<default>\n            <allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>\n', 1)
+open(d + '/etc/users.xml', 'w').write(users)
+PY
+  # Not --daemon: the process we start is the server, so $! is its PID.
+  (cd "$dir" || exit 1
+   nohup clickhouse-server --config-file="$dir/etc/config.xml" >"$dir/log/stdout.log" 2>&1 &
+   echo $! >"$dir/clickhouse.pid")
+  dm_wait "clickhouse :$http" 60 curl -sf "http://127.0.0.1:$http/?query=SELECT%201"
+}
+
+dm_clickhouse_stop() { dm_stop_pid clickhouse "$1/clickhouse.pid"; }
+
+# dm_spawn NAME PIDFILE LOGFILE COMMAND...: start a long-running process.
+dm_spawn() {
+  local name=$1 pidfile=$2 logfile=$3
+  shift 3
+  if dm_pid_alive "$pidfile"; then
+    dm_log "$name already running (pid $(cat "$pidfile"))"
+    return 0
+  fi
+  mkdir -p "$(dirname "$pidfile")" "$(dirname "$logfile")"
+  nohup "$@" >"$logfile" 2>&1 &
+  echo $! >"$pidfile"
+}
+
+# dm_snippet_build: npm ci + build of js-snippet (skipped when up to date).
+dm_snippet_build() {
+  local js="$DM_ROOT/js-snippet"
+  [ -f "$js/package.json" ] || return 0
+  if [ ! -d "$js/node_modules" ] || [ "$js/package-lock.json" -nt "$js/node_modules" ]; then
+    (cd "$js" && npm ci --no-audit --no-fund --loglevel=error) || dm_die "npm ci in js-snippet failed"
+    touch "$js/node_modules"
+  fi
+  (cd "$js" && npm run --silent build) || dm_die "snippet build failed"
+}

@@ -1,0 +1,83 @@
+//! ClickHouse connection: one way to build a client that works with both
+//! ClickHouse 18.16 and current servers, and the classification of server
+//! errors into "retry later" and "poison" (retrying cannot help).
+
+use clickhouse::Client;
+
+use crate::config::ClickHouseConfig;
+
+/// A client for the server, without a database selected.
+///
+/// Validation is off because 18.16 cannot answer the crate's schema probe
+/// (it needs RowBinaryWithNamesAndTypes).
+pub fn server_client(cfg: &ClickHouseConfig) -> Client {
+    let mut c = Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_validation(false);
+    if !cfg.password.is_empty() {
+        c = c.with_password(&cfg.password);
+    }
+    c
+}
+
+/// A client bound to the dialmark database.
+pub fn client(cfg: &ClickHouseConfig) -> Client {
+    server_client(cfg).with_database(&cfg.database)
+}
+
+/// ClickHouse error codes that mean the request itself is wrong: schema
+/// mismatch, unknown table or column, type or parse errors. Resending the
+/// same rows cannot succeed.
+const POISON_CODES: &[u32] = &[
+    16,  // NO_SUCH_COLUMN_IN_TABLE
+    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    33,  // CANNOT_READ_ALL_DATA
+    36,  // BAD_ARGUMENTS
+    47,  // UNKNOWN_IDENTIFIER
+    53,  // TYPE_MISMATCH
+    60,  // UNKNOWN_TABLE
+    62,  // SYNTAX_ERROR
+    81,  // UNKNOWN_DATABASE
+    117, // INCORRECT_DATA
+];
+
+/// Whether an error is worth retrying (server down, slow, overloaded).
+pub fn retryable(err: &clickhouse::error::Error) -> bool {
+    use clickhouse::error::Error as E;
+    match err {
+        E::BadResponse(text) => match error_code(text) {
+            Some(code) => !POISON_CODES.contains(&code),
+            None => true,
+        },
+        E::Network(_) | E::TimedOut => true,
+        _ => false,
+    }
+}
+
+/// The `Code: N` of a ClickHouse error text.
+fn error_code(text: &str) -> Option<u32> {
+    let rest = &text[text.find("Code: ")? + 6..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_server_errors() {
+        let poison = clickhouse::error::Error::BadResponse(
+            "Code: 60, e.displayText() = DB::Exception: Table x.y doesn't exist".into(),
+        );
+        assert!(!retryable(&poison));
+        let busy = clickhouse::error::Error::BadResponse(
+            "Code: 241, e.displayText() = DB::Exception: Memory limit exceeded".into(),
+        );
+        assert!(retryable(&busy));
+        assert!(retryable(&clickhouse::error::Error::TimedOut));
+    }
+}

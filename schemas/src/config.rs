@@ -1,0 +1,506 @@
+//! The one config file of both services.
+//!
+//! A TOML file parsed into `Raw*` serde structs (every field has a default,
+//! unknown fields are refused), then [`RawConfig::validate`] turns it into a
+//! [`Config`] before any I/O: a bad value fails start-up with the field's
+//! dotted path in the message. The doc comments on the fields are the config
+//! reference (see README).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::number::NumberingPlan;
+
+/// Config as written in the file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub clickhouse: ClickHouseConfig,
+    #[serde(default)]
+    pub sink: SinkConfig,
+    #[serde(default)]
+    pub numbering: NumberingPlan,
+    #[serde(default)]
+    pub tracker: TrackerConfig,
+    #[serde(default)]
+    pub router: RouterConfig,
+}
+
+/// Validated config. Same shape as [`RawConfig`]; only [`RawConfig::validate`]
+/// makes one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub redis: RedisConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub sink: SinkConfig,
+    pub numbering: NumberingPlan,
+    pub tracker: TrackerConfig,
+    pub router: RouterConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` of a single node. Ignored when `cluster` is set.
+    pub url: String,
+    /// Seed nodes (`redis://host:port`) of a Redis Cluster.
+    pub cluster: Vec<String>,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".into(),
+            cluster: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint of the ClickHouse server.
+    pub url: String,
+    /// Database holding the dialmark tables; created by the migrations.
+    pub database: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "dialmark".into(),
+            user: "default".into(),
+            password: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// Rows per INSERT at most.
+    pub batch_rows: usize,
+    /// A partial batch is sent after this many milliseconds.
+    pub flush_ms: u64,
+    /// Rows held in memory per table before callers are refused.
+    pub queue_rows: usize,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            batch_rows: 10_000,
+            flush_ms: 1_000,
+            queue_rows: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerConfig {
+    /// HTTP listen address (snippet API, admin API, metrics).
+    pub listen: SocketAddr,
+    /// Bearer token of the admin API; the admin API is off when empty.
+    pub admin_token: String,
+    /// The built snippet served at `/snippet.js`.
+    pub snippet_path: PathBuf,
+    /// MaxMind City database for visitor geo; geo is empty when unset.
+    pub geoip_db: Option<PathBuf>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// A lease lives this long after the last keep-alive.
+    pub hold_seconds: u32,
+    /// A lease never lives longer than this in total.
+    pub max_hold_seconds: u32,
+    /// A released number rests this long before it is leased again.
+    pub cooldown_seconds: u32,
+    /// A call within this long after a lease ended is still attributed to it.
+    pub attribution_window_seconds: u32,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("literal"),
+            admin_token: String::new(),
+            snippet_path: "js-snippet/dist/snippet.js".into(),
+            geoip_db: None,
+            trusted_proxies: Vec::new(),
+            hold_seconds: 900,
+            max_hold_seconds: 4 * 3600,
+            cooldown_seconds: 60,
+            attribution_window_seconds: 1800,
+            max_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// UDP listen address.
+    pub udp: SocketAddr,
+    /// TCP listen address; TCP is off when unset.
+    pub tcp: Option<SocketAddr>,
+    /// Address put in Via and Record-Route; defaults to `udp`.
+    pub advertise: Option<SocketAddr>,
+    /// Carrier addresses allowed to start calls. Everyone else gets 403.
+    pub trusted_sources: Vec<IpNet>,
+    /// Reply to calls for quarantine and stock numbers (404, 410 or 480).
+    pub reject_code: u16,
+    /// Fail over when a trunk sent no provisional reply within this time.
+    pub provisional_timeout_ms: u64,
+    /// Final replies from a trunk that make us try the next trunk.
+    pub failover_codes: Vec<u16>,
+    /// Hunt to the next destination after ringing this long.
+    pub ring_timeout_seconds: u64,
+    /// The caller never waits longer than this for an answer.
+    pub overall_timeout_seconds: u64,
+    /// An answered call's record is closed as `timeout` after this long.
+    pub max_call_seconds: u64,
+    /// Local route cache lifetime for DID records read from Redis.
+    pub route_cache_ms: u64,
+    /// HTTP listen address of `/metrics` and `/status`.
+    pub http: SocketAddr,
+    /// Alertmanager-compatible webhook for trunk state changes.
+    pub alert_webhook: Option<String>,
+    /// SIP header carrying the visit's source to the client's PBX.
+    pub source_header: String,
+    /// SIP header carrying the visit's session id to the client's PBX.
+    pub session_header: String,
+    pub probe: ProbeConfig,
+    pub trunks: Vec<TrunkConfig>,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            udp: "127.0.0.1:5060".parse().expect("literal"),
+            tcp: None,
+            advertise: None,
+            trusted_sources: vec!["127.0.0.1/32".parse().expect("literal")],
+            reject_code: 404,
+            provisional_timeout_ms: 2_000,
+            failover_codes: vec![408, 500, 502, 503, 504],
+            ring_timeout_seconds: 20,
+            overall_timeout_seconds: 60,
+            max_call_seconds: 4 * 3600,
+            route_cache_ms: 5_000,
+            http: "127.0.0.1:9060".parse().expect("literal"),
+            alert_webhook: None,
+            source_header: "X-Dialmark-Source".into(),
+            session_header: "X-Dialmark-Session".into(),
+            probe: ProbeConfig::default(),
+            trunks: Vec::new(),
+        }
+    }
+}
+
+impl RouterConfig {
+    /// The address we put in Via and Record-Route.
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.udp)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    /// Seconds between OPTIONS probes of a trunk; 0 turns probing off.
+    pub interval_seconds: u64,
+    /// A probe without a reply after this long has failed.
+    pub timeout_ms: u64,
+    /// Consecutive failures that mark a trunk down.
+    pub down_after: u32,
+    /// Consecutive successes that mark a down trunk up again.
+    pub up_after: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            interval_seconds: 10,
+            timeout_ms: 1_000,
+            down_after: 3,
+            up_after: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    pub name: String,
+    /// `host:port` of the trunk's SIP endpoint.
+    pub address: SocketAddr,
+    /// Trunk group; numbers route to a group.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Lower is tried first.
+    #[serde(default)]
+    pub priority: u32,
+    /// Share among trunks of equal priority.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Concurrent calls at most; 0 = unlimited.
+    #[serde(default)]
+    pub max_calls: u32,
+    /// New calls per second at most; 0 = unlimited.
+    #[serde(default)]
+    pub max_cps: u32,
+}
+
+fn default_group() -> String {
+    "default".into()
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl RawConfig {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
+        toml::from_str(text).map_err(|e| Error::ConfigParse {
+            path: origin.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every field that a type alone cannot.
+    pub fn validate(self) -> Result<Config, Error> {
+        if self.redis.url.is_empty() && self.redis.cluster.is_empty() {
+            return Err(Error::config("redis.url", "set url or cluster"));
+        }
+        for (i, u) in self.redis.cluster.iter().enumerate() {
+            if !u.starts_with("redis://") {
+                return Err(Error::config(
+                    format!("redis.cluster[{i}]"),
+                    "must start with redis://",
+                ));
+            }
+        }
+        if !self.clickhouse.url.starts_with("http://")
+            && !self.clickhouse.url.starts_with("https://")
+        {
+            return Err(Error::config(
+                "clickhouse.url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if !is_identifier(&self.clickhouse.database) {
+            return Err(Error::config(
+                "clickhouse.database",
+                "must be letters, digits and _ and not start with a digit",
+            ));
+        }
+        if self.sink.batch_rows == 0 {
+            return Err(Error::config("sink.batch_rows", "must be at least 1"));
+        }
+        if self.sink.queue_rows < self.sink.batch_rows {
+            return Err(Error::config(
+                "sink.queue_rows",
+                "must be at least sink.batch_rows",
+            ));
+        }
+        self.numbering.validate()?;
+        let t = &self.tracker;
+        if t.hold_seconds == 0 {
+            return Err(Error::config("tracker.hold_seconds", "must be at least 1"));
+        }
+        if t.max_hold_seconds < t.hold_seconds {
+            return Err(Error::config(
+                "tracker.max_hold_seconds",
+                "must be at least tracker.hold_seconds",
+            ));
+        }
+        if t.max_body_bytes < 256 {
+            return Err(Error::config(
+                "tracker.max_body_bytes",
+                "must be at least 256",
+            ));
+        }
+        let r = &self.router;
+        if ![404, 410, 480].contains(&r.reject_code) {
+            return Err(Error::config(
+                "router.reject_code",
+                "must be 404, 410 or 480",
+            ));
+        }
+        for (i, c) in r.failover_codes.iter().enumerate() {
+            if !(300..=699).contains(c) {
+                return Err(Error::config(
+                    format!("router.failover_codes[{i}]"),
+                    "must be a final SIP status (300-699)",
+                ));
+            }
+            if [404, 486, 600, 603].contains(c) {
+                return Err(Error::config(
+                    format!("router.failover_codes[{i}]"),
+                    "404/486/600/603 mean the callee said no; never fail over on them",
+                ));
+            }
+        }
+        if r.provisional_timeout_ms == 0 {
+            return Err(Error::config(
+                "router.provisional_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if r.overall_timeout_seconds == 0 {
+            return Err(Error::config(
+                "router.overall_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        if r.probe.down_after == 0 {
+            return Err(Error::config(
+                "router.probe.down_after",
+                "must be at least 1",
+            ));
+        }
+        if r.probe.up_after == 0 {
+            return Err(Error::config("router.probe.up_after", "must be at least 1"));
+        }
+        if let Some(w) = &r.alert_webhook {
+            if !w.starts_with("http://") && !w.starts_with("https://") {
+                return Err(Error::config(
+                    "router.alert_webhook",
+                    "must be an http(s) URL",
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, tr) in r.trunks.iter().enumerate() {
+            if tr.name.is_empty()
+                || !tr
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(Error::config(
+                    format!("router.trunks[{i}].name"),
+                    "must be non-empty letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if !names.insert(tr.name.clone()) {
+                return Err(Error::config(
+                    format!("router.trunks[{i}].name"),
+                    format!("duplicate trunk name {:?}", tr.name),
+                ));
+            }
+            if tr.weight == 0 {
+                return Err(Error::config(
+                    format!("router.trunks[{i}].weight"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        Ok(Config {
+            redis: self.redis,
+            clickhouse: self.clickhouse,
+            sink: self.sink,
+            numbering: self.numbering,
+            tracker: self.tracker,
+            router: self.router,
+        })
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.display().to_string(),
+            source,
+        })?;
+        RawConfig::parse(&text, &path.display().to_string())?.validate()
+    }
+
+    /// Parses and validates config text (tests, embedded defaults).
+    pub fn from_toml(text: &str) -> Result<Config, Error> {
+        RawConfig::parse(text, "<inline>")?.validate()
+    }
+}
+
+/// A ClickHouse/SQL identifier we are willing to splice into DDL.
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.tracker.hold_seconds, 900);
+        assert_eq!(c.router.provisional_timeout_ms, 2_000);
+        assert_eq!(c.router.failover_codes, vec![408, 500, 502, 503, 504]);
+        assert_eq!(c.clickhouse.database, "dialmark");
+        assert_eq!(c.router.advertised(), c.router.udp);
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../ops/dialmark.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.router.trunks.len(), 2);
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_name() {
+        let err = Config::from_toml("[tracker]\nhold_secs = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hold_secs"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            ("[clickhouse]\ndatabase = \"x; DROP\"\n", "clickhouse.database"),
+            ("[clickhouse]\nurl = \"tcp://x\"\n", "clickhouse.url"),
+            ("[tracker]\nhold_seconds = 0\n", "tracker.hold_seconds"),
+            ("[tracker]\nhold_seconds = 100\nmax_hold_seconds = 10\n", "tracker.max_hold_seconds"),
+            ("[router]\nreject_code = 500\n", "router.reject_code"),
+            ("[router]\nfailover_codes = [486]\n", "router.failover_codes[0]"),
+            ("[router.probe]\ndown_after = 0\n", "router.probe.down_after"),
+            ("[numbering]\ncountry_code = \"x\"\n", "numbering.country_code"),
+            (
+                "[[router.trunks]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[router.trunks]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\n",
+                "router.trunks[1].name",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(field), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn type_errors_are_reported_with_the_key() {
+        let err = Config::from_toml("[router]\nudp = \"not an address\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("udp"), "{err}");
+    }
+}

@@ -1,0 +1,44 @@
+//! The dialmark data contract, shared by the tracker and the SIP router.
+//!
+//! Everything both services must agree on lives here, so that a change to a
+//! table, a Redis key or a config field is one change in one place.
+//!
+//! # Layout
+//! - [`ch`]: building a ClickHouse client; retry vs poison errors.
+//! - [`config`]: the one TOML config format of both services, with defaults
+//!   and a `validate()` that names the bad field.
+//! - [`number`]: the one E.164 number normaliser.
+//! - [`migrate`]: ordered, idempotent ClickHouse migrations recorded in
+//!   `schema_migrations`.
+//! - [`rows`]: the row types written to ClickHouse.
+//! - [`runtime`]: process plumbing shared by both binaries.
+//! - [`sink`]: the batching ClickHouse sink that never blocks a caller.
+//! - [`error`]: the crate's error type.
+#![forbid(unsafe_code)]
+
+pub mod ch;
+pub mod config;
+pub mod error;
+pub mod migrate;
+pub mod number;
+pub mod rows;
+pub mod runtime;
+pub mod sink;
+
+pub use error::Error;
+
+/// Seconds since the Unix epoch, the unit of every `DateTime` column.
+pub fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+/// FNV-1a 64: a stable content hash (migration checksums, ETags); not for
+/// security.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,196 @@
+//! ClickHouse migrations: the DDL files under `schemas/migrations/`, embedded
+//! at build time, applied in version order, each recorded in
+//! `schema_migrations` with a checksum. Applying is idempotent (already
+//! recorded versions are skipped, every statement is `IF NOT EXISTS`), and a
+//! recorded migration whose text changed afterwards stops start-up instead
+//! of silently diverging.
+
+use clickhouse::{Client, Row};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::error::Error;
+
+/// One migration file.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order. A test checks this list against the files.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_base.sql",
+    sql: include_str!("../migrations/0001_base.sql"),
+}];
+
+#[derive(Debug, Row, Serialize, Deserialize)]
+struct Applied {
+    version: u32,
+    name: String,
+    checksum: String,
+    applied_at: u32,
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub applied: Vec<u32>,
+    pub skipped: Vec<u32>,
+}
+
+impl Migration {
+    /// The statements of the file, comments and blank lines removed.
+    pub fn statements(&self) -> Vec<String> {
+        let text: String = self
+            .sql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// FNV-1a of the file text: stable across builds and platforms.
+    pub fn checksum(&self) -> String {
+        format!("{:016x}", crate::fnv1a(self.sql.as_bytes()))
+    }
+}
+
+/// Creates the database if needed and applies every pending migration.
+///
+/// `server` is a client without a database; the database name must be a
+/// plain identifier (checked by config validation).
+pub async fn apply(server: &Client, database: &str) -> Result<Report, Error> {
+    apply_list(server, database, MIGRATIONS).await
+}
+
+pub(crate) async fn apply_list(
+    server: &Client,
+    database: &str,
+    migrations: &[Migration],
+) -> Result<Report, Error> {
+    if !crate::config::is_identifier(database) {
+        return Err(Error::MigrationInvalid {
+            name: database.into(),
+            reason: "database name is not a plain identifier".into(),
+        });
+    }
+    server
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {database}"))
+        .execute()
+        .await?;
+    let db = server.clone().with_database(database);
+    db.query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (\
+            version UInt32, name String, checksum String, applied_at DateTime\
+         ) ENGINE = ReplacingMergeTree ORDER BY version",
+    )
+    .execute()
+    .await?;
+    let done: Vec<Applied> = db
+        .query("SELECT version, name, checksum, toUInt32(applied_at) FROM schema_migrations FINAL ORDER BY version")
+        .fetch_all()
+        .await?;
+    let mut report = Report::default();
+    for m in migrations {
+        let checksum = m.checksum();
+        if let Some(prev) = done.iter().find(|a| a.version == m.version) {
+            if prev.checksum != checksum {
+                return Err(Error::MigrationChanged {
+                    version: m.version,
+                    name: m.name.into(),
+                    applied: prev.checksum.clone(),
+                    current: checksum,
+                });
+            }
+            report.skipped.push(m.version);
+            continue;
+        }
+        let statements = m.statements();
+        if statements.is_empty() {
+            return Err(Error::MigrationInvalid {
+                name: m.name.into(),
+                reason: "no statements".into(),
+            });
+        }
+        for sql in statements {
+            db.query(&sql).execute().await?;
+        }
+        let mut insert = db.insert::<Applied>("schema_migrations").await?;
+        insert
+            .write(&Applied {
+                version: m.version,
+                name: m.name.into(),
+                checksum,
+                applied_at: crate::unix_now(),
+            })
+            .await?;
+        insert.end().await?;
+        info!(
+            migration.version = m.version,
+            migration.name = m.name,
+            "applied migration"
+        );
+        report.applied.push(m.version);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_is_listed_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        assert_eq!(files, listed);
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+            assert!(m.name.starts_with(&format!("{:04}_", m.version)));
+        }
+    }
+
+    #[test]
+    fn statements_split_and_skip_comments() {
+        let m = Migration {
+            version: 9,
+            name: "x",
+            sql: "-- a; comment\nCREATE TABLE a (x UInt8) ENGINE = Memory;\n\nCREATE TABLE b (y String) ENGINE = Memory;\n",
+        };
+        let s = m.statements();
+        assert_eq!(s.len(), 2);
+        assert!(s[0].starts_with("CREATE TABLE a"));
+        assert!(!m.checksum().is_empty());
+    }
+
+    #[test]
+    fn base_ddl_stays_in_the_portable_subset() {
+        for m in MIGRATIONS {
+            let up = m.sql.to_uppercase();
+            for banned in [
+                "DATETIME64",
+                "IPV4",
+                "IPV6",
+                " TTL ",
+                "ASOF",
+                "LOWCARDINALITY",
+            ] {
+                assert!(!up.contains(banned), "{} uses {banned}", m.name);
+            }
+        }
+    }
+}

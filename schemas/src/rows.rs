@@ -1,0 +1,272 @@
+//! Row types of the ClickHouse tables (see `migrations/`), in column order,
+//! serialised as RowBinary by the `clickhouse` crate. `DateTime` columns are
+//! `u32` Unix seconds; `Enum8` columns are `#[repr(i8)]` enums whose values
+//! match the DDL.
+
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+use serde_repr::{Deserialize_repr, Serialize_repr};
+use uuid::Uuid;
+
+/// A table and its row type: lets the sink insert any row without naming
+/// the table at each call site.
+pub trait Table:
+    clickhouse::RowOwned + clickhouse::RowWrite + clickhouse::RowRead + Send + Sync
+{
+    const TABLE: &'static str;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
+#[repr(i8)]
+pub enum NumberKind {
+    None = 0,
+    Pool = 1,
+    Overflow = 2,
+    Static = 3,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+pub struct Visit {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub visit_id: Uuid,
+    pub ts: u32,
+    pub site: String,
+    pub pool: String,
+    pub session_id: String,
+    pub visitor_id: String,
+    pub number: String,
+    pub number_kind: NumberKind,
+    pub url: String,
+    pub referrer: String,
+    pub utm_source: String,
+    pub utm_medium: String,
+    pub utm_campaign: String,
+    pub utm_term: String,
+    pub utm_content: String,
+    pub gclid: String,
+    pub yclid: String,
+    pub fbclid: String,
+    pub msclkid: String,
+    pub ip: String,
+    pub country: String,
+    pub region: String,
+    pub city: String,
+    pub user_agent: String,
+}
+
+impl Table for Visit {
+    const TABLE: &'static str = "visits";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
+#[repr(i8)]
+pub enum LeaseEvent {
+    Lease = 1,
+    Reclaim = 2,
+    Overflow = 3,
+    Release = 4,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+pub struct NumberLease {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+    pub ts: u32,
+    pub site: String,
+    pub pool: String,
+    pub number: String,
+    pub session_id: String,
+    pub visitor_id: String,
+    pub event: LeaseEvent,
+    pub expires_at: u32,
+}
+
+impl Table for NumberLease {
+    const TABLE: &'static str = "number_leases";
+}
+
+/// Status of a number in its lifecycle, as stored in Redis routing records
+/// and in `calls.number_status` / `number_events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize_repr, Deserialize_repr)]
+#[repr(i8)]
+pub enum NumberStatus {
+    Unknown = 0,
+    Active = 1,
+    Quarantine = 2,
+    Stock = 3,
+}
+
+impl NumberStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NumberStatus::Unknown => "unknown",
+            NumberStatus::Active => "active",
+            NumberStatus::Quarantine => "quarantine",
+            NumberStatus::Stock => "stock",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "active" => NumberStatus::Active,
+            "quarantine" => NumberStatus::Quarantine,
+            "stock" => NumberStatus::Stock,
+            "unknown" | "none" => NumberStatus::Unknown,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
+#[repr(i8)]
+pub enum Disposition {
+    Answered = 1,
+    Missed = 2,
+    Busy = 3,
+    Abandoned = 4,
+    Failed = 5,
+    RejectedQuarantine = 6,
+    RejectedStock = 7,
+    RejectedUnknown = 8,
+    RejectedUntrusted = 9,
+    Timeout = 10,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize_repr, Deserialize_repr)]
+#[repr(i8)]
+pub enum Attribution {
+    #[default]
+    None = 0,
+    LiveLease = 1,
+    RecentLease = 2,
+    Static = 3,
+    Overflow = 4,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+pub struct Call {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub call_id: Uuid,
+    pub sip_call_id: String,
+    pub received: u32,
+    pub answered: u32,
+    pub ended: u32,
+    pub ring_ms: u32,
+    pub talk_ms: u32,
+    pub caller: String,
+    pub number: String,
+    pub number_status: NumberStatus,
+    pub site: String,
+    pub pool: String,
+    pub disposition: Disposition,
+    pub final_code: u16,
+    pub attempts: u8,
+    pub final_trunk: String,
+    pub destination: String,
+    pub attribution: Attribution,
+    pub session_id: String,
+    pub visitor_id: String,
+    pub source_label: String,
+    pub utm_source: String,
+    pub utm_medium: String,
+    pub utm_campaign: String,
+    pub utm_term: String,
+    pub utm_content: String,
+    pub gclid: String,
+    pub yclid: String,
+    pub referrer: String,
+    pub landing_url: String,
+    pub country: String,
+    pub region: String,
+    pub city: String,
+}
+
+impl Table for Call {
+    const TABLE: &'static str = "calls";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
+#[repr(i8)]
+pub enum Outcome {
+    Answered = 1,
+    Busy = 2,
+    NoAnswer = 3,
+    Rejected = 4,
+    Timeout = 5,
+    TransportError = 6,
+    Canceled = 7,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+pub struct CallAttempt {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub call_id: Uuid,
+    pub attempt: u8,
+    pub sip_call_id: String,
+    pub trunk: String,
+    pub destination: String,
+    pub started: u32,
+    pub ended: u32,
+    pub pdd_ms: u32,
+    pub answer_ms: u32,
+    pub talk_ms: u32,
+    pub final_code: u16,
+    pub reason: String,
+    pub outcome: Outcome,
+    pub failover: u8,
+}
+
+impl Table for CallAttempt {
+    const TABLE: &'static str = "call_attempts";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
+#[repr(i8)]
+pub enum TrunkState {
+    Up = 1,
+    Down = 2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
+#[repr(i8)]
+pub enum TrunkCause {
+    Probe = 1,
+    Passive = 2,
+    Config = 3,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+pub struct TrunkEvent {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+    pub ts: u32,
+    pub trunk: String,
+    pub trunk_group: String,
+    pub state: TrunkState,
+    pub previous: TrunkState,
+    pub cause: TrunkCause,
+    pub reason: String,
+}
+
+impl Table for TrunkEvent {
+    const TABLE: &'static str = "trunk_events";
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+pub struct NumberEvent {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+    pub ts: u32,
+    pub number: String,
+    pub site: String,
+    pub pool: String,
+    /// `Unknown` (0) stands for "none": the number was new.
+    pub from_status: NumberStatus,
+    pub to_status: NumberStatus,
+    pub actor: String,
+    pub reason: String,
+}
+
+impl Table for NumberEvent {
+    const TABLE: &'static str = "number_events";
+}

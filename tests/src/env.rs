@@ -1,0 +1,34 @@
+//! Service endpoints started by `ops/test`, passed in the environment.
+//! Missing variables fail the test with a message naming `ops/test`: these
+//! tests run against real servers, never mocks.
+
+use dialmark_schemas::config::ClickHouseConfig;
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the end-to-end tests through ops/test, which starts the real services")
+    })
+}
+
+/// `redis://127.0.0.1:PORT/` of the test Redis.
+pub fn redis_url() -> String {
+    var("DIALMARK_TEST_REDIS")
+}
+
+/// ClickHouse config for a fresh database named after the test.
+pub fn clickhouse(test: &str) -> ClickHouseConfig {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    ClickHouseConfig {
+        url: var("DIALMARK_TEST_CLICKHOUSE"),
+        database: format!("t_{test}_{}", &suffix[..8]),
+        ..ClickHouseConfig::default()
+    }
+}
+
+/// The repository root (where `target/` and `ops/` are).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}

@@ -1,0 +1,8 @@
+//! Helpers for the end-to-end tests: where `ops/test` started the real
+//! services (read from environment variables it sets), fresh databases per
+//! test, and child processes that are killed when a test ends.
+#![forbid(unsafe_code)]
+
+pub mod env;
+pub mod process;
+pub mod stack;
