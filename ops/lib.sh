@@ -77,9 +77,9 @@ dm_wait() {
 
 # dm_redis_start DIR PORT [extra redis-server args]
 dm_redis_start() {
-  local dir=$1 port=$2
+  local dir port=$2
+  dir=$(mkdir -p "$1" && cd "$1" && pwd)
   shift 2
-  mkdir -p "$dir"
   if dm_pid_alive "$dir/redis.pid"; then
     dm_log "redis on $port already running"
     return 0
@@ -96,7 +96,8 @@ dm_redis_stop() { dm_stop_pid redis "$1/redis.pid"; }
 # Runs the Debian clickhouse-server from a config generated from the
 # packaged one, with every path under DIR and ports of our own.
 dm_clickhouse_start() {
-  local dir=$1 http=$2 tcp=$3 inter=$4
+  local dir http=$2 tcp=$3 inter=$4
+  dir=$(mkdir -p "$1" && cd "$1" && pwd)
   mkdir -p "$dir"/{data,tmp,user_files,format_schemas,log,etc}
   if dm_pid_alive "$dir/clickhouse.pid"; then
     dm_log "clickhouse on $http already running"
@@ -159,4 +160,39 @@ dm_snippet_build() {
     touch "$js/node_modules"
   fi
   (cd "$js" && npm run --silent build) || dm_die "snippet build failed"
+}
+
+# dm_venv: the project's Python venv (var/venv) with the test tools.
+dm_venv() {
+  local venv="$DM_ROOT/var/venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv" || dm_die "python3 -m venv failed (install python3-venv)"
+  fi
+  if ! "$venv/bin/python" -c "import mmdb_writer, netaddr" 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check mmdb-writer netaddr || dm_die "pip install failed"
+  fi
+  echo "$venv"
+}
+
+# dm_redis_cluster_start DIR PORT1 PORT2 PORT3: a 3-master Redis Cluster.
+dm_redis_cluster_start() {
+  local dir=$1 p
+  shift
+  for p in "$@"; do
+    dm_redis_start "$dir/$p" "$p" --cluster-enabled yes --cluster-config-file "$dir/$p/nodes.conf" \
+      --cluster-node-timeout 2000
+  done
+  local nodes=()
+  for p in "$@"; do nodes+=("127.0.0.1:$p"); done
+  if ! redis-cli -p "$1" cluster info | grep -q 'cluster_state:ok'; then
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 \
+      || dm_die "redis cluster create failed; see $dir/create.log"
+  fi
+  dm_wait "redis cluster" 20 sh -c "redis-cli -p $1 cluster info | grep -q cluster_state:ok"
+}
+
+dm_redis_cluster_stop() {
+  local dir=$1 p
+  shift
+  for p in "$@"; do dm_redis_stop "$dir/$p"; done
 }

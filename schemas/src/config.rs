@@ -116,6 +116,8 @@ pub struct TrackerConfig {
     pub admin_token: String,
     /// The built snippet served at `/snippet.js`.
     pub snippet_path: PathBuf,
+    /// A demo page served at `/demo` (off when unset).
+    pub demo_page: Option<PathBuf>,
     /// MaxMind City database for visitor geo; geo is empty when unset.
     pub geoip_db: Option<PathBuf>,
     /// Peers whose `X-Forwarded-For` is believed.
@@ -138,6 +140,7 @@ impl Default for TrackerConfig {
             listen: "127.0.0.1:8080".parse().expect("literal"),
             admin_token: String::new(),
             snippet_path: "js-snippet/dist/snippet.js".into(),
+            demo_page: None,
             geoip_db: None,
             trusted_proxies: Vec::new(),
             hold_seconds: 900,

@@ -8,22 +8,26 @@
 //! - [`config`]: the one TOML config format of both services, with defaults
 //!   and a `validate()` that names the bad field.
 //! - [`number`]: the one E.164 number normaliser.
+//! - [`layout`]: the Redis key layout and the pool Lua scripts.
 //! - [`migrate`]: ordered, idempotent ClickHouse migrations recorded in
 //!   `schema_migrations`.
 //! - [`rows`]: the row types written to ClickHouse.
 //! - [`runtime`]: process plumbing shared by both binaries.
 //! - [`sink`]: the batching ClickHouse sink that never blocks a caller.
+//! - [`store`]: one Redis connection type for a node or a cluster.
 //! - [`error`]: the crate's error type.
 #![forbid(unsafe_code)]
 
 pub mod ch;
 pub mod config;
 pub mod error;
+pub mod layout;
 pub mod migrate;
 pub mod number;
 pub mod rows;
 pub mod runtime;
 pub mod sink;
+pub mod store;
 
 pub use error::Error;
 

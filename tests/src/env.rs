@@ -32,3 +32,31 @@ pub fn repo_root() -> std::path::PathBuf {
         .expect("tests/ has a parent")
         .to_path_buf()
 }
+
+/// Seed nodes of the test Redis Cluster (3 masters on loopback).
+pub fn redis_cluster() -> Vec<String> {
+    var("DIALMARK_TEST_REDIS_CLUSTER")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The GeoIP2-City test database written by `tests/fixtures/make_mmdb.py`.
+pub fn mmdb() -> std::path::PathBuf {
+    var("DIALMARK_TEST_MMDB").into()
+}
+
+/// A short unique id for pools and sites of one test.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// A phone number no other test run uses: `+7` and 10 random digits.
+pub fn unique_number() -> String {
+    let n = uuid::Uuid::new_v4().as_u128() % 10_000_000_000;
+    format!("+7{n:010}")
+}

@@ -6,3 +6,4 @@
 pub mod env;
 pub mod process;
 pub mod stack;
+pub mod tracker;

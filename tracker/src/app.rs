@@ -1,33 +1,117 @@
-//! The HTTP surface of the tracker: routes, shared state and the snippet
-//! file. Handlers live with the module that owns their logic.
+//! The HTTP surface of the tracker: routes, shared state, the snippet file
+//! and `/metrics`. Handlers live with the module that owns their logic
+//! (`visit`, `admin`).
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use dialmark_schemas::config::Config;
+use dialmark_schemas::layout::Scripts;
+use dialmark_schemas::rows::{LeaseEvent, NumberEvent, NumberLease, Visit};
+use dialmark_schemas::sink::Sink;
+use dialmark_schemas::store::Redis;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::task::JoinHandle;
+
+use crate::geo::Geo;
+use crate::inventory::Inventory;
+use crate::pool::{self, LeaseTiming};
+use crate::{admin, visit};
 
 /// State shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    pub inventory: Inventory,
+    pub geo: Arc<Geo>,
+    pub visits: Sink<Visit>,
+    pub leases: Sink<NumberLease>,
+    pub metrics: Option<PrometheusHandle>,
 }
 
+/// Writer tasks of the sinks; awaited on shutdown so queued rows are flushed.
+pub struct SinkTasks(pub Vec<JoinHandle<()>>);
+
 impl AppState {
-    pub fn new(config: Config) -> anyhow::Result<Self> {
-        Ok(Self {
-            config: Arc::new(config),
-        })
+    /// Connects to Redis and starts the ClickHouse sinks.
+    pub async fn new(
+        config: Config,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<(Self, SinkTasks)> {
+        let redis = Redis::connect(&config.redis)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to Redis ({}): {e}", config.redis.url))?;
+        let geo = Geo::open(config.tracker.geoip_db.as_deref())?;
+        let ch = dialmark_schemas::ch::client(&config.clickhouse);
+        let (visits, t1) = Sink::<Visit>::spawn(ch.clone(), &config.sink);
+        let (leases, t2) = Sink::<NumberLease>::spawn(ch.clone(), &config.sink);
+        let (events, t3) = Sink::<NumberEvent>::spawn(ch.clone(), &config.sink);
+        let inventory = Inventory {
+            redis,
+            scripts: Arc::new(Scripts::default()),
+            events,
+            clickhouse: ch,
+            plan: config.numbering.clone(),
+            timing: LeaseTiming::from(&config.tracker),
+        };
+        Ok((
+            Self {
+                config: Arc::new(config),
+                inventory,
+                geo: Arc::new(geo),
+                visits,
+                leases,
+                metrics,
+            },
+            SinkTasks(vec![t1, t2, t3]),
+        ))
+    }
+
+    /// Queues a `number_leases` row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lease_event(
+        &self,
+        site: &str,
+        pool: &str,
+        number: &str,
+        session: &str,
+        visitor: &str,
+        event: LeaseEvent,
+        ts: u32,
+        expires_at: u32,
+    ) {
+        let _ = self.leases.push(NumberLease {
+            event_id: uuid::Uuid::new_v4(),
+            ts,
+            site: site.into(),
+            pool: pool.into(),
+            number: number.into(),
+            session_id: session.into(),
+            visitor_id: visitor.into(),
+            event,
+            expires_at,
+        });
     }
 }
 
 pub fn router(state: AppState) -> Router {
+    let limit = state.config.tracker.max_body_bytes;
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/snippet.js", get(snippet))
+        .route("/demo", get(demo))
+        .route("/metrics", get(metrics))
+        .route("/v1/visits", post(visit::create).options(visit::preflight))
+        .route(
+            "/v1/visits/{session}/keepalive",
+            post(visit::keepalive).options(visit::preflight),
+        )
+        .merge(admin::router())
+        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
@@ -54,8 +138,58 @@ async fn snippet(State(state): State<AppState>, headers: HeaderMap) -> Response 
             ),
             (header::CACHE_CONTROL, "public, max-age=300".to_string()),
             (header::ETAG, etag),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*".to_string()),
         ],
         body,
+    )
+        .into_response()
+}
+
+/// The demo page of `ops/up`, when configured.
+async fn demo(State(state): State<AppState>) -> Response {
+    let Some(path) = &state.config.tracker.demo_page else {
+        return (StatusCode::NOT_FOUND, "no demo page configured\n").into_response();
+    };
+    match tokio::fs::read(path).await {
+        Ok(body) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response(),
+        Err(_) => (StatusCode::NOT_FOUND, "demo page missing\n").into_response(),
+    }
+}
+
+/// Prometheus text: request and lease metrics, plus pool sizes read now.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return (StatusCode::NOT_FOUND, "metrics recorder not installed\n").into_response();
+    };
+    if let Ok(ids) = state.inventory.pool_ids().await {
+        let mut r = state.inventory.redis.clone();
+        for id in ids {
+            if let Ok(st) = pool::stats(&mut r, &id).await {
+                metrics::gauge!("dialmark_pool_size", "pool" => id.clone()).set(st.size as f64);
+                metrics::gauge!("dialmark_pool_free", "pool" => id.clone()).set(st.free as f64);
+                metrics::gauge!("dialmark_pool_leased", "pool" => id.clone()).set(st.leased as f64);
+            }
+        }
+        metrics::gauge!("dialmark_redis_up").set(1.0);
+    } else {
+        metrics::gauge!("dialmark_redis_up").set(0.0);
+    }
+    for (table, st) in [
+        ("visits", state.visits.stats()),
+        ("number_leases", state.leases.stats()),
+        ("number_events", state.inventory.events.stats()),
+    ] {
+        use std::sync::atomic::Ordering::Relaxed;
+        metrics::gauge!("dialmark_sink_inserted_rows", "table" => table)
+            .set(st.inserted.load(Relaxed) as f64);
+        metrics::gauge!("dialmark_sink_refused_rows", "table" => table)
+            .set(st.refused.load(Relaxed) as f64);
+        metrics::gauge!("dialmark_sink_insert_errors", "table" => table)
+            .set(st.insert_errors.load(Relaxed) as f64);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
     )
         .into_response()
 }

@@ -2,12 +2,22 @@
 //! of the number inventory in Redis.
 //!
 //! # Layout
-//! - [`app`]: the axum router and shared state.
-//! - [`error`]: the API error type and its HTTP mapping.
+//! - [`app`]: the axum router, shared state, snippet file, `/metrics`.
+//! - [`visit`]: the snippet API (`/v1/visits`, keep-alive, CORS).
+//! - [`pool`]: the lease engine (atomic Lua scripts per pool).
+//! - [`inventory`]: sites, pools, numbers and the number lifecycle.
+//! - [`admin`]: the admin API and the inventory file loader.
+//! - [`geo`]: client IP, MaxMind geo, IP truncation.
+//! - [`error`]: the error type and its HTTP mapping.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod error;
+pub mod geo;
+pub mod inventory;
+pub mod pool;
+pub mod visit;
 
 use anyhow::Context;
 use dialmark_schemas::config::Config;
@@ -22,20 +32,37 @@ pub async fn migrate(config: &Config) -> anyhow::Result<migrate::Report> {
         .with_context(|| format!("migrating ClickHouse at {}", config.clickhouse.url))
 }
 
-/// Runs the service until SIGINT/SIGTERM.
+/// Runs the service until SIGINT/SIGTERM, then flushes the sinks.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     migrate(&config).await?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
     let listener = tokio::net::TcpListener::bind(config.tracker.listen)
         .await
         .with_context(|| format!("binding tracker.listen {}", config.tracker.listen))?;
     info!(addr = %listener.local_addr()?, "tracker listening");
-    let state = app::AppState::new(config)?;
+    let (state, sinks) = app::AppState::new(config, Some(metrics)).await?;
     axum::serve(
         listener,
         app::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(dialmark_schemas::runtime::shutdown_signal())
     .await?;
+    // The router (and with it every sink handle) is gone: writers flush and end.
+    let flush = futures_join(sinks.0);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), flush)
+        .await
+        .is_err()
+    {
+        tracing::error!("sinks did not flush within 10 s; queued rows lost");
+    }
     info!("tracker stopped");
     Ok(())
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
 }

@@ -34,6 +34,50 @@ enum Command {
     Migrate,
     /// Validate the config file and exit.
     CheckConfig,
+    /// Inventory operations (the same as the admin API), straight on Redis.
+    Admin {
+        #[command(subcommand)]
+        op: AdminOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminOp {
+    /// Load sites, pools and numbers from an inventory TOML file (idempotent).
+    Apply { file: PathBuf },
+    /// Add numbers to a pool, as static numbers (--source-label), or to stock.
+    AddNumbers {
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        source_label: Option<String>,
+        #[arg(long = "destination")]
+        destinations: Vec<String>,
+        #[arg(required = true)]
+        numbers: Vec<String>,
+    },
+    /// Replace where a number's calls ring.
+    SetDestinations {
+        number: String,
+        #[arg(required = true)]
+        destinations: Vec<String>,
+    },
+    /// Retire a number to quarantine.
+    Retire {
+        number: String,
+        #[arg(long, default_value = "retired")]
+        reason: String,
+    },
+    /// Show a number's routing record.
+    Show { number: String },
+    /// List quarantined numbers with calls in the trailing 90 days.
+    Quarantine,
+    /// Return eligible quarantined numbers (>= 45 days, < 3 calls in 90 days) to stock.
+    ReleaseQuarantine,
+    /// Show a pool's size, free, leased and exhausted counts.
+    PoolStats { pool: String },
 }
 
 #[tokio::main]
@@ -60,5 +104,71 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => dialmark_tracker::serve(config).await,
+        Command::Admin { op } => admin(config, op).await,
     }
+}
+
+async fn admin(config: Config, op: AdminOp) -> anyhow::Result<()> {
+    use dialmark_tracker::{admin, inventory::AddNumbers, pool};
+    let (state, sinks) = dialmark_tracker::app::AppState::new(config, None).await?;
+    let inv = state.inventory.clone();
+    let now = dialmark_schemas::unix_now();
+    let out = match op {
+        AdminOp::Apply { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let parsed: admin::InventoryFile =
+                toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+            admin::apply(&inv, parsed, now).await?
+        }
+        AdminOp::AddNumbers {
+            pool,
+            site,
+            source_label,
+            destinations,
+            numbers,
+        } => {
+            let req = AddNumbers {
+                numbers,
+                pool,
+                site,
+                source_label,
+                destinations,
+                trunk_group: None,
+            };
+            format!(
+                "added {}",
+                inv.add_numbers(req, "cli", now).await?.join(" ")
+            )
+        }
+        AdminOp::SetDestinations {
+            number,
+            destinations,
+        } => admin::route_json(&inv.set_destinations(&number, &destinations).await?).to_string(),
+        AdminOp::Retire { number, reason } => {
+            admin::route_json(&inv.retire(&number, &reason, "cli", now).await?).to_string()
+        }
+        AdminOp::Show { number } => {
+            let n = inv.plan.normalize(&number)?;
+            match inv.route(&n).await? {
+                Some(r) => admin::route_json(&r).to_string(),
+                None => anyhow::bail!("unknown number {n}"),
+            }
+        }
+        AdminOp::Quarantine => serde_json::to_string_pretty(&inv.quarantine(now).await?)?,
+        AdminOp::ReleaseQuarantine => {
+            serde_json::to_string_pretty(&inv.release_quarantine("cli", now).await?)?
+        }
+        AdminOp::PoolStats { pool: id } => {
+            let mut r = inv.redis.clone();
+            serde_json::to_string(&pool::stats(&mut r, &id).await?)?
+        }
+    };
+    println!("{out}");
+    drop(inv);
+    drop(state);
+    for t in sinks.0 {
+        let _ = t.await;
+    }
+    Ok(())
 }

@@ -1,0 +1,73 @@
+-- Lease a number from one pool for one session. Atomic; single slot: every
+-- key starts with KEYS[1], the pool prefix `dm:{pool:ID}:`.
+--
+-- ARGV: now, hold, max_hold, cooldown, attribution_window, session,
+--       then field/value pairs stored on the lease (visitor, utm_*, ...).
+-- Returns {status, number, expires_at, {reclaimed numbers}}
+--   status: 'leased' (new lease), 'renewed' (same session, same number),
+--           'exhausted' (no free number rested long enough).
+--
+-- Expired leases are reclaimed here, lazily: no cron is needed for
+-- correctness. A reclaimed lease is kept as `last:N` for the attribution
+-- window, and the number goes back to `free` scored by the time it may be
+-- leased again (release + cooldown): the lowest score is the least recently
+-- used number.
+local p = KEYS[1]
+local now = tonumber(ARGV[1])
+local hold = tonumber(ARGV[2])
+local max_hold = tonumber(ARGV[3])
+local cooldown = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+local session = ARGV[6]
+
+local reclaimed = {}
+local expired = redis.call('ZRANGEBYSCORE', p .. 'leased', '-inf', now, 'LIMIT', 0, 64)
+for _, n in ipairs(expired) do
+  local lease = p .. 'lease:' .. n
+  local last = p .. 'last:' .. n
+  local holder = redis.call('HGET', lease, 'session')
+  if redis.call('EXISTS', lease) == 1 then
+    redis.call('HSET', lease, 'released_at', now)
+    redis.call('RENAME', lease, last)
+    redis.call('EXPIRE', last, window)
+  end
+  redis.call('ZREM', p .. 'leased', n)
+  if redis.call('SISMEMBER', p .. 'numbers', n) == 1 then
+    redis.call('ZADD', p .. 'free', now + cooldown, n)
+  end
+  if holder then
+    local sk = p .. 'session:' .. holder
+    if redis.call('GET', sk) == n then redis.call('DEL', sk) end
+  end
+  reclaimed[#reclaimed + 1] = n
+end
+
+local current = redis.call('GET', p .. 'session:' .. session)
+if current then
+  local lease = p .. 'lease:' .. current
+  if redis.call('HGET', lease, 'session') == session then
+    local hard = tonumber(redis.call('HGET', lease, 'hard_expires_at'))
+    local exp = math.min(now + hold, hard)
+    if exp > now then
+      redis.call('HSET', lease, 'expires_at', exp)
+      redis.call('ZADD', p .. 'leased', exp, current)
+      return {'renewed', current, exp, reclaimed}
+    end
+  end
+end
+
+local pick = redis.call('ZRANGEBYSCORE', p .. 'free', '-inf', now, 'LIMIT', 0, 1)
+if #pick == 0 then
+  redis.call('HINCRBY', p .. 'stats', 'exhausted', 1)
+  return {'exhausted', '', 0, reclaimed}
+end
+local n = pick[1]
+local exp = now + hold
+local lease = p .. 'lease:' .. n
+redis.call('ZREM', p .. 'free', n)
+redis.call('DEL', lease)
+redis.call('HSET', lease, 'session', session, 'leased_at', now, 'expires_at', exp,
+  'hard_expires_at', now + max_hold, unpack(ARGV, 7))
+redis.call('ZADD', p .. 'leased', exp, n)
+redis.call('SET', p .. 'session:' .. session, n, 'EX', max_hold + window)
+return {'leased', n, exp, reclaimed}

@@ -1,0 +1,82 @@
+//! An in-process tracker for tests: the real library on a port-0 listener,
+//! over the real Redis and ClickHouse that ops/test started.
+
+use std::net::SocketAddr;
+
+use dialmark_schemas::config::{Config, RedisConfig};
+use dialmark_tracker::app::{AppState, SinkTasks};
+
+/// A running in-process tracker.
+pub struct TestTracker {
+    pub state: AppState,
+    pub addr: SocketAddr,
+    pub config: Config,
+    _sinks: SinkTasks,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestTracker {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The config of a test tracker: fresh migrated database, given Redis.
+pub async fn config(test: &str, redis: RedisConfig, extra: &str) -> Config {
+    let ch = crate::env::clickhouse(test);
+    let text = format!(
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n[sink]\nflush_ms = 100\n[tracker]\nadmin_token = \"test-token\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nmax_body_bytes = 4096\n{extra}",
+        ch.url, ch.database
+    );
+    let mut config = Config::from_toml(&text).expect("test config");
+    config.redis = redis;
+    dialmark_schemas::migrate::apply(
+        &dialmark_schemas::ch::server_client(&config.clickhouse),
+        &config.clickhouse.database,
+    )
+    .await
+    .expect("migrate");
+    config
+}
+
+pub fn single_redis() -> RedisConfig {
+    RedisConfig {
+        url: crate::env::redis_url(),
+        cluster: Vec::new(),
+    }
+}
+
+pub fn cluster_redis() -> RedisConfig {
+    RedisConfig {
+        url: String::new(),
+        cluster: crate::env::redis_cluster(),
+    }
+}
+
+impl TestTracker {
+    pub async fn start(config: Config) -> TestTracker {
+        let (state, sinks) = AppState::new(config.clone(), None)
+            .await
+            .expect("tracker state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = dialmark_tracker::app::router(state.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TestTracker {
+            state,
+            addr,
+            config,
+            _sinks: sinks,
+            server,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}

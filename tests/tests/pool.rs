@@ -1,0 +1,273 @@
+//! The lease engine on real Redis, single node and a 3-node Redis Cluster,
+//! with the clock controlled by the test: LRU order with cool-down,
+//! stickiness, lazy expiry reclaim, the hard cap, exhaustion, withdrawal,
+//! and no double lease under concurrency.
+
+use dialmark_e2e::env::unique;
+use dialmark_e2e::tracker::{cluster_redis, config, single_redis};
+use dialmark_schemas::config::RedisConfig;
+use dialmark_schemas::layout::Scripts;
+use dialmark_schemas::store::Redis;
+use dialmark_tracker::pool::{self, Allocation, LeaseTiming};
+
+const T: u32 = 1_700_000_000;
+const TIMING: LeaseTiming = LeaseTiming {
+    hold: 100,
+    max_hold: 1000,
+    cooldown: 10,
+    attribution_window: 50,
+};
+
+async fn alloc(
+    r: &mut Redis,
+    s: &Scripts,
+    pool: &str,
+    now: u32,
+    session: &str,
+) -> pool::AllocateOutcome {
+    pool::allocate(
+        r,
+        s,
+        pool,
+        now,
+        TIMING,
+        session,
+        &[("visitor", "v"), ("utm_source", "google")],
+    )
+    .await
+    .unwrap()
+}
+
+fn leased(o: &pool::AllocateOutcome) -> &str {
+    match &o.allocation {
+        Allocation::Leased { number, .. } => number,
+        other => panic!("expected a new lease, got {other:?}"),
+    }
+}
+
+async fn lifecycle(redis_cfg: RedisConfig) {
+    let mut r = Redis::connect(&redis_cfg).await.unwrap();
+    let s = Scripts::default();
+    let pool_id = unique("lru");
+    let nums = ["+74950000001", "+74950000002", "+74950000003"];
+    for n in nums {
+        assert!(pool::enroll(&mut r, &s, &pool_id, T, n).await.unwrap());
+    }
+    assert!(
+        !pool::enroll(&mut r, &s, &pool_id, T, nums[0])
+            .await
+            .unwrap(),
+        "enroll is idempotent"
+    );
+
+    // Equal rest: lexical order. Every live session gets its own number.
+    assert_eq!(leased(&alloc(&mut r, &s, &pool_id, T, "A").await), nums[0]);
+    assert_eq!(leased(&alloc(&mut r, &s, &pool_id, T, "B").await), nums[1]);
+    assert_eq!(leased(&alloc(&mut r, &s, &pool_id, T, "C").await), nums[2]);
+    assert_eq!(
+        alloc(&mut r, &s, &pool_id, T, "D").await.allocation,
+        Allocation::Exhausted
+    );
+
+    // Stickiness: the same session gets the same number, extended.
+    assert_eq!(
+        alloc(&mut r, &s, &pool_id, T + 10, "A").await.allocation,
+        Allocation::Renewed {
+            number: nums[0].into(),
+            expires_at: T + 110
+        }
+    );
+    // Keep-alives: C until T+140, B until T+150.
+    assert_eq!(
+        pool::keepalive(&mut r, &s, &pool_id, T + 40, 100, "C")
+            .await
+            .unwrap(),
+        Some(T + 140)
+    );
+    assert_eq!(
+        pool::keepalive(&mut r, &s, &pool_id, T + 50, 100, "B")
+            .await
+            .unwrap(),
+        Some(T + 150)
+    );
+    assert_eq!(
+        pool::keepalive(&mut r, &s, &pool_id, T + 50, 100, "nobody")
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A expired at T+110: reclaimed lazily, then rests for the cool-down.
+    let o = alloc(&mut r, &s, &pool_id, T + 111, "E").await;
+    assert_eq!(o.reclaimed, vec![nums[0].to_string()]);
+    assert_eq!(o.allocation, Allocation::Exhausted);
+    assert_eq!(
+        pool::keepalive(&mut r, &s, &pool_id, T + 111, 100, "A")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        leased(&alloc(&mut r, &s, &pool_id, T + 121, "E").await),
+        nums[0]
+    );
+
+    // C is released before B: least recently used goes first.
+    let o = alloc(&mut r, &s, &pool_id, T + 141, "F").await;
+    assert_eq!(o.reclaimed, vec![nums[2].to_string()]);
+    assert_eq!(o.allocation, Allocation::Exhausted);
+    let o = alloc(&mut r, &s, &pool_id, T + 151, "G").await;
+    assert_eq!(o.reclaimed, vec![nums[1].to_string()]);
+    assert_eq!(leased(&o), nums[2], "C's number rested longer than B's");
+    assert_eq!(
+        alloc(&mut r, &s, &pool_id, T + 152, "H").await.allocation,
+        Allocation::Exhausted
+    );
+    assert_eq!(
+        leased(&alloc(&mut r, &s, &pool_id, T + 161, "H").await),
+        nums[1]
+    );
+
+    // The ended lease stays readable for attribution.
+    let last: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!(
+            "{}last:{}",
+            dialmark_schemas::layout::pool_prefix(&pool_id),
+            nums[1]
+        ))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(last.get("session").map(String::as_str), Some("B"));
+    assert_eq!(last.get("utm_source").map(String::as_str), Some("google"));
+    assert_eq!(
+        last.get("released_at").map(String::as_str),
+        Some((T + 151).to_string().as_str())
+    );
+
+    // Hard cap: keep-alives cannot hold a number past max_hold.
+    let h_start = T + 161;
+    for k in 1..=9 {
+        assert!(
+            pool::keepalive(&mut r, &s, &pool_id, h_start + k * 99, 100, "H")
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    assert_eq!(
+        pool::keepalive(&mut r, &s, &pool_id, h_start + 995, 100, "H")
+            .await
+            .unwrap(),
+        Some(h_start + 1000)
+    );
+    assert_eq!(
+        pool::keepalive(&mut r, &s, &pool_id, h_start + 1000, 100, "H")
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Withdrawal (retire): the live lease ends now, the number is gone from the pool.
+    assert!(pool::withdraw(&mut r, &s, &pool_id, T + 170, 50, nums[2])
+        .await
+        .unwrap());
+    assert_eq!(
+        pool::keepalive(&mut r, &s, &pool_id, T + 171, 100, "G")
+            .await
+            .unwrap(),
+        None
+    );
+    let st = pool::stats(&mut r, &pool_id).await.unwrap();
+    assert_eq!(st.size, 2);
+    assert!(st.exhausted >= 4);
+    // Even long after, the withdrawn number is never leased again.
+    let far = T + 5000;
+    let o = alloc(&mut r, &s, &pool_id, far, "X0").await;
+    assert_eq!(o.reclaimed.len(), 2, "both remaining leases expired");
+    let far = far + TIMING.cooldown;
+    let mut got = Vec::new();
+    for sess in ["X1", "X2", "X3"] {
+        if let Allocation::Leased { number, .. } =
+            alloc(&mut r, &s, &pool_id, far, sess).await.allocation
+        {
+            got.push(number);
+        }
+    }
+    got.sort();
+    assert_eq!(got, vec![nums[0].to_string(), nums[1].to_string()]);
+}
+
+#[tokio::test]
+async fn lifecycle_single_node() {
+    lifecycle(single_redis()).await;
+}
+
+#[tokio::test]
+async fn lifecycle_redis_cluster() {
+    lifecycle(cluster_redis()).await;
+}
+
+async fn no_double_lease(redis_cfg: RedisConfig) {
+    let r = Redis::connect(&redis_cfg).await.unwrap();
+    let s = std::sync::Arc::new(Scripts::default());
+    let pool_id = unique("conc");
+    let size = 5;
+    for i in 0..size {
+        let mut c = r.clone();
+        pool::enroll(&mut c, &s, &pool_id, T, &format!("+7495100000{i}"))
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let mut c = r.clone();
+        let s = s.clone();
+        let pool_id = pool_id.clone();
+        tasks.push(tokio::spawn(async move {
+            // Each session asks twice, as a page reload would.
+            let a = pool::allocate(&mut c, &s, &pool_id, T, TIMING, &format!("s{i}"), &[])
+                .await
+                .unwrap();
+            let b = pool::allocate(&mut c, &s, &pool_id, T, TIMING, &format!("s{i}"), &[])
+                .await
+                .unwrap();
+            (a.allocation, b.allocation)
+        }));
+    }
+    let mut holders = std::collections::HashMap::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (a, b) = t.await.unwrap();
+        if let Allocation::Leased { number, .. } = a {
+            assert!(
+                matches!(&b, Allocation::Renewed { number: n, .. } if *n == number),
+                "session {i} lost its number: {b:?}"
+            );
+            assert!(
+                holders.insert(number.clone(), i).is_none(),
+                "{number} leased to two live sessions"
+            );
+        } else {
+            assert_eq!(a, Allocation::Exhausted);
+        }
+    }
+    assert_eq!(holders.len(), size);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_visits_never_share_a_number_single() {
+    no_double_lease(single_redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_visits_never_share_a_number_cluster() {
+    no_double_lease(cluster_redis()).await;
+}
+
+/// The `config` helper is shared with the API tests; keep it exercised here
+/// so a broken test config fails loudly in one place.
+#[tokio::test]
+async fn test_config_is_valid() {
+    let c = config("poolcfg", single_redis(), "").await;
+    assert_eq!(c.tracker.admin_token, "test-token");
+}

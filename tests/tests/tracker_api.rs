@@ -1,0 +1,611 @@
+//! The tracker's HTTP API on real Redis and ClickHouse: admin auth and
+//! provisioning, visits with stickiness and overflow, keep-alive, CORS per
+//! site, geo pools from a MaxMind database, clear 4xx on bad input, visit
+//! rows in ClickHouse, and the quarantine rules with a controlled clock.
+
+use std::time::Duration;
+
+use clickhouse::Row;
+use dialmark_e2e::env::{unique, unique_number};
+use dialmark_e2e::tracker::{config, single_redis, TestTracker};
+use dialmark_schemas::rows::{Attribution, Call, Disposition, NumberStatus};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+struct Resp {
+    status: u16,
+    body: Value,
+    headers: Vec<(String, String)>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn send(
+    method: &'static str,
+    url: String,
+    headers: Vec<(&'static str, String)>,
+    body: Option<String>,
+) -> Resp {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = match (method, body) {
+            ("GET", _) => {
+                let mut r = agent.get(&url);
+                for (k, v) in &headers {
+                    r = r.header(*k, v);
+                }
+                r.call()
+            }
+            (_, b) => {
+                let mut r = agent.post(&url);
+                if method == "PUT" {
+                    r = agent.put(&url);
+                }
+                for (k, v) in &headers {
+                    r = r.header(*k, v);
+                }
+                r.send(b.unwrap_or_default())
+            }
+        }
+        .expect("http");
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        Resp {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            headers,
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn admin() -> Vec<(&'static str, String)> {
+    vec![("authorization", "Bearer test-token".to_string())]
+}
+
+/// Creates a site with a default pool of `numbers` and an overflow number.
+async fn provision(
+    t: &TestTracker,
+    site: &str,
+    pool: &str,
+    numbers: &[&str],
+    overflow: &str,
+    geo: Value,
+) {
+    let r = send(
+        "PUT",
+        t.url(&format!("/v1/admin/sites/{site}")),
+        admin(),
+        Some(
+            json!({"origins": ["https://shop.test"], "replace": ["8 (495) 000-00-00"], "default_pool": pool, "geo_pools": geo})
+                .to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = send(
+        "PUT",
+        t.url(&format!("/v1/admin/pools/{pool}")),
+        admin(),
+        Some(
+            json!({"site": site, "overflow_number": overflow, "destinations": ["+74951234567"]})
+                .to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    if numbers.is_empty() {
+        return;
+    }
+    let r = send(
+        "POST",
+        t.url("/v1/admin/numbers"),
+        admin(),
+        Some(json!({"numbers": numbers, "pool": pool}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+fn visit_body(site: &str, session: Option<&str>) -> String {
+    let mut v = json!({"site": site, "url": "https://shop.test/?utm_source=google&utm_campaign=spring", "referrer": "https://www.google.com/",
+        "utm_source": "google", "utm_campaign": "spring", "gclid": "G123"});
+    if let Some(s) = session {
+        v["session_id"] = json!(s);
+    }
+    v.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn visits_leases_overflow_keepalive_cors_and_rows() {
+    let t = TestTracker::start(config("api", single_redis(), "").await).await;
+    let site = unique("site");
+    let pool = unique("pool");
+    let (n1, n2, overflow) = (unique_number(), unique_number(), unique_number());
+    provision(&t, &site, &pool, &[&n1, &n2], &overflow, json!([])).await;
+
+    // A visit from an allowed origin, sent as text/plain like the snippet.
+    let origin = vec![
+        ("origin", "https://shop.test".to_string()),
+        ("content-type", "text/plain".to_string()),
+    ];
+    let a = send(
+        "POST",
+        t.url("/v1/visits"),
+        origin.clone(),
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://shop.test")
+    );
+    let number = a.body["number"].as_str().unwrap().to_string();
+    assert!([&n1, &n2].contains(&&number));
+    assert_eq!(a.body["kind"], "pool");
+    assert_eq!(a.body["replace"], json!(["+74950000000"]));
+    assert_eq!(a.body["hold_seconds"], 900);
+    let display = a.body["display"].as_str().unwrap();
+    assert!(
+        display.starts_with("+7 (") && display.len() == 18,
+        "{display}"
+    );
+    let session = a.body["session_id"].as_str().unwrap().to_string();
+
+    // The same session gets the same number back.
+    let again = send(
+        "POST",
+        t.url("/v1/visits"),
+        origin.clone(),
+        Some(visit_body(&site, Some(&session))),
+    )
+    .await;
+    assert_eq!(again.body["number"], number.as_str());
+
+    // A second visitor gets the other number; a third gets the overflow number.
+    let b = send(
+        "POST",
+        t.url("/v1/visits"),
+        vec![],
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    assert_eq!(b.status, 200);
+    assert_ne!(b.body["number"], number.as_str());
+    let c = send(
+        "POST",
+        t.url("/v1/visits"),
+        vec![],
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    assert_eq!(c.status, 200, "exhaustion is never an error to the browser");
+    assert_eq!(c.body["number"], overflow.as_str());
+    assert_eq!(c.body["kind"], "overflow");
+    let stats = send(
+        "GET",
+        t.url(&format!("/v1/admin/pools/{pool}")),
+        admin(),
+        None,
+    )
+    .await;
+    assert_eq!(stats.body["stats"]["leased"], 2);
+    assert_eq!(stats.body["stats"]["exhausted"], 1);
+
+    // Keep-alive: known session 200, unknown 410.
+    let ka = send(
+        "POST",
+        t.url(&format!("/v1/visits/{session}/keepalive")),
+        origin.clone(),
+        Some(json!({"site": site}).to_string()),
+    )
+    .await;
+    assert_eq!(ka.status, 200, "{:?}", ka.body);
+    let gone = send(
+        "POST",
+        t.url("/v1/visits/nosuchsession/keepalive"),
+        vec![],
+        Some(json!({"site": site}).to_string()),
+    )
+    .await;
+    assert_eq!(gone.status, 410);
+
+    // CORS: a foreign origin is refused with a reason.
+    let evil = send(
+        "POST",
+        t.url("/v1/visits"),
+        vec![("origin", "https://evil.test".to_string())],
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    assert_eq!(evil.status, 403);
+    assert!(evil.body["error"].as_str().unwrap().contains("evil.test"));
+
+    // The router's view: routing record written for every pool number.
+    let rec = send(
+        "GET",
+        t.url(&format!("/v1/admin/numbers/{n2}")),
+        admin(),
+        None,
+    )
+    .await;
+    assert_eq!(rec.body["status"], "active");
+    assert_eq!(rec.body["pool"], pool.as_str());
+    assert_eq!(rec.body["destinations"], json!(["+74951234567"]));
+
+    // Visits and lease events reach ClickHouse with their sources.
+    #[derive(Row, Deserialize)]
+    struct V {
+        number: String,
+        utm_source: String,
+        utm_campaign: String,
+        gclid: String,
+        ip: String,
+    }
+    let db = dialmark_schemas::ch::client(&t.config.clickhouse);
+    let mut rows: Vec<V> = Vec::new();
+    for _ in 0..50 {
+        rows = db
+            .query("SELECT number, utm_source, utm_campaign, gclid, ip FROM visits WHERE site = ? ORDER BY ts")
+            .bind(&site)
+            .fetch_all()
+            .await
+            .unwrap();
+        if rows.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows.len(), 4, "one row per accepted visit");
+    assert!(rows
+        .iter()
+        .all(|r| r.utm_source == "google" && r.utm_campaign == "spring" && r.gclid == "G123"));
+    assert!(
+        rows.iter().all(|r| r.ip == "127.0.0.0"),
+        "IPs are stored truncated"
+    );
+    assert!(rows.iter().any(|r| r.number == overflow));
+    let leases: u64 = db
+        .query("SELECT count() FROM number_leases WHERE pool = ?")
+        .bind(&pool)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(leases, 3, "two leases and one overflow event");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_clear_4xx() {
+    let t = TestTracker::start(config("bad", single_redis(), "").await).await;
+    let site = unique("site");
+    let pool = unique("pool");
+    let n = unique_number();
+    provision(&t, &site, &pool, &[&n], &unique_number(), json!([])).await;
+
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("/v1/visits", "{not json".into(), 400, "invalid JSON"),
+        ("/v1/visits", json!({"url": "x"}).to_string(), 400, "site"),
+        (
+            "/v1/visits",
+            json!({"site": "no such"}).to_string(),
+            400,
+            "site",
+        ),
+        (
+            "/v1/visits",
+            json!({"site": "nosuchsite"}).to_string(),
+            404,
+            "unknown site",
+        ),
+        (
+            "/v1/visits",
+            json!({"site": site, "visitor_id": "<script>"}).to_string(),
+            400,
+            "visitor_id",
+        ),
+        (
+            "/v1/visits",
+            json!({"site": site, "url": "x".repeat(3000)}).to_string(),
+            400,
+            "url",
+        ),
+    ];
+    for (path, body, code, needle) in cases {
+        let r = send("POST", t.url(path), vec![], Some(body.clone())).await;
+        assert_eq!(r.status, code, "{body}: {:?}", r.body);
+        let msg = r.body["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+    let huge = json!({"site": site, "referrer": "r".repeat(10_000)}).to_string();
+    let r = send("POST", t.url("/v1/visits"), vec![], Some(huge)).await;
+    assert_eq!(r.status, 413, "oversized body");
+
+    // Admin API: no token, wrong token, bad numbers.
+    let r = send("GET", t.url("/v1/admin/quarantine"), vec![], None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let r = send(
+        "GET",
+        t.url("/v1/admin/quarantine"),
+        vec![("authorization", "Bearer wrong".into())],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = send(
+        "POST",
+        t.url("/v1/admin/numbers"),
+        admin(),
+        Some(json!({"numbers": ["12ab"], "pool": pool}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body["error"].as_str().unwrap().contains("numbers[0]"));
+    let r = send(
+        "POST",
+        t.url("/v1/admin/numbers"),
+        admin(),
+        Some(json!({"numbers": [n], "pool": "other-pool"}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 404, "unknown pool: {:?}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn geo_pools_follow_the_visitor_region() {
+    let extra = format!("geoip_db = \"{}\"\n", dialmark_e2e::env::mmdb().display());
+    let t = TestTracker::start(config("geo", single_redis(), &extra).await).await;
+    let site = unique("site");
+    let main = unique("main");
+    let msk = unique("msk");
+    let (main_n, msk_n) = (unique_number(), unique_number());
+    provision(
+        &t,
+        &site,
+        &main,
+        &[&main_n],
+        &unique_number(),
+        json!([{"pool": msk, "regions": ["RU-MOW"]}]),
+    )
+    .await;
+    let r = send(
+        "PUT",
+        t.url(&format!("/v1/admin/pools/{msk}")),
+        admin(),
+        Some(json!({"site": site, "destinations": ["+74951234567"]}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = send(
+        "POST",
+        t.url("/v1/admin/numbers"),
+        admin(),
+        Some(json!({"numbers": [msk_n], "pool": msk}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // 127.0.0.1 is a trusted proxy in the test config: X-Forwarded-For counts.
+    let from = |ip: &str| vec![("x-forwarded-for", ip.to_string())];
+    let moscow = send(
+        "POST",
+        t.url("/v1/visits"),
+        from("203.0.113.7"),
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    assert_eq!(moscow.body["number"], msk_n.as_str(), "{:?}", moscow.body);
+    let spb = send(
+        "POST",
+        t.url("/v1/visits"),
+        from("198.51.100.7"),
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    assert_eq!(spb.body["number"], main_n.as_str(), "{:?}", spb.body);
+
+    #[derive(Row, Deserialize)]
+    struct G {
+        region: String,
+        city: String,
+        ip: String,
+    }
+    let db = dialmark_schemas::ch::client(&t.config.clickhouse);
+    let mut rows: Vec<G> = Vec::new();
+    for _ in 0..50 {
+        rows = db
+            .query("SELECT region, city, ip FROM visits WHERE site = ? ORDER BY region")
+            .bind(&site)
+            .fetch_all()
+            .await
+            .unwrap();
+        if rows.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (
+            rows[0].region.as_str(),
+            rows[0].city.as_str(),
+            rows[0].ip.as_str()
+        ),
+        ("RU-MOW", "Moscow", "203.0.113.0")
+    );
+    assert_eq!(rows[1].region, "RU-SPE");
+}
+
+fn call(number: &str, received: u32) -> Call {
+    Call {
+        call_id: uuid::Uuid::new_v4(),
+        sip_call_id: uuid::Uuid::new_v4().to_string(),
+        received,
+        answered: 0,
+        ended: received,
+        ring_ms: 0,
+        talk_ms: 0,
+        caller: "+79161234567".into(),
+        number: number.into(),
+        number_status: NumberStatus::Quarantine,
+        site: String::new(),
+        pool: String::new(),
+        disposition: Disposition::RejectedQuarantine,
+        final_code: 404,
+        attempts: 0,
+        final_trunk: String::new(),
+        destination: String::new(),
+        attribution: Attribution::None,
+        session_id: String::new(),
+        visitor_id: String::new(),
+        source_label: String::new(),
+        utm_source: String::new(),
+        utm_medium: String::new(),
+        utm_campaign: String::new(),
+        utm_term: String::new(),
+        utm_content: String::new(),
+        gclid: String::new(),
+        yclid: String::new(),
+        referrer: String::new(),
+        landing_url: String::new(),
+        country: String::new(),
+        region: String::new(),
+        city: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quarantine_release_needs_45_days_and_under_3_calls_in_90() {
+    let t = TestTracker::start(config("quarantine", single_redis(), "").await).await;
+    let inv = &t.state.inventory;
+    let site = unique("site");
+    let pool = unique("pool");
+    provision(&t, &site, &pool, &[], &unique_number(), json!([])).await;
+    const DAY: u32 = 86_400;
+    let now = dialmark_schemas::unix_now();
+    let nums: Vec<String> = (0..4).map(|_| unique_number()).collect();
+    let quiet = nums[0].as_str(); // 50 days, no calls → released
+    let busy = nums[1].as_str(); // 50 days, 3 calls in 90 days → kept
+    let old_calls = nums[2].as_str(); // 50 days, 2 recent + 5 older than 90 days → released
+    let young = nums[3].as_str(); // 40 days, no calls → kept
+    inv.add_numbers(
+        dialmark_tracker::inventory::AddNumbers {
+            numbers: nums.clone(),
+            pool: Some(pool.clone()),
+            ..Default::default()
+        },
+        "test",
+        now - 200 * DAY,
+    )
+    .await
+    .unwrap();
+    for n in [quiet, busy, old_calls] {
+        inv.retire(n, "test", "test", now - 50 * DAY).await.unwrap();
+    }
+    inv.retire(young, "test", "test", now - 40 * DAY)
+        .await
+        .unwrap();
+    // Retired numbers stop being leased at once.
+    let v = send(
+        "POST",
+        t.url("/v1/visits"),
+        vec![],
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    assert_eq!(v.body["kind"], "overflow", "{:?}", v.body);
+
+    let db = dialmark_schemas::ch::client(&t.config.clickhouse);
+    let mut ins = db.insert::<Call>("calls").await.unwrap();
+    for d in [1, 10, 80] {
+        ins.write(&call(busy, now - d * DAY)).await.unwrap();
+    }
+    for d in [5, 30, 95, 100, 120, 150, 170] {
+        ins.write(&call(old_calls, now - d * DAY)).await.unwrap();
+    }
+    ins.end().await.unwrap();
+
+    let list = send("GET", t.url("/v1/admin/quarantine"), admin(), None).await;
+    let list = list.body.as_array().unwrap().clone();
+    let entry = |n: &str| list.iter().find(|e| e["number"] == n).cloned().unwrap();
+    assert_eq!(entry(busy)["calls_90d"], 3);
+    assert_eq!(entry(old_calls)["calls_90d"], 2);
+    assert_eq!(entry(young)["days"], 40);
+
+    let released = inv.release_quarantine("test", now).await.unwrap();
+    // Quarantine is global; look only at this test's numbers.
+    let mine = |e: &&dialmark_tracker::inventory::QuarantineEntry| nums.contains(&e.number);
+    let mut got: Vec<&str> = released
+        .iter()
+        .filter(mine)
+        .map(|e| e.number.as_str())
+        .collect();
+    got.sort();
+    let mut want = vec![quiet, old_calls];
+    want.sort();
+    assert_eq!(got, want);
+    for (n, status) in [
+        (quiet, "stock"),
+        (old_calls, "stock"),
+        (busy, "quarantine"),
+        (young, "quarantine"),
+    ] {
+        assert_eq!(
+            inv.route(n).await.unwrap().unwrap().status.as_str(),
+            status,
+            "{n}"
+        );
+    }
+    // Ten more days: the young one is eligible too.
+    let later = inv.release_quarantine("test", now + 6 * DAY).await.unwrap();
+    assert_eq!(
+        later
+            .iter()
+            .filter(mine)
+            .map(|e| e.number.as_str())
+            .collect::<Vec<_>>(),
+        vec![young]
+    );
+
+    // Every transition is a number_events row: 4 added, 4 retired, 3 released.
+    let mut events = 0u64;
+    for _ in 0..50 {
+        events = db
+            .query("SELECT count() FROM number_events WHERE has(?, number)")
+            .bind(&nums)
+            .fetch_one()
+            .await
+            .unwrap();
+        if events >= 11 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(events, 11);
+    // Quarantined numbers cannot be re-added behind the rule's back.
+    let r = send(
+        "POST",
+        t.url("/v1/admin/numbers"),
+        admin(),
+        Some(json!({"numbers": [busy], "pool": pool}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 409);
+}

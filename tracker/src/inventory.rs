@@ -1,0 +1,639 @@
+//! The number inventory: sites, pools and numbers in Redis, and the number
+//! lifecycle `stock → active → quarantine → stock`. Every status change
+//! writes the routing record the router reads and a `number_events` row.
+//! The admin API and the `admin` CLI both call this module.
+
+use std::collections::HashMap;
+
+use clickhouse::Row;
+use dialmark_schemas::layout::{self, NumberKind, RouteRecord, Scripts};
+use dialmark_schemas::number::NumberingPlan;
+use dialmark_schemas::rows::{NumberEvent, NumberStatus};
+use dialmark_schemas::sink::Sink;
+use dialmark_schemas::store::Redis;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::error::TrackerError;
+use crate::pool::{self, LeaseTiming};
+
+/// Days a number stays in quarantine at least.
+pub const QUARANTINE_MIN_DAYS: u32 = 45;
+/// Calls in the trailing window that keep a number in quarantine.
+pub const QUARANTINE_MAX_CALLS: u64 = 3;
+/// The trailing window of the call count, in days.
+pub const QUARANTINE_CALL_WINDOW_DAYS: u32 = 90;
+const DAY: u32 = 86_400;
+
+/// A geo pool of a site: chosen for visitors from these regions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GeoPool {
+    pub pool: String,
+    /// Region codes `CC-SUB` (`RU-MOW`) or countries `CC`.
+    pub regions: Vec<String>,
+}
+
+/// A site: where the snippet runs and which numbers it swaps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    #[serde(default)]
+    pub id: String,
+    /// Origins (`https://shop.example`) allowed to call the snippet API.
+    pub origins: Vec<String>,
+    /// The site's own numbers (E.164) that the snippet swaps.
+    pub replace: Vec<String>,
+    /// Display format: `#` takes the number's digits from the right.
+    #[serde(default)]
+    pub display_mask: String,
+    /// Pool for visitors no geo pool matches.
+    pub default_pool: String,
+    #[serde(default)]
+    pub geo_pools: Vec<GeoPool>,
+}
+
+/// A pool of tracking numbers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolDef {
+    #[serde(default)]
+    pub id: String,
+    pub site: String,
+    /// Handed out when the pool is exhausted; its calls are marked overflow.
+    #[serde(default)]
+    pub overflow_number: Option<String>,
+    /// Default destinations of numbers added to the pool.
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    #[serde(default = "default_group")]
+    pub trunk_group: String,
+}
+
+fn default_group() -> String {
+    "default".into()
+}
+
+/// What to add: numbers into a pool, as static numbers, or into stock.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AddNumbers {
+    pub numbers: Vec<String>,
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Site of a static number (pool numbers take the pool's site).
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Source label: makes the numbers static (offline ads).
+    #[serde(default)]
+    pub source_label: Option<String>,
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    #[serde(default)]
+    pub trunk_group: Option<String>,
+}
+
+/// A quarantined number and whether it may go back to stock.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QuarantineEntry {
+    pub number: String,
+    pub since: u32,
+    pub days: u32,
+    pub calls_90d: u64,
+    pub eligible: bool,
+}
+
+/// Inventory operations over Redis, with events to ClickHouse.
+#[derive(Clone)]
+pub struct Inventory {
+    pub redis: Redis,
+    pub scripts: std::sync::Arc<Scripts>,
+    pub events: Sink<NumberEvent>,
+    pub clickhouse: clickhouse::Client,
+    pub plan: NumberingPlan,
+    pub timing: LeaseTiming,
+}
+
+impl Inventory {
+    fn normalize(&self, field: &str, raw: &str) -> Result<String, TrackerError> {
+        self.plan
+            .normalize(raw)
+            .map_err(|e| TrackerError::BadRequest(format!("{field}: {e}")))
+    }
+
+    fn normalize_all(&self, field: &str, raw: &[String]) -> Result<Vec<String>, TrackerError> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, n)| self.normalize(&format!("{field}[{i}]"), n))
+            .collect()
+    }
+
+    pub async fn put_site(&self, mut site: Site) -> Result<Site, TrackerError> {
+        if !layout::is_id(&site.id) {
+            return Err(TrackerError::BadRequest(
+                "site id: letters, digits, '-' and '_' only".into(),
+            ));
+        }
+        if !layout::is_id(&site.default_pool) {
+            return Err(TrackerError::BadRequest(
+                "default_pool: not a valid pool id".into(),
+            ));
+        }
+        for (i, o) in site.origins.iter().enumerate() {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return Err(TrackerError::BadRequest(format!(
+                    "origins[{i}]: {o:?} is not an origin like https://shop.example"
+                )));
+            }
+        }
+        for (i, g) in site.geo_pools.iter().enumerate() {
+            if !layout::is_id(&g.pool) {
+                return Err(TrackerError::BadRequest(format!(
+                    "geo_pools[{i}].pool: not a valid pool id"
+                )));
+            }
+        }
+        site.replace = self.normalize_all("replace", &site.replace)?;
+        if site.display_mask.is_empty() {
+            site.display_mask = default_mask(&self.plan).into();
+        } else if site.display_mask.chars().filter(|c| *c == '#').count() < 4 {
+            return Err(TrackerError::BadRequest(
+                "display_mask: needs at least 4 '#' digit places".into(),
+            ));
+        }
+        let mut r = self.redis.clone();
+        let json =
+            serde_json::to_string(&site).map_err(|e| TrackerError::Internal(e.to_string()))?;
+        redis::pipe()
+            .set(layout::site_key(&site.id), json)
+            .sadd(layout::SITES, &site.id)
+            .exec_async(&mut r)
+            .await?;
+        info!(site = %site.id, "site saved");
+        Ok(site)
+    }
+
+    pub async fn site(&self, id: &str) -> Result<Site, TrackerError> {
+        let mut r = self.redis.clone();
+        let json: Option<String> = redis::cmd("GET")
+            .arg(layout::site_key(id))
+            .query_async(&mut r)
+            .await?;
+        let json = json.ok_or_else(|| TrackerError::NotFound(format!("unknown site {id:?}")))?;
+        serde_json::from_str(&json).map_err(|e| TrackerError::Internal(format!("site {id}: {e}")))
+    }
+
+    pub async fn put_pool(&self, mut def: PoolDef) -> Result<PoolDef, TrackerError> {
+        if !layout::is_id(&def.id) {
+            return Err(TrackerError::BadRequest(
+                "pool id: letters, digits, '-' and '_' only".into(),
+            ));
+        }
+        self.site(&def.site).await?;
+        def.destinations = self.normalize_all("destinations", &def.destinations)?;
+        if let Some(o) = &def.overflow_number {
+            let o = self.normalize("overflow_number", o)?;
+            // The overflow number routes like an active number of the pool.
+            self.write_route(
+                &RouteRecord {
+                    number: o.clone(),
+                    status: NumberStatus::Active,
+                    kind: NumberKind::Overflow,
+                    site: def.site.clone(),
+                    pool: def.id.clone(),
+                    destinations: def.destinations.clone(),
+                    trunk_group: def.trunk_group.clone(),
+                    source_label: String::new(),
+                    status_since: dialmark_schemas::unix_now(),
+                },
+                "pool overflow number",
+                "api",
+            )
+            .await?;
+            def.overflow_number = Some(o);
+        }
+        let mut r = self.redis.clone();
+        let json =
+            serde_json::to_string(&def).map_err(|e| TrackerError::Internal(e.to_string()))?;
+        redis::pipe()
+            .set(layout::pool_key(&def.id), json)
+            .sadd(layout::POOLS, &def.id)
+            .exec_async(&mut r)
+            .await?;
+        info!(pool.id = %def.id, site = %def.site, "pool saved");
+        Ok(def)
+    }
+
+    pub async fn pool(&self, id: &str) -> Result<PoolDef, TrackerError> {
+        let mut r = self.redis.clone();
+        let json: Option<String> = redis::cmd("GET")
+            .arg(layout::pool_key(id))
+            .query_async(&mut r)
+            .await?;
+        let json = json.ok_or_else(|| TrackerError::NotFound(format!("unknown pool {id:?}")))?;
+        serde_json::from_str(&json).map_err(|e| TrackerError::Internal(format!("pool {id}: {e}")))
+    }
+
+    pub async fn pool_ids(&self) -> Result<Vec<String>, TrackerError> {
+        let mut r = self.redis.clone();
+        let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(layout::POOLS)
+            .query_async(&mut r)
+            .await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub async fn route(&self, number: &str) -> Result<Option<RouteRecord>, TrackerError> {
+        let mut r = self.redis.clone();
+        Ok(layout::read_route(&mut r, number).await?)
+    }
+
+    /// Writes a routing record and records the status transition.
+    async fn write_route(
+        &self,
+        rec: &RouteRecord,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(), TrackerError> {
+        let mut r = self.redis.clone();
+        let prev = layout::read_route(&mut r, &rec.number).await?;
+        let from = prev.as_ref().map_or(NumberStatus::Unknown, |p| p.status);
+        let key = layout::route_key(&rec.number);
+        let mut pipe = redis::pipe();
+        pipe.del(&key).hset_multiple(&key, &rec.to_fields());
+        match rec.status {
+            NumberStatus::Quarantine => pipe
+                .zadd(layout::QUARANTINE, &rec.number, rec.status_since)
+                .srem(layout::STOCK, &rec.number),
+            NumberStatus::Stock => pipe
+                .zrem(layout::QUARANTINE, &rec.number)
+                .sadd(layout::STOCK, &rec.number),
+            _ => pipe
+                .zrem(layout::QUARANTINE, &rec.number)
+                .srem(layout::STOCK, &rec.number),
+        };
+        pipe.exec_async(&mut r).await?;
+        if from != rec.status || prev.is_none() {
+            self.event(
+                &rec.number,
+                &rec.site,
+                &rec.pool,
+                from,
+                rec.status,
+                actor,
+                reason,
+            );
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        number: &str,
+        site: &str,
+        pool: &str,
+        from: NumberStatus,
+        to: NumberStatus,
+        actor: &str,
+        reason: &str,
+    ) {
+        info!(
+            number,
+            site,
+            pool.id = pool,
+            from = from.as_str(),
+            to = to.as_str(),
+            "number status changed"
+        );
+        // A full queue is logged and counted by the sink; the change itself stands.
+        let _ = self.events.push(NumberEvent {
+            event_id: uuid::Uuid::new_v4(),
+            ts: dialmark_schemas::unix_now(),
+            number: number.into(),
+            site: site.into(),
+            pool: pool.into(),
+            from_status: from,
+            to_status: to,
+            actor: actor.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Adds numbers to a pool (active, leasable at once), as static numbers,
+    /// or to stock. Quarantined numbers are refused: they come back only
+    /// through [`Inventory::release_quarantine`].
+    pub async fn add_numbers(
+        &self,
+        req: AddNumbers,
+        actor: &str,
+        now: u32,
+    ) -> Result<Vec<String>, TrackerError> {
+        if req.numbers.is_empty() {
+            return Err(TrackerError::BadRequest(
+                "numbers: at least one number".into(),
+            ));
+        }
+        let numbers = self.normalize_all("numbers", &req.numbers)?;
+        let mut destinations = self.normalize_all("destinations", &req.destinations)?;
+        let (kind, status, site, pool, group) = match (&req.pool, &req.source_label) {
+            (Some(_), Some(_)) => {
+                return Err(TrackerError::BadRequest(
+                    "give either pool or source_label, not both".into(),
+                ))
+            }
+            (Some(p), None) => {
+                let def = self.pool(p).await?;
+                if destinations.is_empty() {
+                    destinations = def.destinations.clone();
+                }
+                let group = req.trunk_group.clone().unwrap_or(def.trunk_group.clone());
+                (
+                    NumberKind::Pool,
+                    NumberStatus::Active,
+                    def.site,
+                    def.id,
+                    group,
+                )
+            }
+            (None, Some(_)) => {
+                let site = req.site.clone().ok_or_else(|| {
+                    TrackerError::BadRequest("site: required for a static number".into())
+                })?;
+                self.site(&site).await?;
+                (
+                    NumberKind::Static,
+                    NumberStatus::Active,
+                    site,
+                    String::new(),
+                    req.trunk_group.clone().unwrap_or_else(default_group),
+                )
+            }
+            (None, None) => (
+                NumberKind::Pool,
+                NumberStatus::Stock,
+                String::new(),
+                String::new(),
+                default_group(),
+            ),
+        };
+        if status == NumberStatus::Active && destinations.is_empty() {
+            return Err(TrackerError::BadRequest(
+                "destinations: an active number needs somewhere to ring".into(),
+            ));
+        }
+        for n in &numbers {
+            if let Some(prev) = self.route(n).await? {
+                if prev.status == NumberStatus::Quarantine {
+                    return Err(TrackerError::Conflict(format!(
+                        "{n} is in quarantine; release-quarantine returns it to stock when eligible"
+                    )));
+                }
+                if prev.status == NumberStatus::Active && !(prev.pool == pool && prev.kind == kind)
+                {
+                    return Err(TrackerError::Conflict(format!(
+                        "{n} is active in pool {:?} of site {:?}; retire it first",
+                        prev.pool, prev.site
+                    )));
+                }
+            }
+        }
+        for n in &numbers {
+            let rec = RouteRecord {
+                number: n.clone(),
+                status,
+                kind,
+                site: site.clone(),
+                pool: pool.clone(),
+                destinations: destinations.clone(),
+                trunk_group: group.clone(),
+                source_label: req.source_label.clone().unwrap_or_default(),
+                status_since: now,
+            };
+            // Route first, then the pool: the router never sees a leased
+            // number without a routing record.
+            self.write_route(&rec, "added", actor).await?;
+            if kind == NumberKind::Pool && status == NumberStatus::Active {
+                let mut r = self.redis.clone();
+                pool::enroll(&mut r, &self.scripts, &pool, now, n).await?;
+            }
+        }
+        Ok(numbers)
+    }
+
+    /// Replaces the destinations of one number.
+    pub async fn set_destinations(
+        &self,
+        number: &str,
+        destinations: &[String],
+    ) -> Result<RouteRecord, TrackerError> {
+        let number = self.normalize("number", number)?;
+        let destinations = self.normalize_all("destinations", destinations)?;
+        if destinations.is_empty() {
+            return Err(TrackerError::BadRequest(
+                "destinations: at least one".into(),
+            ));
+        }
+        let mut rec = self
+            .route(&number)
+            .await?
+            .ok_or_else(|| TrackerError::NotFound(format!("unknown number {number}")))?;
+        rec.destinations = destinations;
+        let mut r = self.redis.clone();
+        redis::cmd("HSET")
+            .arg(layout::route_key(&number))
+            .arg("destinations")
+            .arg(rec.destinations.join(","))
+            .exec_async(&mut r)
+            .await?;
+        Ok(rec)
+    }
+
+    /// Retires a number to quarantine: it stops being leased at once; calls
+    /// to it are still recorded (and rejected by the router).
+    pub async fn retire(
+        &self,
+        number: &str,
+        reason: &str,
+        actor: &str,
+        now: u32,
+    ) -> Result<RouteRecord, TrackerError> {
+        let number = self.normalize("number", number)?;
+        let mut rec = self
+            .route(&number)
+            .await?
+            .ok_or_else(|| TrackerError::NotFound(format!("unknown number {number}")))?;
+        match rec.status {
+            NumberStatus::Quarantine => {
+                return Err(TrackerError::Conflict(format!(
+                    "{number} is already in quarantine"
+                )))
+            }
+            NumberStatus::Stock => {
+                return Err(TrackerError::Conflict(format!(
+                    "{number} is in stock, not in use"
+                )))
+            }
+            _ => {}
+        }
+        rec.status = NumberStatus::Quarantine;
+        rec.status_since = now;
+        self.write_route(&rec, reason, actor).await?;
+        if !rec.pool.is_empty() && rec.kind == NumberKind::Pool {
+            let mut r = self.redis.clone();
+            pool::withdraw(
+                &mut r,
+                &self.scripts,
+                &rec.pool,
+                now,
+                self.timing.attribution_window,
+                &number,
+            )
+            .await?;
+        }
+        Ok(rec)
+    }
+
+    /// Quarantined numbers with their call counts over the trailing 90 days.
+    pub async fn quarantine(&self, now: u32) -> Result<Vec<QuarantineEntry>, TrackerError> {
+        let mut r = self.redis.clone();
+        let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(layout::QUARANTINE)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut r)
+            .await?;
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let numbers: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+        let counts = self
+            .call_counts(
+                &numbers,
+                now.saturating_sub(QUARANTINE_CALL_WINDOW_DAYS * DAY),
+                now,
+            )
+            .await?;
+        Ok(members
+            .iter()
+            .map(|(n, since)| {
+                let since = *since as u32;
+                let calls = counts.get(n).copied().unwrap_or(0);
+                let days = now.saturating_sub(since) / DAY;
+                QuarantineEntry {
+                    number: n.clone(),
+                    since,
+                    days,
+                    calls_90d: calls,
+                    eligible: now.saturating_sub(since) >= QUARANTINE_MIN_DAYS * DAY
+                        && calls < QUARANTINE_MAX_CALLS,
+                }
+            })
+            .collect())
+    }
+
+    /// Returns to stock every quarantined number that has rested at least
+    /// 45 days and had fewer than 3 calls in the trailing 90 days.
+    pub async fn release_quarantine(
+        &self,
+        actor: &str,
+        now: u32,
+    ) -> Result<Vec<QuarantineEntry>, TrackerError> {
+        let mut released = Vec::new();
+        for e in self.quarantine(now).await? {
+            if !e.eligible {
+                continue;
+            }
+            let Some(mut rec) = self.route(&e.number).await? else {
+                continue;
+            };
+            rec.status = NumberStatus::Stock;
+            rec.kind = NumberKind::Pool;
+            rec.site.clear();
+            rec.pool.clear();
+            rec.source_label.clear();
+            rec.status_since = now;
+            let reason = format!(
+                "quarantine {} days, {} calls in 90 days",
+                e.days, e.calls_90d
+            );
+            self.write_route(&rec, &reason, actor).await?;
+            released.push(e);
+        }
+        Ok(released)
+    }
+
+    async fn call_counts(
+        &self,
+        numbers: &[&str],
+        from: u32,
+        to: u32,
+    ) -> Result<HashMap<String, u64>, TrackerError> {
+        #[derive(Row, Deserialize)]
+        struct Count {
+            number: String,
+            calls: u64,
+        }
+        let rows: Vec<Count> = self
+            .clickhouse
+            .query(
+                "SELECT number, count() AS calls FROM calls FINAL \
+                 WHERE has(?, number) AND received >= toDateTime(?) AND received <= toDateTime(?) GROUP BY number",
+            )
+            .bind(numbers)
+            .bind(from)
+            .bind(to)
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(|c| (c.number, c.calls)).collect())
+    }
+}
+
+/// The display mask used when a site sets none.
+pub fn default_mask(plan: &NumberingPlan) -> &'static str {
+    match plan.country_code.as_str() {
+        "7" => "+7 (###) ###-##-##",
+        "1" => "(###) ###-####",
+        _ => "+############",
+    }
+}
+
+/// Formats an E.164 number with a mask whose `#` places take the number's
+/// digits from the right; with more places than digits, the number as is.
+pub fn format_display(number: &str, mask: &str) -> String {
+    let digits: Vec<char> = number.chars().filter(char::is_ascii_digit).collect();
+    let places = mask.chars().filter(|c| *c == '#').count();
+    if places == 0 || places > digits.len() {
+        return number.to_string();
+    }
+    let mut it = digits[digits.len() - places..].iter();
+    mask.chars()
+        .map(|c| {
+            if c == '#' {
+                *it.next().expect("counted")
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_masks() {
+        assert_eq!(
+            format_display("+74951234567", "+7 (###) ###-##-##"),
+            "+7 (495) 123-45-67"
+        );
+        assert_eq!(
+            format_display("+14155550100", "(###) ###-####"),
+            "(415) 555-0100"
+        );
+        assert_eq!(format_display("+4930123", "(###) ###-####"), "+4930123");
+    }
+}

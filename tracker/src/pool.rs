@@ -1,0 +1,176 @@
+//! The lease engine: leasing a number from a pool for a browser session,
+//! keeping it alive, and taking numbers in and out of pools. Every step is
+//! one atomic Lua script on the pool's Redis slot (see `schemas/lua/`);
+//! time is passed in, so tests control the clock.
+
+use dialmark_schemas::layout::{pool_prefix, Scripts};
+use dialmark_schemas::store::Redis;
+
+use crate::error::TrackerError;
+
+/// Lease timing, from `[tracker]` config.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTiming {
+    pub hold: u32,
+    pub max_hold: u32,
+    pub cooldown: u32,
+    pub attribution_window: u32,
+}
+
+impl From<&dialmark_schemas::config::TrackerConfig> for LeaseTiming {
+    fn from(t: &dialmark_schemas::config::TrackerConfig) -> Self {
+        Self {
+            hold: t.hold_seconds,
+            max_hold: t.max_hold_seconds,
+            cooldown: t.cooldown_seconds,
+            attribution_window: t.attribution_window_seconds,
+        }
+    }
+}
+
+/// What [`allocate`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allocation {
+    /// A new lease of `number` until `expires_at`.
+    Leased { number: String, expires_at: u32 },
+    /// The session already held `number`; extended to `expires_at`.
+    Renewed { number: String, expires_at: u32 },
+    /// No number was free: the caller hands out the overflow number.
+    Exhausted,
+}
+
+/// Result of one allocation, with the leases reclaimed on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocateOutcome {
+    pub allocation: Allocation,
+    pub reclaimed: Vec<String>,
+}
+
+/// Leases a number of `pool` to `session` (or renews the one it holds).
+/// `fields` are stored on the lease for attribution.
+pub async fn allocate(
+    redis: &mut Redis,
+    scripts: &Scripts,
+    pool: &str,
+    now: u32,
+    timing: LeaseTiming,
+    session: &str,
+    fields: &[(&str, &str)],
+) -> Result<AllocateOutcome, TrackerError> {
+    let mut inv = scripts.allocate.key(pool_prefix(pool));
+    inv.arg(now)
+        .arg(timing.hold)
+        .arg(timing.max_hold)
+        .arg(timing.cooldown)
+        .arg(timing.attribution_window)
+        .arg(session);
+    for (k, v) in fields {
+        inv.arg(*k).arg(*v);
+    }
+    let (status, number, expires_at, reclaimed): (String, String, u32, Vec<String>) =
+        inv.invoke_async(redis).await?;
+    let allocation = match status.as_str() {
+        "leased" => Allocation::Leased { number, expires_at },
+        "renewed" => Allocation::Renewed { number, expires_at },
+        "exhausted" => Allocation::Exhausted,
+        other => {
+            return Err(TrackerError::Internal(format!(
+                "allocate script answered {other:?}"
+            )))
+        }
+    };
+    Ok(AllocateOutcome {
+        allocation,
+        reclaimed,
+    })
+}
+
+/// Extends `session`'s lease in `pool`; `None` when it holds none.
+pub async fn keepalive(
+    redis: &mut Redis,
+    scripts: &Scripts,
+    pool: &str,
+    now: u32,
+    hold: u32,
+    session: &str,
+) -> Result<Option<u32>, TrackerError> {
+    let exp: u32 = scripts
+        .keepalive
+        .key(pool_prefix(pool))
+        .arg(now)
+        .arg(hold)
+        .arg(session)
+        .invoke_async(redis)
+        .await?;
+    Ok((exp > 0).then_some(exp))
+}
+
+/// Puts `number` into `pool`, free at once. Returns whether it was new there.
+pub async fn enroll(
+    redis: &mut Redis,
+    scripts: &Scripts,
+    pool: &str,
+    now: u32,
+    number: &str,
+) -> Result<bool, TrackerError> {
+    let added: i64 = scripts
+        .enroll
+        .key(pool_prefix(pool))
+        .arg(now)
+        .arg(number)
+        .invoke_async(redis)
+        .await?;
+    Ok(added == 1)
+}
+
+/// Takes `number` out of `pool` at once; a live lease ends now and is kept
+/// for attribution. Returns whether it was leased.
+pub async fn withdraw(
+    redis: &mut Redis,
+    scripts: &Scripts,
+    pool: &str,
+    now: u32,
+    window: u32,
+    number: &str,
+) -> Result<bool, TrackerError> {
+    let was: i64 = scripts
+        .withdraw
+        .key(pool_prefix(pool))
+        .arg(now)
+        .arg(window)
+        .arg(number)
+        .invoke_async(redis)
+        .await?;
+    Ok(was == 1)
+}
+
+/// Sizes of one pool, for metrics and the admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolStats {
+    pub size: u64,
+    pub free: u64,
+    pub leased: u64,
+    pub exhausted: u64,
+}
+
+pub async fn stats(redis: &mut Redis, pool: &str) -> Result<PoolStats, TrackerError> {
+    let p = pool_prefix(pool);
+    let (size, free, leased, exhausted): (u64, u64, u64, Option<u64>) = redis::pipe()
+        .cmd("SCARD")
+        .arg(format!("{p}numbers"))
+        .cmd("ZCARD")
+        .arg(format!("{p}free"))
+        .cmd("ZCARD")
+        .arg(format!("{p}leased"))
+        .cmd("HGET")
+        .arg(format!("{p}stats"))
+        .arg("exhausted")
+        .query_async(redis)
+        .await?;
+    Ok(PoolStats {
+        size,
+        free,
+        leased,
+        exhausted: exhausted.unwrap_or(0),
+    })
+}

@@ -1,0 +1,439 @@
+//! The snippet API: `POST /v1/visits` leases a number for a visit and
+//! records it; `POST /v1/visits/{session}/keepalive` keeps the lease alive.
+//! Bodies are JSON (also when sent as `text/plain` to skip a CORS
+//! preflight); CORS is limited to each site's configured origins.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use dialmark_schemas::rows::{LeaseEvent, NumberKind, Visit};
+use serde::{Deserialize, Serialize};
+use tracing::{info_span, warn, Instrument};
+
+use crate::app::AppState;
+use crate::error::TrackerError;
+use crate::geo::{self, Place};
+use crate::inventory::{format_display, Site};
+use crate::pool::{self, Allocation};
+
+/// Longest accepted string field (URLs included).
+const MAX_FIELD: usize = 2048;
+
+/// What the snippet sends.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct VisitRequest {
+    pub site: String,
+    pub visitor_id: Option<String>,
+    pub session_id: Option<String>,
+    pub url: String,
+    pub landing_url: String,
+    pub referrer: String,
+    pub utm_source: String,
+    pub utm_medium: String,
+    pub utm_campaign: String,
+    pub utm_term: String,
+    pub utm_content: String,
+    pub gclid: String,
+    pub yclid: String,
+    pub fbclid: String,
+    pub msclkid: String,
+    /// First-touch source kept by the snippet (not used for leasing).
+    pub first_touch: Option<serde_json::Value>,
+}
+
+/// What the snippet gets back.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct VisitResponse {
+    pub session_id: String,
+    pub visitor_id: String,
+    pub number: String,
+    pub display: String,
+    pub hold_seconds: u32,
+    pub keepalive_seconds: u32,
+    pub replace: Vec<String>,
+    /// `pool`, `overflow`, or `static` (Redis unavailable: the site's own number).
+    pub kind: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct KeepaliveRequest {
+    pub site: String,
+}
+
+fn parse_json<T: for<'a> Deserialize<'a>>(body: &Bytes) -> Result<T, TrackerError> {
+    serde_json::from_slice(body)
+        .map_err(|e| TrackerError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn check_id(field: &str, v: &str) -> Result<(), TrackerError> {
+    if v.is_empty()
+        || v.len() > 64
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(TrackerError::BadRequest(format!(
+            "{field}: 1-64 letters, digits, '-' or '_'"
+        )));
+    }
+    Ok(())
+}
+
+impl VisitRequest {
+    fn validate(&self) -> Result<(), TrackerError> {
+        if self.site.is_empty() {
+            return Err(TrackerError::BadRequest("site: required".into()));
+        }
+        check_id("site", &self.site)?;
+        if let Some(v) = &self.visitor_id {
+            check_id("visitor_id", v)?;
+        }
+        if let Some(s) = &self.session_id {
+            check_id("session_id", s)?;
+        }
+        for (name, v) in self.fields() {
+            if v.len() > MAX_FIELD {
+                return Err(TrackerError::BadRequest(format!(
+                    "{name}: longer than {MAX_FIELD} bytes"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Source fields, as stored on the lease and the visit row.
+    fn fields(&self) -> [(&'static str, &str); 12] {
+        [
+            ("url", &self.url),
+            ("landing_url", self.landing()),
+            ("referrer", &self.referrer),
+            ("utm_source", &self.utm_source),
+            ("utm_medium", &self.utm_medium),
+            ("utm_campaign", &self.utm_campaign),
+            ("utm_term", &self.utm_term),
+            ("utm_content", &self.utm_content),
+            ("gclid", &self.gclid),
+            ("yclid", &self.yclid),
+            ("fbclid", &self.fbclid),
+            ("msclkid", &self.msclkid),
+        ]
+    }
+
+    fn landing(&self) -> &str {
+        if self.landing_url.is_empty() {
+            &self.url
+        } else {
+            &self.landing_url
+        }
+    }
+}
+
+/// CORS check: a browser request from an origin the site does not list is
+/// refused; the allowed origin is echoed on the response.
+fn cors_origin(site: &Site, headers: &HeaderMap) -> Result<Option<HeaderValue>, TrackerError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(None);
+    };
+    let o = origin.to_str().unwrap_or("");
+    if site.origins.iter().any(|a| a == o) {
+        Ok(Some(origin.clone()))
+    } else {
+        Err(TrackerError::Forbidden(format!(
+            "origin {o:?} is not allowed for site {:?}",
+            site.id
+        )))
+    }
+}
+
+fn with_cors(mut resp: Response, origin: Option<HeaderValue>) -> Response {
+    if let Some(o) = origin {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    resp
+}
+
+/// Preflight for clients that send `application/json`: the real request is
+/// still checked against the site's origins.
+pub async fn preflight(headers: HeaderMap) -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if let Some(o) = headers.get(header::ORIGIN) {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("POST"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("content-type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    resp
+}
+
+/// Picks the site's pool for a visitor's place.
+pub fn choose_pool<'a>(site: &'a Site, place: &Place) -> &'a str {
+    site.geo_pools
+        .iter()
+        .find(|g| {
+            g.regions.iter().any(|r| {
+                (!place.region.is_empty() && *r == place.region)
+                    || (!place.country.is_empty() && *r == place.country)
+            })
+        })
+        .map_or(site.default_pool.as_str(), |g| g.pool.as_str())
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, TrackerError> {
+    let req: VisitRequest = parse_json(&body)?;
+    req.validate()?;
+    let span = info_span!("visit", site = %req.site, session = tracing::field::Empty);
+    async move {
+        let started = std::time::Instant::now();
+        let site = state.inventory.site(&req.site).await?;
+        let origin = cors_origin(&site, &headers)?;
+        let ip = geo::client_ip(peer, &headers, &state.config.tracker.trusted_proxies);
+        let place = state.geo.lookup(ip);
+        let pool_id = choose_pool(&site, &place).to_string();
+        let session = req.session_id.clone().unwrap_or_else(new_id);
+        let visitor = req.visitor_id.clone().unwrap_or_else(new_id);
+        tracing::Span::current().record("session", session.as_str());
+        let now = dialmark_schemas::unix_now();
+        let timing = state.inventory.timing;
+
+        let visit_ts = now.to_string();
+        let mut fields: Vec<(&str, &str)> = vec![
+            ("visitor", &visitor),
+            ("site", &site.id),
+            ("visit_ts", &visit_ts),
+            ("country", &place.country),
+            ("region", &place.region),
+            ("city", &place.city),
+        ];
+        fields.extend(req.fields().iter().filter(|(k, _)| *k != "url").copied());
+
+        let mut redis = state.inventory.redis.clone();
+        let outcome = pool::allocate(&mut redis, &state.inventory.scripts, &pool_id, now, timing, &session, &fields).await;
+        let (number, kind) = match outcome {
+            Ok(o) => {
+                for n in &o.reclaimed {
+                    state.lease_event(&site.id, &pool_id, n, "", "", LeaseEvent::Reclaim, now, now);
+                }
+                match o.allocation {
+                    Allocation::Leased { number, expires_at } => {
+                        state.lease_event(&site.id, &pool_id, &number, &session, &visitor, LeaseEvent::Lease, now, expires_at);
+                        (number, NumberKind::Pool)
+                    }
+                    Allocation::Renewed { number, .. } => (number, NumberKind::Pool),
+                    Allocation::Exhausted => {
+                        metrics::counter!("dialmark_pool_exhausted_total", "pool" => pool_id.clone()).increment(1);
+                        let overflow = state.inventory.pool(&pool_id).await.ok().and_then(|p| p.overflow_number);
+                        warn!(pool.id = %pool_id, "pool exhausted; handing out the overflow number");
+                        match overflow {
+                            Some(n) => {
+                                state.lease_event(&site.id, &pool_id, &n, &session, &visitor, LeaseEvent::Overflow, now, now);
+                                (n, NumberKind::Overflow)
+                            }
+                            None => (site.replace.first().cloned().unwrap_or_default(), NumberKind::Static),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // Redis is away: the site keeps its own number, the visit is still recorded.
+                warn!(cause = %e, "lease failed; answering with the site's own number");
+                metrics::counter!("dialmark_lease_errors_total").increment(1);
+                (site.replace.first().cloned().unwrap_or_default(), NumberKind::Static)
+            }
+        };
+        metrics::histogram!("dialmark_lease_seconds").record(started.elapsed().as_secs_f64());
+
+        let row = Visit {
+            visit_id: uuid::Uuid::new_v4(),
+            ts: now,
+            site: site.id.clone(),
+            pool: pool_id.clone(),
+            session_id: session.clone(),
+            visitor_id: visitor.clone(),
+            number: number.clone(),
+            number_kind: kind,
+            url: req.url.clone(),
+            referrer: req.referrer.clone(),
+            utm_source: req.utm_source.clone(),
+            utm_medium: req.utm_medium.clone(),
+            utm_campaign: req.utm_campaign.clone(),
+            utm_term: req.utm_term.clone(),
+            utm_content: req.utm_content.clone(),
+            gclid: req.gclid.clone(),
+            yclid: req.yclid.clone(),
+            fbclid: req.fbclid.clone(),
+            msclkid: req.msclkid.clone(),
+            ip: geo::truncate(ip),
+            country: place.country.clone(),
+            region: place.region.clone(),
+            city: place.city.clone(),
+            user_agent: headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .chars()
+                .take(512)
+                .collect(),
+        };
+        let _ = state.visits.push(row);
+
+        let resp = VisitResponse {
+            display: format_display(&number, &site.display_mask),
+            session_id: session,
+            visitor_id: visitor,
+            number,
+            hold_seconds: timing.hold,
+            keepalive_seconds: keepalive_interval(timing.hold),
+            replace: site.replace.clone(),
+            kind: match kind {
+                NumberKind::Overflow => "overflow",
+                NumberKind::Static => "static",
+                _ => "pool",
+            }
+            .into(),
+        };
+        Ok(with_cors(Json(resp).into_response(), origin))
+    }
+    .instrument(span)
+    .await
+}
+
+/// Keep-alives come often enough that two can be lost within a hold.
+pub fn keepalive_interval(hold: u32) -> u32 {
+    (hold / 3).clamp(1, 60)
+}
+
+pub async fn keepalive(
+    State(state): State<AppState>,
+    Path(session): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, TrackerError> {
+    check_id("session", &session)?;
+    let req: KeepaliveRequest = parse_json(&body)?;
+    check_id("site", &req.site)?;
+    let site = state.inventory.site(&req.site).await?;
+    let origin = cors_origin(&site, &headers)?;
+    let now = dialmark_schemas::unix_now();
+    let hold = state.inventory.timing.hold;
+    let mut pools = vec![site.default_pool.clone()];
+    pools.extend(site.geo_pools.iter().map(|g| g.pool.clone()));
+    let mut redis = state.inventory.redis.clone();
+    for p in pools {
+        if let Some(exp) = pool::keepalive(
+            &mut redis,
+            &state.inventory.scripts,
+            &p,
+            now,
+            hold,
+            &session,
+        )
+        .await?
+        {
+            let body = Json(serde_json::json!({ "expires_in": exp.saturating_sub(now) }));
+            return Ok(with_cors(body.into_response(), origin));
+        }
+    }
+    let body = (
+        StatusCode::GONE,
+        Json(serde_json::json!({ "error": "lease ended; request a new visit" })),
+    );
+    Ok(with_cors(body.into_response(), origin))
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::GeoPool;
+
+    fn site() -> Site {
+        Site {
+            id: "s".into(),
+            origins: vec!["https://a.example".into()],
+            replace: vec!["+74950000000".into()],
+            display_mask: String::new(),
+            default_pool: "main".into(),
+            geo_pools: vec![
+                GeoPool {
+                    pool: "msk".into(),
+                    regions: vec!["RU-MOW".into()],
+                },
+                GeoPool {
+                    pool: "us".into(),
+                    regions: vec!["US".into()],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn geo_pool_choice() {
+        let s = site();
+        let place = |c: &str, r: &str| Place {
+            country: c.into(),
+            region: r.into(),
+            city: String::new(),
+        };
+        assert_eq!(choose_pool(&s, &place("RU", "RU-MOW")), "msk");
+        assert_eq!(choose_pool(&s, &place("RU", "RU-SPE")), "main");
+        assert_eq!(choose_pool(&s, &place("US", "US-CA")), "us");
+        assert_eq!(choose_pool(&s, &Place::default()), "main");
+    }
+
+    #[test]
+    fn cors_is_per_site() {
+        let s = site();
+        let mut h = HeaderMap::new();
+        assert_eq!(cors_origin(&s, &h).unwrap(), None);
+        h.insert(header::ORIGIN, "https://a.example".parse().unwrap());
+        assert!(cors_origin(&s, &h).unwrap().is_some());
+        h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert!(matches!(
+            cors_origin(&s, &h),
+            Err(TrackerError::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn request_validation() {
+        let ok: VisitRequest =
+            serde_json::from_str(r#"{"site":"s","url":"https://a.example/?utm_source=x"}"#)
+                .unwrap();
+        ok.validate().unwrap();
+        let bad: VisitRequest = serde_json::from_str(r#"{"site":"s s"}"#).unwrap();
+        assert!(bad.validate().is_err());
+        let long = VisitRequest {
+            site: "s".into(),
+            url: "x".repeat(5000),
+            ..Default::default()
+        };
+        assert!(long.validate().is_err());
+    }
+}
