@@ -1,33 +1,129 @@
-//! The dialmark SIP routing node.
+//! The dialmark SIP routing node: a transaction-stateful proxy that looks
+//! tracking numbers up in Redis, forwards calls over failover trunks, and
+//! records every attempt and call in ClickHouse.
 //!
 //! # Layout
-//! - [`http`]: `/healthz`, `/metrics` and `/status` for the NOC.
+//! - [`wire`]: framing, header index and rewrites on raw SIP bytes.
+//! - [`call`]: one call as a pure state machine (attempts, failover,
+//!   hunting, CANCEL, dialog, rows).
+//! - [`health`]: the trunk up/down breaker.
+//! - [`directory`]: DID routing records (cached) and call attribution.
+//! - [`node`]: the I/O loop: sockets, timers, policy, probes.
+//! - [`alert`]: the Alertmanager-compatible webhook.
+//! - [`http`]: `/healthz`, `/metrics`, `/status` for the NOC.
 #![forbid(unsafe_code)]
 
+pub mod alert;
+pub mod call;
+pub mod directory;
+pub mod health;
 pub mod http;
+pub mod node;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use dialmark_schemas::config::Config;
 use dialmark_schemas::migrate;
+use dialmark_schemas::rows::{Call, CallAttempt, TrunkEvent};
+use dialmark_schemas::sink::Sink;
+use tokio::sync::mpsc;
 use tracing::info;
 
-/// Runs the node until SIGINT/SIGTERM.
+/// Runs the node until SIGINT/SIGTERM, drains calls, flushes the sinks.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let server = dialmark_schemas::ch::server_client(&config.clickhouse);
     migrate::apply(&server, &config.clickhouse.database)
         .await
         .with_context(|| format!("migrating ClickHouse at {}", config.clickhouse.url))?;
-    let udp = tokio::net::UdpSocket::bind(config.router.udp)
-        .await
-        .with_context(|| format!("binding router.udp {}", config.router.udp))?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let config = Arc::new(config);
+    let r = &config.router;
+    let udp = Arc::new(
+        tokio::net::UdpSocket::bind(r.udp)
+            .await
+            .with_context(|| format!("binding router.udp {}", r.udp))?,
+    );
     info!(addr = %udp.local_addr()?, "router listening (udp)");
-    let http = tokio::net::TcpListener::bind(config.router.http)
+    let tcp = match r.tcp {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding router.tcp {a}"))?;
+            info!(addr = %l.local_addr()?, "router listening (tcp)");
+            Some(l)
+        }
+        None => None,
+    };
+    let http = tokio::net::TcpListener::bind(r.http)
         .await
-        .with_context(|| format!("binding router.http {}", config.router.http))?;
+        .with_context(|| format!("binding router.http {}", r.http))?;
     info!(addr = %http.local_addr()?, "router http listening");
-    axum::serve(http, http::router())
-        .with_graceful_shutdown(dialmark_schemas::runtime::shutdown_signal())
-        .await?;
+
+    let ch = dialmark_schemas::ch::client(&config.clickhouse);
+    let (calls, t1) = Sink::<Call>::spawn(ch.clone(), &config.sink);
+    let (attempts, t2) = Sink::<CallAttempt>::spawn(ch.clone(), &config.sink);
+    let (trunk_events, t3) = Sink::<TrunkEvent>::spawn(ch, &config.sink);
+    let sinks = node::Sinks {
+        calls,
+        attempts,
+        trunk_events,
+    };
+    let directory = directory::Directory::new(
+        config.redis.clone(),
+        Duration::from_millis(r.route_cache_ms),
+        config.tracker.attribution_window_seconds,
+    );
+    let status = Arc::new(node::Status::default());
+    let (tx, rx) = mpsc::channel(65_536);
+    let node = node::Node::new(
+        config.clone(),
+        udp.clone(),
+        directory,
+        sinks,
+        alert::Alerter::new(r.alert_webhook.clone()),
+        status.clone(),
+        tx.clone(),
+    );
+    let reader = tokio::spawn(node::udp_reader(udp, tx.clone()));
+    let acceptor = tcp.map(|l| tokio::spawn(node::tcp_acceptor(l, tx.clone())));
+    let http_state = http::HttpState {
+        status,
+        metrics: Some(metrics),
+    };
+    let http_task = tokio::spawn(async move {
+        let _ = axum::serve(http, http::router(http_state)).await;
+    });
+    let loop_task = tokio::spawn(node.run(
+        rx,
+        Duration::from_secs(config.router.max_call_seconds.min(30)),
+    ));
+    dialmark_schemas::runtime::shutdown_signal().await;
+    info!("shutting down: draining calls");
+    let _ = tx.send(node::Input::Shutdown).await;
+    drop(tx);
+    let _ = loop_task.await;
+    reader.abort();
+    if let Some(a) = acceptor {
+        a.abort();
+    }
+    http_task.abort();
+    // The node is gone and with it every sink handle: writers flush and end.
+    let flush = async {
+        for t in [t1, t2, t3] {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), flush)
+        .await
+        .is_err()
+    {
+        tracing::error!("sinks did not flush within 10 s; queued rows lost");
+    }
     info!("router stopped");
     Ok(())
 }

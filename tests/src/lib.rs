@@ -5,5 +5,7 @@
 
 pub mod env;
 pub mod process;
+pub mod router;
+pub mod sipp;
 pub mod stack;
 pub mod tracker;

@@ -1,0 +1,489 @@
+//! The call state machine driven with a fake clock and no sockets.
+
+use super::*;
+
+const INVITE: &str = "INVITE sip:84950000001@127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-carrier-1\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:+79161234567@127.0.0.1:5070>;tag=caller1\r\n\
+To: <sip:84950000001@127.0.0.1:5060>\r\n\
+Call-ID: call-1@127.0.0.1\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:caller@127.0.0.1:5070>\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 4\r\n\r\nv=0\n";
+
+fn trunk(name: &str, port: u16) -> TrunkRef {
+    TrunkRef {
+        name: name.into(),
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+    }
+}
+
+fn setup(destinations: &[&str], trunks: Vec<TrunkRef>) -> Setup {
+    Setup {
+        number: "+74950000001".into(),
+        caller: "+79161234567".into(),
+        site: "demo".into(),
+        pool: "demo".into(),
+        status: NumberStatus::Active,
+        destinations: destinations.iter().map(|s| s.to_string()).collect(),
+        trunks,
+        source: Source {
+            attribution: Attribution::LiveLease,
+            utm_source: "google".into(),
+            ..Source::default()
+        },
+        headers: vec![(
+            "X-Dialmark-Source".into(),
+            "attribution=live_lease; utm_source=google".into(),
+        )],
+    }
+}
+
+fn policy() -> Policy {
+    Policy {
+        provisional_timeout_ms: 2_000,
+        ring_timeout_ms: 20_000,
+        overall_timeout_ms: 60_000,
+        max_call_ms: 3_600_000,
+        failover_codes: vec![408, 500, 502, 503, 504],
+        advertise: "127.0.0.1:5060".into(),
+    }
+}
+
+const T0: u64 = 1_800_000_000_000;
+
+/// The INVITE sent to a trunk in these actions, if any.
+fn sent_invite(actions: &[Action]) -> Option<(SocketAddr, Vec<u8>)> {
+    actions.iter().find_map(|a| match a {
+        Action::ToTrunk { addr, bytes } if bytes.starts_with(b"INVITE") => {
+            Some((*addr, bytes.clone()))
+        }
+        _ => None,
+    })
+}
+
+fn to_trunk(actions: &[Action], method: &str) -> Vec<Vec<u8>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToTrunk { bytes, .. } if bytes.starts_with(method.as_bytes()) => {
+                Some(bytes.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn to_carrier(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToCarrier(b) => Some(
+                String::from_utf8_lossy(b)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn attempts(actions: &[Action]) -> Vec<CallAttempt> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Attempt(r) => Some((**r).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn record(actions: &[Action]) -> Option<CallRow> {
+    actions.iter().find_map(|a| match a {
+        Action::Record(r) => Some((**r).clone()),
+        _ => None,
+    })
+}
+
+/// The trunk's reply `code` to the INVITE `inv`.
+fn reply(inv: &[u8], code: u16, reason: &str) -> Vec<u8> {
+    let m = wire::parse(inv).unwrap();
+    wire::response(&m, code, reason, Some("trunktag"), &[])
+}
+
+fn respond(
+    call: &mut Call,
+    attempt: u8,
+    inv: &[u8],
+    code: u16,
+    reason: &str,
+    now: u64,
+) -> Vec<Action> {
+    let bytes = reply(inv, code, reason);
+    let msg = wire::parse(&bytes).unwrap();
+    call.handle(Event::Response { attempt, msg: &msg }, now)
+}
+
+#[test]
+fn answered_call_forwards_and_records_talk_time() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091), trunk("b", 5092)]),
+        policy(),
+        T0,
+    );
+    let (addr, inv) = sent_invite(&out).expect("first attempt sent");
+    assert_eq!(addr.port(), 5091);
+    let text = String::from_utf8_lossy(&inv);
+    assert!(text.starts_with("INVITE sip:+74951234567@127.0.0.1:5091 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-dm-"), "{text}");
+    assert!(text.contains("Record-Route: <sip:127.0.0.1:5060;lr>\r\n"));
+    assert!(text.contains("Max-Forwards: 69\r\n"));
+    assert!(
+        text.contains("Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-carrier-1\r\n"),
+        "carrier Via kept below ours"
+    );
+    assert!(text.contains("X-Dialmark-Source: attribution=live_lease; utm_source=google\r\n"));
+    assert!(text.ends_with("\r\n\r\nv=0\n"), "body byte-exact");
+    assert!(out.contains(&Action::Arm {
+        timer: Timer::NoProvisional(1),
+        at_ms: T0 + 2_000
+    }));
+
+    let out = respond(&mut call, 1, &inv, 180, "Ringing", T0 + 300);
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 180 Ringing"]);
+    let out = respond(&mut call, 1, &inv, 200, "OK", T0 + 3_300);
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 200 OK"]);
+    let fwd = out
+        .iter()
+        .find_map(|a| {
+            if let Action::ToCarrier(b) = a {
+                Some(b.clone())
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&fwd).contains("z9hG4bK-dm-"),
+        "our Via is stripped going upstream"
+    );
+    assert!(call.is_answered());
+    // A retransmitted 200 from the trunk goes upstream too.
+    let out = respond(&mut call, 1, &inv, 200, "OK", T0 + 3_800);
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 200 OK"]);
+
+    let out = call.handle(Event::Bye, T0 + 63_300);
+    let a = attempts(&out);
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (
+            a[0].outcome,
+            a[0].final_code,
+            a[0].pdd_ms,
+            a[0].answer_ms,
+            a[0].talk_ms
+        ),
+        (Outcome::Answered, 200, 300, 3_300, 60_000)
+    );
+    let r = record(&out).unwrap();
+    assert_eq!(
+        (
+            r.disposition,
+            r.talk_ms,
+            r.ring_ms,
+            r.attempts,
+            r.final_trunk.as_str()
+        ),
+        (Disposition::Answered, 60_000, 3_000, 1, "a")
+    );
+    assert_eq!(r.attribution, Attribution::LiveLease);
+    assert_eq!(r.utm_source, "google");
+    assert!(call.is_finished());
+}
+
+#[test]
+fn failover_on_503_then_answer() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091), trunk("b", 5092)]),
+        policy(),
+        T0,
+    );
+    let (_, inv_a) = sent_invite(&out).unwrap();
+    let out = respond(&mut call, 1, &inv_a, 503, "Service Unavailable", T0 + 50);
+    let acks = to_trunk(&out, "ACK");
+    assert_eq!(acks.len(), 1, "non-2xx is ACKed hop by hop");
+    let ack = String::from_utf8_lossy(&acks[0]);
+    assert!(
+        ack.contains("CSeq: 1 ACK") && ack.contains("tag=trunktag"),
+        "{ack}"
+    );
+    assert!(to_carrier(&out).is_empty(), "the caller never sees the 503");
+    let a = attempts(&out);
+    assert_eq!(
+        (a[0].attempt, a[0].final_code, a[0].outcome, a[0].failover),
+        (1, 503, Outcome::Rejected, 1)
+    );
+    let (addr, inv_b) = sent_invite(&out).expect("second attempt");
+    assert_eq!(addr.port(), 5092);
+    assert_ne!(
+        wire::parse(&inv_a).unwrap().branch(),
+        wire::parse(&inv_b).unwrap().branch()
+    );
+    respond(&mut call, 2, &inv_b, 180, "Ringing", T0 + 100);
+    respond(&mut call, 2, &inv_b, 200, "OK", T0 + 1_100);
+    let out = call.handle(Event::Bye, T0 + 11_100);
+    let r = record(&out).unwrap();
+    assert_eq!(
+        (r.disposition, r.attempts, r.final_trunk.as_str(), r.talk_ms),
+        (Disposition::Answered, 2, "b", 10_000)
+    );
+}
+
+#[test]
+fn no_provisional_in_time_fails_over_and_marks_the_trunk() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091), trunk("b", 5092)]),
+        policy(),
+        T0,
+    );
+    let (_, inv_a) = sent_invite(&out).unwrap();
+    // UDP retransmission with doubling intervals until the failover timer.
+    let out = call.handle(Event::Timer(Timer::Retransmit(1)), T0 + 500);
+    assert_eq!(sent_invite(&out).unwrap().1, inv_a);
+    assert!(out.contains(&Action::Arm {
+        timer: Timer::Retransmit(1),
+        at_ms: T0 + 1_500
+    }));
+    let out = call.handle(Event::Timer(Timer::NoProvisional(1)), T0 + 2_000);
+    assert!(out.contains(&Action::TrunkTimeout("a".into())));
+    let a = attempts(&out);
+    assert_eq!(
+        (a[0].final_code, a[0].outcome, a[0].failover, a[0].pdd_ms),
+        (408, Outcome::Timeout, 1, 0)
+    );
+    assert_eq!(sent_invite(&out).unwrap().0.port(), 5092);
+    // Stale timers of attempt 1 do nothing.
+    assert!(call
+        .handle(Event::Timer(Timer::Retransmit(1)), T0 + 2_100)
+        .is_empty());
+    assert!(call
+        .handle(Event::Timer(Timer::NoProvisional(1)), T0 + 2_100)
+        .is_empty());
+}
+
+#[test]
+fn busy_is_not_failed_over() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091), trunk("b", 5092)]),
+        policy(),
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    let out = respond(&mut call, 1, &inv, 486, "Busy Here", T0 + 800);
+    assert!(sent_invite(&out).is_none(), "no second attempt");
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 486 Busy Here"]);
+    let a = attempts(&out);
+    assert_eq!((a[0].outcome, a[0].failover), (Outcome::Busy, 0));
+    let r = record(&out).unwrap();
+    assert_eq!(
+        (r.disposition, r.final_code, r.attempts),
+        (Disposition::Busy, 486, 1)
+    );
+    // The carrier retransmits its INVITE: it gets the 486 again.
+    let out = call.handle(Event::InviteRetransmit, T0 + 900);
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 486 Busy Here"]);
+}
+
+#[test]
+fn cancel_while_ringing() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091)]),
+        policy(),
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    respond(&mut call, 1, &inv, 180, "Ringing", T0 + 200);
+    let out = call.handle(Event::Cancel, T0 + 5_000);
+    let cancels = to_trunk(&out, "CANCEL");
+    assert_eq!(cancels.len(), 1);
+    let c = wire::parse(&cancels[0]).unwrap();
+    assert_eq!(
+        c.branch(),
+        wire::parse(&inv).unwrap().branch(),
+        "CANCEL matches the INVITE's branch"
+    );
+    assert_eq!(c.cseq(), Some((1, "CANCEL".into())));
+    let out = respond(&mut call, 1, &inv, 487, "Request Terminated", T0 + 5_050);
+    assert_eq!(to_trunk(&out, "ACK").len(), 1);
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 487 Request Terminated"]);
+    assert_eq!(attempts(&out)[0].outcome, Outcome::Canceled);
+    let r = record(&out).unwrap();
+    assert_eq!((r.disposition, r.ring_ms), (Disposition::Abandoned, 4_850));
+}
+
+#[test]
+fn cancel_without_trunk_reply_is_answered_by_the_guard() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091)]),
+        policy(),
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    respond(&mut call, 1, &inv, 180, "Ringing", T0 + 200);
+    call.handle(Event::Cancel, T0 + 1_000);
+    let out = call.handle(Event::Timer(Timer::CancelGuard(1)), T0 + 3_000);
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 487 Request Terminated"]);
+    assert_eq!(record(&out).unwrap().disposition, Disposition::Abandoned);
+}
+
+#[test]
+fn ring_timeout_hunts_to_the_next_destination() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(
+            &["+74951234567", "+74957654321"],
+            vec![trunk("a", 5091), trunk("b", 5092)],
+        ),
+        policy(),
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    let out = respond(&mut call, 1, &inv, 180, "Ringing", T0 + 100);
+    assert!(out.contains(&Action::Arm {
+        timer: Timer::Ring(1),
+        at_ms: T0 + 20_100
+    }));
+    let out = call.handle(Event::Timer(Timer::Ring(1)), T0 + 20_100);
+    assert_eq!(to_trunk(&out, "CANCEL").len(), 1);
+    let a = attempts(&out);
+    assert_eq!((a[0].outcome, a[0].failover), (Outcome::NoAnswer, 0));
+    let (addr, inv2) = sent_invite(&out).unwrap();
+    assert_eq!(addr.port(), 5091, "hunting starts again at the first trunk");
+    assert!(String::from_utf8_lossy(&inv2).starts_with("INVITE sip:+74957654321@"));
+    respond(&mut call, 2, &inv2, 180, "Ringing", T0 + 20_200);
+    let out = call.handle(Event::Timer(Timer::Ring(2)), T0 + 40_200);
+    assert_eq!(
+        to_carrier(&out),
+        vec!["SIP/2.0 480 Temporarily Unavailable"]
+    );
+    let r = record(&out).unwrap();
+    assert_eq!(
+        (r.disposition, r.attempts, r.destination.as_str()),
+        (Disposition::Missed, 2, "+74957654321")
+    );
+}
+
+#[test]
+fn every_trunk_failing_gives_503_and_a_failed_call() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091), trunk("b", 5092)]),
+        policy(),
+        T0,
+    );
+    let (_, inv_a) = sent_invite(&out).unwrap();
+    let out = respond(&mut call, 1, &inv_a, 502, "Bad Gateway", T0 + 10);
+    let (_, inv_b) = sent_invite(&out).unwrap();
+    let out = call.handle(Event::TransportError { attempt: 2 }, T0 + 20);
+    let a = attempts(&out);
+    assert_eq!((a[0].outcome, a[0].failover), (Outcome::TransportError, 0));
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 503 Service Unavailable"]);
+    let r = record(&out).unwrap();
+    assert_eq!((r.disposition, r.attempts), (Disposition::Failed, 2));
+    // A late reply of a given-up attempt is ACKed and dropped.
+    let out = respond(&mut call, 2, &inv_b, 500, "Oops", T0 + 30);
+    assert_eq!(to_trunk(&out, "ACK").len(), 1);
+    assert!(to_carrier(&out).is_empty());
+    assert_eq!(
+        call.handle(Event::Timer(Timer::Linger), T0 + 40_000),
+        vec![Action::Forget]
+    );
+}
+
+#[test]
+fn the_caller_never_waits_past_the_overall_timer() {
+    let mut p = policy();
+    p.overall_timeout_ms = 5_000;
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091)]),
+        p,
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    respond(&mut call, 1, &inv, 183, "Session Progress", T0 + 100);
+    let out = call.handle(Event::Timer(Timer::Overall), T0 + 5_000);
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 408 Request Timeout"]);
+    assert_eq!(to_trunk(&out, "CANCEL").len(), 1);
+    assert_eq!(record(&out).unwrap().disposition, Disposition::Missed);
+}
+
+#[test]
+fn max_duration_closes_an_answered_call_as_timeout() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091)]),
+        policy(),
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    respond(&mut call, 1, &inv, 200, "OK", T0 + 1_000);
+    let out = call.handle(Event::Timer(Timer::MaxDuration), T0 + 3_601_000);
+    let r = record(&out).unwrap();
+    assert_eq!(
+        (r.disposition, r.talk_ms),
+        (Disposition::Timeout, 3_600_000)
+    );
+}
+
+#[test]
+fn no_trunks_means_503() {
+    let (_call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![]),
+        policy(),
+        T0,
+    );
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 503 Service Unavailable"]);
+    assert_eq!(record(&out).unwrap().disposition, Disposition::Failed);
+}
+
+#[test]
+fn rejected_calls_are_recorded() {
+    let m = wire::parse(INVITE.as_bytes()).unwrap();
+    let mut s = setup(&[], vec![]);
+    s.status = NumberStatus::Quarantine;
+    let (bytes, row) = Call::reject(
+        &m,
+        &s,
+        404,
+        "Not Found",
+        Disposition::RejectedQuarantine,
+        T0,
+    );
+    assert!(bytes.starts_with(b"SIP/2.0 404 Not Found\r\n"));
+    assert!(String::from_utf8_lossy(&bytes).contains("To: <sip:84950000001@127.0.0.1:5060>;tag="));
+    assert_eq!(
+        (
+            row.disposition,
+            row.number_status,
+            row.attempts,
+            row.final_code
+        ),
+        (
+            Disposition::RejectedQuarantine,
+            NumberStatus::Quarantine,
+            0,
+            404
+        )
+    );
+}

@@ -1,0 +1,150 @@
+//! Trunk health as a small breaker: `up` until `down_after` consecutive
+//! failures (OPTIONS probe timeouts or 503s, or real calls that got no
+//! provisional reply), then `down` until `up_after` consecutive probe
+//! successes. Pure: the caller feeds results and gets a transition back.
+
+use dialmark_schemas::rows::{TrunkCause, TrunkState};
+
+/// A state change to report (row, metric, log line, webhook).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub from: TrunkState,
+    pub to: TrunkState,
+    pub cause: TrunkCause,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    state: TrunkState,
+    failures: u32,
+    successes: u32,
+    down_after: u32,
+    up_after: u32,
+    /// Unix ms of the last state change.
+    pub since_ms: u64,
+}
+
+impl Health {
+    pub fn new(down_after: u32, up_after: u32, now_ms: u64) -> Self {
+        Self {
+            state: TrunkState::Up,
+            failures: 0,
+            successes: 0,
+            down_after: down_after.max(1),
+            up_after: up_after.max(1),
+            since_ms: now_ms,
+        }
+    }
+
+    pub fn state(&self) -> TrunkState {
+        self.state
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state == TrunkState::Up
+    }
+
+    /// A probe answered (or a real call got a reply): the trunk is alive.
+    pub fn success(&mut self, cause: TrunkCause, now_ms: u64) -> Option<Transition> {
+        self.failures = 0;
+        match self.state {
+            TrunkState::Up => None,
+            TrunkState::Down => {
+                // Only probes bring a trunk back: a down trunk gets no calls.
+                self.successes += 1;
+                (self.successes >= self.up_after).then(|| {
+                    self.set(
+                        TrunkState::Up,
+                        cause,
+                        format!("{} consecutive successful probes", self.successes),
+                        now_ms,
+                    )
+                })
+            }
+        }
+    }
+
+    /// A probe failed, or a real call got no provisional reply in time.
+    pub fn failure(&mut self, cause: TrunkCause, reason: &str, now_ms: u64) -> Option<Transition> {
+        self.successes = 0;
+        match self.state {
+            TrunkState::Down => None,
+            TrunkState::Up => {
+                self.failures += 1;
+                (self.failures >= self.down_after).then(|| {
+                    self.set(
+                        TrunkState::Down,
+                        cause,
+                        format!("{} consecutive failures; last: {reason}", self.failures),
+                        now_ms,
+                    )
+                })
+            }
+        }
+    }
+
+    fn set(
+        &mut self,
+        to: TrunkState,
+        cause: TrunkCause,
+        reason: String,
+        now_ms: u64,
+    ) -> Transition {
+        let from = self.state;
+        self.state = to;
+        self.failures = 0;
+        self.successes = 0;
+        self.since_ms = now_ms;
+        Transition {
+            from,
+            to,
+            cause,
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_after_n_failures_up_after_m_successes() {
+        let mut h = Health::new(3, 2, 0);
+        assert!(h.failure(TrunkCause::Probe, "timeout", 1).is_none());
+        assert!(h.failure(TrunkCause::Probe, "timeout", 2).is_none());
+        // A success in between resets the count.
+        assert!(h.success(TrunkCause::Probe, 3).is_none());
+        assert!(h.failure(TrunkCause::Probe, "timeout", 4).is_none());
+        assert!(h.failure(TrunkCause::Probe, "timeout", 5).is_none());
+        let t = h.failure(TrunkCause::Probe, "timeout", 6).unwrap();
+        assert_eq!((t.from, t.to), (TrunkState::Up, TrunkState::Down));
+        assert!(t.reason.contains("3 consecutive"));
+        assert!(!h.is_up());
+        assert_eq!(h.since_ms, 6);
+        assert!(
+            h.failure(TrunkCause::Probe, "timeout", 7).is_none(),
+            "no repeated down"
+        );
+        assert!(h.success(TrunkCause::Probe, 8).is_none());
+        assert!(h.failure(TrunkCause::Probe, "timeout", 9).is_none());
+        assert!(
+            h.success(TrunkCause::Probe, 10).is_none(),
+            "a failure resets the success count"
+        );
+        let t = h.success(TrunkCause::Probe, 11).unwrap();
+        assert_eq!((t.from, t.to), (TrunkState::Down, TrunkState::Up));
+        assert!(h.is_up());
+    }
+
+    #[test]
+    fn passive_failures_count_too() {
+        let mut h = Health::new(2, 1, 0);
+        assert!(h
+            .failure(TrunkCause::Passive, "no provisional", 1)
+            .is_none());
+        let t = h.failure(TrunkCause::Passive, "no provisional", 2).unwrap();
+        assert_eq!(t.cause, TrunkCause::Passive);
+    }
+}

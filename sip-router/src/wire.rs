@@ -1,0 +1,702 @@
+//! SIP on the wire: framing, a header index over the raw bytes, and the
+//! few rewrites a proxy makes. Parsing is pure (`parse`, `frame` over
+//! `&[u8]`), never allocates per header value, understands compact header
+//! names and folded lines, and frames bodies by Content-Length. Rewriting
+//! touches only Via, Route, Record-Route, Max-Forwards and headers we add;
+//! every other byte is forwarded as received.
+
+use std::ops::Range;
+
+use thiserror::Error;
+
+/// Largest message we accept (UDP datagrams and TCP frames alike).
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Most header lines we index in one message.
+pub const MAX_HEADERS: usize = 256;
+
+#[derive(Debug, Error, PartialEq, Eq, Clone)]
+pub enum ParseError {
+    #[error("message larger than {MAX_MESSAGE} bytes")]
+    TooLarge,
+    #[error("no end of headers")]
+    NoHeaderEnd,
+    #[error("bad start line")]
+    StartLine,
+    #[error("bad header line")]
+    HeaderLine,
+    #[error("more than {MAX_HEADERS} headers")]
+    TooManyHeaders,
+    #[error("missing {0}")]
+    Missing(&'static str),
+    #[error("bad {0}")]
+    Bad(&'static str),
+    #[error("body shorter than Content-Length")]
+    ShortBody,
+}
+
+/// Request or status line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartLine {
+    Request { method: String, uri: String },
+    Response { code: u16, reason: String },
+}
+
+/// One indexed header: its canonical (full, lowercase) name and where its
+/// line and value sit in the raw message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: &'static str,
+    /// Unknown header names keep their own spelling (lowercased).
+    pub other: Option<String>,
+    /// The whole line(s) including the final CRLF.
+    pub line: Range<usize>,
+    /// The value, trimmed, folded lines included.
+    pub value: Range<usize>,
+}
+
+/// A parsed SIP message borrowing its bytes.
+#[derive(Debug, Clone)]
+pub struct Message<'a> {
+    pub raw: &'a [u8],
+    pub start: StartLine,
+    pub headers: Vec<Header>,
+    pub body: Range<usize>,
+}
+
+const COMPACT: &[(u8, &str)] = &[
+    (b'v', "via"),
+    (b'f', "from"),
+    (b't', "to"),
+    (b'i', "call-id"),
+    (b'm', "contact"),
+    (b'l', "content-length"),
+    (b'c', "content-type"),
+    (b'k', "supported"),
+    (b's', "subject"),
+    (b'e', "content-encoding"),
+    (b'o', "event"),
+    (b'r', "refer-to"),
+    (b'x', "session-expires"),
+    (b'u', "allow-events"),
+    (b'a', "accept-contact"),
+    (b'b', "referred-by"),
+    (b'j', "reject-contact"),
+    (b'd', "request-disposition"),
+];
+
+const KNOWN: &[&str] = &[
+    "via",
+    "from",
+    "to",
+    "call-id",
+    "cseq",
+    "contact",
+    "content-length",
+    "content-type",
+    "max-forwards",
+    "route",
+    "record-route",
+    "supported",
+    "subject",
+    "content-encoding",
+    "event",
+    "refer-to",
+    "session-expires",
+    "allow-events",
+    "accept-contact",
+    "referred-by",
+    "reject-contact",
+    "request-disposition",
+    "require",
+    "proxy-require",
+];
+
+fn canonical(name: &[u8]) -> (&'static str, Option<String>) {
+    if name.len() == 1 {
+        let c = name[0].to_ascii_lowercase();
+        if let Some((_, full)) = COMPACT.iter().find(|(k, _)| *k == c) {
+            return (full, None);
+        }
+    }
+    let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+    match KNOWN.iter().find(|k| **k == lower) {
+        Some(k) => (k, None),
+        None => ("", Some(lower)),
+    }
+}
+
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn trim(raw: &[u8], mut r: Range<usize>) -> Range<usize> {
+    while r.start < r.end && matches!(raw[r.start], b' ' | b'\t' | b'\r' | b'\n') {
+        r.start += 1;
+    }
+    while r.end > r.start && matches!(raw[r.end - 1], b' ' | b'\t' | b'\r' | b'\n') {
+        r.end -= 1;
+    }
+    r
+}
+
+/// For a TCP stream: the length of the first complete message in `buf`,
+/// `Ok(None)` when more bytes are needed.
+pub fn frame(buf: &[u8]) -> Result<Option<usize>, ParseError> {
+    // Keep-alive CRLFs between messages (RFC 5626) are skipped by the caller.
+    let Some(end) = find(buf, b"\r\n\r\n") else {
+        return if buf.len() > MAX_MESSAGE {
+            Err(ParseError::TooLarge)
+        } else {
+            Ok(None)
+        };
+    };
+    let head_end = end + 4;
+    let msg = parse_head(&buf[..head_end])?;
+    let len = msg
+        .content_length
+        .ok_or(ParseError::Missing("Content-Length (required on TCP)"))?;
+    let total = head_end + len;
+    if total > MAX_MESSAGE {
+        return Err(ParseError::TooLarge);
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// Parses one complete message (a UDP datagram or a TCP frame).
+pub fn parse(raw: &[u8]) -> Result<Message<'_>, ParseError> {
+    if raw.len() > MAX_MESSAGE {
+        return Err(ParseError::TooLarge);
+    }
+    let end = find(raw, b"\r\n\r\n").ok_or(ParseError::NoHeaderEnd)?;
+    let head = parse_head(&raw[..end + 4])?;
+    let body_start = end + 4;
+    let body = match head.content_length {
+        Some(len) => {
+            if raw.len() < body_start + len {
+                return Err(ParseError::ShortBody);
+            }
+            body_start..body_start + len
+        }
+        None => body_start..raw.len(),
+    };
+    let msg = Message {
+        raw,
+        start: head.start,
+        headers: head.headers,
+        body,
+    };
+    msg.check()?;
+    Ok(msg)
+}
+
+struct Head {
+    start: StartLine,
+    headers: Vec<Header>,
+    content_length: Option<usize>,
+}
+
+fn parse_head(raw: &[u8]) -> Result<Head, ParseError> {
+    let first_end = find(raw, b"\r\n").ok_or(ParseError::StartLine)?;
+    let start = parse_start(&raw[..first_end])?;
+    let mut headers: Vec<Header> = Vec::with_capacity(16);
+    let mut pos = first_end + 2;
+    let mut cl: Option<usize> = None;
+    while pos < raw.len() {
+        let line_end = pos + find(&raw[pos..], b"\r\n").ok_or(ParseError::HeaderLine)?;
+        if line_end == pos {
+            break; // blank line: end of headers
+        }
+        if matches!(raw[pos], b' ' | b'\t') {
+            // Folded continuation of the previous header.
+            let last = headers.last_mut().ok_or(ParseError::HeaderLine)?;
+            last.line.end = line_end + 2;
+            last.value = trim(raw, last.value.start..line_end);
+            pos = line_end + 2;
+            continue;
+        }
+        let colon = raw[pos..line_end]
+            .iter()
+            .position(|b| *b == b':')
+            .ok_or(ParseError::HeaderLine)?
+            + pos;
+        let name_r = trim(raw, pos..colon);
+        if name_r.is_empty() || !raw[name_r.clone()].iter().all(|b| is_token(*b)) {
+            return Err(ParseError::HeaderLine);
+        }
+        let (name, other) = canonical(&raw[name_r]);
+        if headers.len() >= MAX_HEADERS {
+            return Err(ParseError::TooManyHeaders);
+        }
+        headers.push(Header {
+            name,
+            other,
+            line: pos..line_end + 2,
+            value: trim(raw, colon + 1..line_end),
+        });
+        pos = line_end + 2;
+    }
+    for h in headers.iter().filter(|h| h.name == "content-length") {
+        let v = std::str::from_utf8(&raw[h.value.clone()])
+            .map_err(|_| ParseError::Bad("content-length"))?;
+        let n: usize = v.parse().map_err(|_| ParseError::Bad("content-length"))?;
+        if cl.is_some_and(|c| c != n) {
+            return Err(ParseError::Bad("content-length (conflicting values)"));
+        }
+        cl = Some(n);
+    }
+    Ok(Head {
+        start,
+        headers,
+        content_length: cl,
+    })
+}
+
+fn parse_start(line: &[u8]) -> Result<StartLine, ParseError> {
+    let s = std::str::from_utf8(line).map_err(|_| ParseError::StartLine)?;
+    if let Some(rest) = s.strip_prefix("SIP/2.0 ") {
+        let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        if code.len() != 3 {
+            return Err(ParseError::StartLine);
+        }
+        let code: u16 = code.parse().map_err(|_| ParseError::StartLine)?;
+        if !(100..=699).contains(&code) {
+            return Err(ParseError::StartLine);
+        }
+        return Ok(StartLine::Response {
+            code,
+            reason: reason.to_string(),
+        });
+    }
+    let mut parts = s.split(' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ParseError::StartLine);
+    };
+    if version != "SIP/2.0" || method.is_empty() || !method.bytes().all(is_token) || uri.is_empty()
+    {
+        return Err(ParseError::StartLine);
+    }
+    if !uri.contains(':') || uri.starts_with('<') {
+        return Err(ParseError::StartLine);
+    }
+    Ok(StartLine::Request {
+        method: method.to_string(),
+        uri: uri.to_string(),
+    })
+}
+
+impl<'a> Message<'a> {
+    /// RFC 3261 §8.1.1 mandatory headers and CSeq consistency.
+    fn check(&self) -> Result<(), ParseError> {
+        for (name, label) in [
+            ("via", "Via"),
+            ("from", "From"),
+            ("to", "To"),
+            ("call-id", "Call-ID"),
+            ("cseq", "CSeq"),
+        ] {
+            if self.header(name).is_none() {
+                return Err(ParseError::Missing(label));
+            }
+        }
+        for name in [
+            "from",
+            "to",
+            "call-id",
+            "cseq",
+            "max-forwards",
+            "content-length",
+        ] {
+            if self.headers.iter().filter(|h| h.name == name).count() > 1 {
+                return Err(ParseError::Bad("duplicate single-value header"));
+            }
+        }
+        let (_, cseq_method) = self.cseq().ok_or(ParseError::Bad("CSeq"))?;
+        if let StartLine::Request { method, .. } = &self.start {
+            if *method != cseq_method {
+                return Err(ParseError::Bad(
+                    "CSeq method differs from the request method",
+                ));
+            }
+        }
+        if let Some(mf) = self.header("max-forwards") {
+            mf.parse::<u32>()
+                .map_err(|_| ParseError::Bad("Max-Forwards"))?;
+        }
+        for h in self.headers.iter().filter(|h| h.name == "via") {
+            if !split_list(self.value(h)).all(via_valid) {
+                return Err(ParseError::Bad("Via"));
+            }
+        }
+        for (name, label) in [("from", "From"), ("to", "To")] {
+            if !self.header(name).is_some_and(name_addr_valid) {
+                return Err(ParseError::Bad(label));
+            }
+        }
+        if let StartLine::Request { uri, .. } = &self.start {
+            // RFC 3261 §19.1.1: a Request-URI carries no headers.
+            let host_part = uri.rsplit_once('@').map_or(uri.as_str(), |(_, h)| h);
+            if (uri.starts_with("sip:") || uri.starts_with("sips:")) && host_part.contains('?') {
+                return Err(ParseError::Bad("Request-URI (headers not allowed)"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn value(&self, h: &Header) -> &'a str {
+        std::str::from_utf8(&self.raw[h.value.clone()]).unwrap_or("")
+    }
+
+    /// The first header of that canonical name.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| self.value(h))
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn uri(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { uri, .. } => Some(uri),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match &self.start {
+            StartLine::Response { code, .. } => Some(*code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match &self.start {
+            StartLine::Response { reason, .. } => reason,
+            StartLine::Request { .. } => "",
+        }
+    }
+
+    pub fn call_id(&self) -> &'a str {
+        self.header("call-id").unwrap_or("")
+    }
+
+    pub fn cseq(&self) -> Option<(u32, String)> {
+        let v = self.header("cseq")?;
+        let mut it = v.split_whitespace();
+        let n = it.next()?.parse().ok()?;
+        let m = it.next()?.to_string();
+        it.next().is_none().then_some((n, m))
+    }
+
+    /// Max-Forwards, 70 when absent.
+    pub fn max_forwards(&self) -> u32 {
+        self.header("max-forwards")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(70)
+    }
+
+    /// The first (topmost) Via value.
+    pub fn top_via(&self) -> Option<&'a str> {
+        let v = self.header("via")?;
+        Some(split_list(v).next().unwrap_or(v).trim())
+    }
+
+    /// The `branch` parameter of the top Via.
+    pub fn branch(&self) -> Option<&'a str> {
+        param(self.top_via()?, "branch")
+    }
+
+    pub fn from_tag(&self) -> Option<&'a str> {
+        param(self.header("from")?, "tag")
+    }
+
+    pub fn to_tag(&self) -> Option<&'a str> {
+        param(self.header("to")?, "tag")
+    }
+
+    pub fn body(&self) -> &'a [u8] {
+        &self.raw[self.body.clone()]
+    }
+}
+
+/// One Via value: `SIP/2.0/transport sent-by *(;param)`, LWS allowed
+/// around the slashes, no empty parameters.
+fn via_valid(v: &str) -> bool {
+    let v = v.trim();
+    let mut parts = v.splitn(2, ';');
+    let head = parts.next().unwrap_or("");
+    // Collapse LWS around '/' in the protocol part.
+    let compact: String = head.split('/').map(str::trim).collect::<Vec<_>>().join("/");
+    let mut it = compact.splitn(2, char::is_whitespace);
+    let proto = it.next().unwrap_or("");
+    let host = it.next().unwrap_or("").trim();
+    let p: Vec<&str> = proto.split('/').collect();
+    if p.len() != 3
+        || !p[0].eq_ignore_ascii_case("SIP")
+        || p[1] != "2.0"
+        || p[2].is_empty()
+        || !p[2].bytes().all(is_token)
+    {
+        return false;
+    }
+    if host.is_empty() || host.contains(char::is_whitespace) && !host.contains(':') {
+        return false;
+    }
+    match parts.next() {
+        None => true,
+        Some(params) => params.split(';').all(|p| {
+            let name = p.split('=').next().unwrap_or("").trim();
+            !name.is_empty() && name.bytes().all(is_token)
+        }),
+    }
+}
+
+/// From/To: balanced quoted display name, and an addr-spec inside `<>`
+/// without surrounding whitespace.
+fn name_addr_valid(v: &str) -> bool {
+    let b = v.as_bytes();
+    let (mut i, mut quoted) = (0, false);
+    let mut lt = None;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted && lt.is_none() => lt = Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    if quoted {
+        return false;
+    }
+    match lt {
+        None => !v.trim().is_empty(),
+        Some(start) => match v[start..].find('>') {
+            None => false,
+            Some(len) => {
+                let inner = &v[start + 1..start + len];
+                !inner.is_empty() && inner.trim() == inner
+            }
+        },
+    }
+}
+
+/// Splits a header value on commas that are outside quotes and `<>`.
+pub fn split_list(v: &str) -> impl Iterator<Item = &str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
+    let bytes = v.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => depth += 1,
+            b'>' if !quoted => depth -= 1,
+            b',' if !quoted && depth == 0 => {
+                parts.push(&v[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&v[start..]);
+    parts.into_iter()
+}
+
+/// A `;name=value` parameter of a header value (outside `<>`).
+pub fn param<'v>(v: &'v str, name: &str) -> Option<&'v str> {
+    let after = match v.rfind('>') {
+        Some(i) => &v[i + 1..],
+        None => v,
+    };
+    after.split(';').skip(1).find_map(|p| {
+        let (k, val) = p.split_once('=').unwrap_or((p, ""));
+        k.trim().eq_ignore_ascii_case(name).then(|| val.trim())
+    })
+}
+
+/// The user part of a SIP/tel URI (`sip:+7495...@host` → `+7495...`).
+pub fn uri_user(uri: &str) -> Option<&str> {
+    let uri = uri.trim().trim_start_matches('<');
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))
+        .or_else(|| uri.strip_prefix("tel:"))?;
+    if uri.starts_with("tel:") {
+        return Some(rest.split(';').next().unwrap_or(rest));
+    }
+    let at = rest.find('@')?;
+    let user = &rest[..at];
+    Some(user.split(';').next().unwrap_or(user))
+}
+
+/// The `host:port` of a SIP URI (`sip:u@127.0.0.1:5070;lr` → `127.0.0.1:5070`).
+pub fn uri_hostport(uri: &str) -> Option<&str> {
+    let uri = uri.trim().trim_start_matches('<');
+    let uri = uri.split('>').next().unwrap_or(uri);
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))?;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    Some(rest.split([';', '?']).next().unwrap_or(rest))
+}
+
+/// Builds a copy of a request for forwarding: new request line, our Via on
+/// top, optional Record-Route, Max-Forwards set, the first Route dropped
+/// when it is ours, `add` headers appended (replacing same-named ones), and
+/// everything else byte-exact.
+pub struct Forward<'m, 'a> {
+    pub msg: &'m Message<'a>,
+    pub uri: Option<&'m str>,
+    pub via: &'m str,
+    pub record_route: Option<&'m str>,
+    pub drop_first_route: bool,
+    pub max_forwards: u32,
+    pub add: &'m [(&'m str, String)],
+}
+
+impl Forward<'_, '_> {
+    pub fn build(&self) -> Vec<u8> {
+        let m = self.msg;
+        let mut out = Vec::with_capacity(m.raw.len() + 256);
+        let (method, uri) = match &m.start {
+            StartLine::Request { method, uri } => (method.as_str(), self.uri.unwrap_or(uri)),
+            StartLine::Response { .. } => unreachable!("Forward builds requests"),
+        };
+        out.extend_from_slice(
+            format!("{method} {uri} SIP/2.0\r\nVia: {}\r\n", self.via).as_bytes(),
+        );
+        if let Some(rr) = self.record_route {
+            out.extend_from_slice(format!("Record-Route: {rr}\r\n").as_bytes());
+        }
+        out.extend_from_slice(format!("Max-Forwards: {}\r\n", self.max_forwards).as_bytes());
+        let mut route_dropped = !self.drop_first_route;
+        for h in &m.headers {
+            if h.name == "max-forwards" {
+                continue;
+            }
+            if let Some(other) = &h.other {
+                if self.add.iter().any(|(n, _)| n.eq_ignore_ascii_case(other)) {
+                    continue;
+                }
+            }
+            if h.name == "route" && !route_dropped {
+                route_dropped = true;
+                let v = m.value(h);
+                let mut items: Vec<&str> = split_list(v).collect();
+                items.remove(0);
+                if !items.is_empty() {
+                    out.extend_from_slice(
+                        format!("Route: {}\r\n", items.join(",").trim()).as_bytes(),
+                    );
+                }
+                continue;
+            }
+            out.extend_from_slice(&m.raw[h.line.clone()]);
+        }
+        for (n, v) in self.add {
+            out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(m.body());
+        out
+    }
+}
+
+/// A response for forwarding upstream: our (top) Via removed, the rest
+/// byte-exact.
+pub fn strip_top_via(m: &Message<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.raw.len());
+    let first_header = m.headers.first().map_or(m.body.start, |h| h.line.start);
+    out.extend_from_slice(&m.raw[..first_header]);
+    let mut done = false;
+    for h in &m.headers {
+        if h.name == "via" && !done {
+            done = true;
+            let v = m.value(h);
+            let rest: Vec<&str> = split_list(v).skip(1).collect();
+            if !rest.is_empty() {
+                out.extend_from_slice(format!("Via: {}\r\n", rest.join(",").trim()).as_bytes());
+            }
+            continue;
+        }
+        out.extend_from_slice(&m.raw[h.line.clone()]);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(m.body());
+    out
+}
+
+/// A response generated by us to a request (RFC 3261 §8.2.6): Via, From,
+/// To (with our tag added to a final response lacking one), Call-ID and
+/// CSeq copied.
+pub fn response(
+    req: &Message<'_>,
+    code: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+    extra: &[(&str, String)],
+) -> Vec<u8> {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n").into_bytes();
+    for h in &req.headers {
+        match h.name {
+            "via" | "from" | "call-id" | "cseq" => out.extend_from_slice(&req.raw[h.line.clone()]),
+            "to" => {
+                let v = req.value(h);
+                match to_tag {
+                    Some(tag) if code > 100 && param(v, "tag").is_none() => {
+                        out.extend_from_slice(format!("To: {v};tag={tag}\r\n").as_bytes())
+                    }
+                    _ => out.extend_from_slice(&req.raw[h.line.clone()]),
+                }
+            }
+            _ => {}
+        }
+    }
+    for (n, v) in extra {
+        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"Server: dialmark\r\nContent-Length: 0\r\n\r\n");
+    out
+}
+
+/// ACK or CANCEL for an INVITE we sent (RFC 3261 §17.1.1.3, §9.1): same
+/// request URI, our Via with the same branch, From, Call-ID, CSeq number;
+/// To from the response for ACK (it carries the tag).
+pub fn ack_or_cancel(invite: &Message<'_>, method: &str, to: Option<&str>) -> Vec<u8> {
+    let uri = invite.uri().unwrap_or("");
+    let (n, _) = invite.cseq().unwrap_or((1, String::new()));
+    let mut out = format!(
+        "{method} {uri} SIP/2.0\r\nVia: {}\r\n",
+        invite.top_via().unwrap_or("")
+    )
+    .into_bytes();
+    for h in &invite.headers {
+        match h.name {
+            "from" | "call-id" | "route" => out.extend_from_slice(&invite.raw[h.line.clone()]),
+            "to" => match to {
+                Some(t) => out.extend_from_slice(format!("To: {t}\r\n").as_bytes()),
+                None => out.extend_from_slice(&invite.raw[h.line.clone()]),
+            },
+            _ => {}
+        }
+    }
+    out.extend_from_slice(
+        format!("CSeq: {n} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+//! A router binary under test, configured against the same Redis and
+//! ClickHouse database as a test tracker, with SIPp trunks on given ports.
+
+use std::process::Command;
+use std::time::Duration;
+
+use dialmark_schemas::config::Config;
+
+use crate::process::{bin, free_port, Proc};
+
+pub struct TestRouter {
+    pub proc: Proc,
+    pub sip_port: u16,
+    pub http_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Router settings a test may change.
+pub struct RouterOptions<'a> {
+    pub trunks: &'a [(&'a str, u16)],
+    /// Lines appended to `[router]`.
+    pub router: &'a str,
+    /// Lines of `[router.probe]`; probing is off unless set.
+    pub probe: &'a str,
+}
+
+impl TestRouter {
+    pub fn start(tracker: &Config, opts: RouterOptions<'_>) -> TestRouter {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sip_port = free_port();
+        let http_port = free_port();
+        let mut trunks = String::new();
+        for (i, (name, port)) in opts.trunks.iter().enumerate() {
+            trunks.push_str(&format!(
+                "[[router.trunks]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\npriority = {i}\n"
+            ));
+        }
+        let probe = if opts.probe.is_empty() {
+            "interval_seconds = 0"
+        } else {
+            opts.probe
+        };
+        let text = format!(
+            "[redis]\nurl = \"{redis}\"\n[clickhouse]\nurl = \"{ch}\"\ndatabase = \"{db}\"\n[sink]\nflush_ms = 200\n\
+             [tracker]\nattribution_window_seconds = {win}\n\
+             [router]\nudp = \"127.0.0.1:{sip_port}\"\ntcp = \"127.0.0.1:{sip_port}\"\nhttp = \"127.0.0.1:{http_port}\"\n\
+             trusted_sources = [\"127.0.0.1/32\"]\nprovisional_timeout_ms = 1000\noverall_timeout_seconds = 20\n{router}\n\
+             [router.probe]\n{probe}\n{trunks}",
+            redis = tracker.redis.url,
+            ch = tracker.clickhouse.url,
+            db = tracker.clickhouse.database,
+            win = tracker.tracker.attribution_window_seconds,
+            router = opts.router,
+        );
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, text).expect("write router config");
+        let mut cmd = Command::new(bin("dialmark-router"));
+        cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
+        let mut proc = Proc::spawn("router", cmd);
+        let healthy = || {
+            ureq::get(&format!("http://127.0.0.1:{http_port}/healthz"))
+                .call()
+                .is_ok_and(|r| r.status() == 200)
+        };
+        let start = std::time::Instant::now();
+        while !healthy() {
+            assert!(proc.alive(), "router exited:\n{}", proc.output());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "router not ready:\n{}",
+                proc.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TestRouter {
+            proc,
+            sip_port,
+            http_port,
+            _dir: dir,
+        }
+    }
+}

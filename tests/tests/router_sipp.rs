@@ -1,0 +1,574 @@
+//! The routing node end to end with real SIPp: a SIPp UAC as the carrier,
+//! SIPp UASes as trunks A and B, the real router binary, the tracker's
+//! Redis records, and the rows in ClickHouse. Covers failover on 503 and on
+//! silence, no failover on busy, CANCEL while ringing, quarantine / unknown
+//! / untrusted rejections, and a probe-down trunk raising the webhook alert
+//! and being skipped until it recovers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clickhouse::Row;
+use dialmark_e2e::env::{unique, unique_number};
+use dialmark_e2e::process::free_port;
+use dialmark_e2e::router::{RouterOptions, TestRouter};
+use dialmark_e2e::sipp::{self, Scenario, Uas};
+use dialmark_e2e::tracker::{config, single_redis, TestTracker};
+use dialmark_tracker::inventory::{AddNumbers, PoolDef, Site};
+use serde::Deserialize;
+
+/// A tracker with one site, a pool of one number leased to a visit from
+/// google/spring, a quarantine number and an unknown number.
+struct World {
+    tracker: TestTracker,
+    number: String,
+    session: String,
+    quarantine: String,
+    unknown: String,
+}
+
+async fn world(test: &str) -> World {
+    let tracker = TestTracker::start(config(test, single_redis(), "").await).await;
+    let inv = &tracker.state.inventory;
+    let site = unique("site");
+    let pool = unique("pool");
+    inv.put_site(Site {
+        id: site.clone(),
+        origins: vec![],
+        replace: vec!["+74950000000".into()],
+        display_mask: String::new(),
+        default_pool: pool.clone(),
+        geo_pools: vec![],
+    })
+    .await
+    .unwrap();
+    inv.put_pool(PoolDef {
+        id: pool.clone(),
+        site: site.clone(),
+        overflow_number: None,
+        destinations: vec!["+74951234567".into()],
+        trunk_group: "default".into(),
+    })
+    .await
+    .unwrap();
+    let (number, quarantine) = (unique_number(), unique_number());
+    let now = dialmark_schemas::unix_now();
+    inv.add_numbers(
+        AddNumbers {
+            numbers: vec![number.clone(), quarantine.clone()],
+            pool: Some(pool.clone()),
+            ..Default::default()
+        },
+        "test",
+        now,
+    )
+    .await
+    .unwrap();
+    inv.retire(&quarantine, "test", "test", now).await.unwrap();
+    let body = serde_json::json!({"site": site, "url": "https://shop.test/?utm_source=google&utm_campaign=spring&gclid=TEST",
+        "utm_source": "google", "utm_campaign": "spring", "gclid": "TEST"})
+    .to_string();
+    let url = tracker.url("/v1/visits");
+    let resp: serde_json::Value = tokio::task::spawn_blocking(move || {
+        ureq::post(&url)
+            .send(body)
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(resp["number"], number.as_str(), "{resp}");
+    World {
+        number,
+        session: resp["session_id"].as_str().unwrap().to_string(),
+        quarantine,
+        unknown: unique_number(),
+        tracker,
+    }
+}
+
+#[derive(Row, Deserialize, Debug)]
+struct AttemptRow {
+    attempt: u8,
+    trunk: String,
+    final_code: u16,
+    outcome: String,
+    failover: u8,
+    talk_ms: u32,
+}
+
+#[derive(Row, Deserialize, Debug)]
+struct CallRow {
+    disposition: String,
+    number_status: String,
+    attempts: u8,
+    final_trunk: String,
+    talk_ms: u32,
+    attribution: String,
+    session_id: String,
+    utm_source: String,
+    utm_campaign: String,
+    gclid: String,
+    final_code: u16,
+}
+
+async fn calls(w: &World, number: &str, expect: usize) -> Vec<CallRow> {
+    let db = dialmark_schemas::ch::client(&w.tracker.config.clickhouse);
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = db
+            .query(
+                "SELECT toString(disposition), toString(number_status), attempts, final_trunk, talk_ms, toString(attribution), \
+                 session_id, utm_source, utm_campaign, gclid, final_code FROM calls FINAL WHERE number = ? ORDER BY received",
+            )
+            .bind(number)
+            .fetch_all()
+            .await
+            .unwrap();
+        if rows.len() >= expect {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows.len(), expect, "calls rows for {number}: {rows:?}");
+    rows
+}
+
+async fn attempts(w: &World, number: &str, expect: usize) -> Vec<AttemptRow> {
+    let db = dialmark_schemas::ch::client(&w.tracker.config.clickhouse);
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = db
+            .query(
+                "SELECT attempt, trunk, final_code, toString(outcome), failover, talk_ms FROM call_attempts FINAL \
+                 WHERE call_id IN (SELECT call_id FROM calls WHERE number = ?) ORDER BY started, attempt",
+            )
+            .bind(number)
+            .fetch_all()
+            .await
+            .unwrap();
+        if rows.len() >= expect {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rows.len() <= expect, "attempt rows for {number}: {rows:?}");
+    assert_eq!(rows.len(), expect, "attempt rows for {number}: {rows:?}");
+    rows
+}
+
+async fn call(
+    router: u16,
+    number: &str,
+    scenario: Scenario,
+    local_ip: &'static str,
+    extra: &'static [&'static str],
+) -> sipp::UacRun {
+    let number = number.to_string();
+    tokio::task::spawn_blocking(move || sipp::uac(router, &number, scenario, local_ip, 1, extra))
+        .await
+        .unwrap()
+}
+
+fn reject(code: u16, reason: &str) -> Scenario {
+    Scenario::File(
+        "uas_reject.xml",
+        vec![("CODE", code.to_string()), ("REASON", reason.to_string())],
+    )
+}
+
+fn expect(code: u16) -> Scenario {
+    Scenario::File("uac_expect.xml", vec![("CODE", code.to_string())])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trunk_a_503_fails_over_to_b_and_both_attempts_are_recorded() {
+    let w = world("r503").await;
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Uas::start(pa, reject(503, "Service Unavailable"));
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("a", pa), ("b", pb)],
+            router: "",
+            probe: "",
+        },
+    );
+    let run = call(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &["-d", "1500"],
+    )
+    .await;
+    assert!(
+        run.success,
+        "carrier call failed:\n{}\nrouter:\n{}",
+        run.output,
+        r.proc.output()
+    );
+
+    let a = attempts(&w, &w.number, 2).await;
+    assert_eq!((a[0].attempt, a[1].attempt), (1, 2));
+    assert_eq!(
+        (
+            a[0].trunk.as_str(),
+            a[0].final_code,
+            a[0].outcome.as_str(),
+            a[0].failover
+        ),
+        ("a", 503, "rejected", 1)
+    );
+    assert_eq!(
+        (
+            a[1].trunk.as_str(),
+            a[1].final_code,
+            a[1].outcome.as_str(),
+            a[1].failover
+        ),
+        ("b", 200, "answered", 0)
+    );
+    assert!(
+        a[1].talk_ms >= 1_200,
+        "talk time from 200 OK to BYE: {}",
+        a[1].talk_ms
+    );
+    let c = calls(&w, &w.number, 1).await;
+    let c = &c[0];
+    assert_eq!(
+        (c.disposition.as_str(), c.attempts, c.final_trunk.as_str()),
+        ("answered", 2, "b")
+    );
+    assert!(c.talk_ms >= 1_200, "{c:?}");
+    // Real-time attribution: the visit that held the number.
+    assert_eq!(
+        (c.attribution.as_str(), c.session_id.as_str()),
+        ("live_lease", w.session.as_str())
+    );
+    assert_eq!(
+        (
+            c.utm_source.as_str(),
+            c.utm_campaign.as_str(),
+            c.gclid.as_str()
+        ),
+        ("google", "spring", "TEST")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_trunk_times_out_and_fails_over() {
+    let w = world("rsilent").await;
+    let (pa, pb) = (free_port(), free_port());
+    // Nothing listens on trunk A's port.
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("a", pa), ("b", pb)],
+            router: "",
+            probe: "",
+        },
+    );
+    let started = std::time::Instant::now();
+    let run = call(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &["-d", "200"],
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let a = attempts(&w, &w.number, 2).await;
+    assert_eq!(
+        (
+            a[0].trunk.as_str(),
+            a[0].final_code,
+            a[0].outcome.as_str(),
+            a[0].failover
+        ),
+        ("a", 408, "timeout", 1)
+    );
+    assert_eq!(
+        (a[1].trunk.as_str(), a[1].outcome.as_str()),
+        ("b", "answered")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_is_not_failed_over() {
+    let w = world("rbusy").await;
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Uas::start(pa, reject(486, "Busy Here"));
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("a", pa), ("b", pb)],
+            router: "",
+            probe: "",
+        },
+    );
+    let run = call(r.sip_port, &w.number, expect(486), "127.0.0.1", &[]).await;
+    assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    let a = attempts(&w, &w.number, 1).await;
+    assert_eq!(
+        (
+            a[0].trunk.as_str(),
+            a[0].final_code,
+            a[0].outcome.as_str(),
+            a[0].failover
+        ),
+        ("a", 486, "busy", 0)
+    );
+    let c = calls(&w, &w.number, 1).await;
+    assert_eq!(
+        (c[0].disposition.as_str(), c[0].attempts, c[0].final_code),
+        ("busy", 1, 486)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_while_ringing_is_propagated_and_recorded() {
+    let w = world("rcancel").await;
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Uas::start(pa, Scenario::File("uas_ring_cancel.xml", vec![]));
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("a", pa), ("b", pb)],
+            router: "",
+            probe: "",
+        },
+    );
+    let run = call(
+        r.sip_port,
+        &w.number,
+        Scenario::File("uac_cancel.xml", vec![]),
+        "127.0.0.1",
+        &[],
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    let a = attempts(&w, &w.number, 1).await;
+    assert_eq!(
+        (a[0].trunk.as_str(), a[0].outcome.as_str()),
+        ("a", "canceled")
+    );
+    let c = calls(&w, &w.number, 1).await;
+    assert_eq!(
+        (c[0].disposition.as_str(), c[0].final_code),
+        ("abandoned", 487)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quarantine_unknown_and_untrusted_calls_are_rejected_and_recorded() {
+    let w = world("rreject").await;
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("b", pb)],
+            router: "",
+            probe: "",
+        },
+    );
+
+    let run = call(r.sip_port, &w.quarantine, expect(404), "127.0.0.1", &[]).await;
+    assert!(
+        run.success,
+        "quarantine: {}\n{}",
+        run.output,
+        r.proc.output()
+    );
+    let c = calls(&w, &w.quarantine, 1).await;
+    assert_eq!(
+        (
+            c[0].disposition.as_str(),
+            c[0].number_status.as_str(),
+            c[0].attempts
+        ),
+        ("rejected_quarantine", "quarantine", 0)
+    );
+
+    let run = call(r.sip_port, &w.unknown, expect(404), "127.0.0.1", &[]).await;
+    assert!(run.success, "unknown: {}", run.output);
+    let c = calls(&w, &w.unknown, 1).await;
+    assert_eq!(
+        (c[0].disposition.as_str(), c[0].number_status.as_str()),
+        ("rejected_unknown", "unknown")
+    );
+
+    // 127.0.0.3 is not a trusted carrier: 403, recorded, never forwarded.
+    let run = call(r.sip_port, &w.number, expect(403), "127.0.0.3", &[]).await;
+    assert!(run.success, "untrusted: {}", run.output);
+    let c = calls(&w, &w.number, 1).await;
+    assert_eq!(
+        (c[0].disposition.as_str(), c[0].attempts),
+        ("rejected_untrusted", 0)
+    );
+}
+
+/// A tiny HTTP receiver for the alert webhook: records every POST body.
+fn webhook_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let sink = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            sink.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).to_string());
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    (port, bodies)
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    for _ in 0..secs * 10 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_down_trunk_alerts_and_is_skipped_until_it_recovers() {
+    let w = world("rprobe").await;
+    let (hook_port, hooks) = webhook_receiver();
+    let (pa, pb) = (free_port(), free_port());
+    let a = Uas::start(pa, Scenario::File("uas_options.xml", vec![]));
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let router_extra = format!("alert_webhook = \"http://127.0.0.1:{hook_port}/alert\"");
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("a", pa), ("b", pb)],
+            router: &router_extra,
+            probe: "interval_seconds = 1\ntimeout_ms = 400\ndown_after = 2\nup_after = 1",
+        },
+    );
+    let status = |port: u16| -> serde_json::Value {
+        ureq::get(&format!("http://127.0.0.1:{port}/status.json"))
+            .call()
+            .map(|mut r| r.body_mut().read_json().unwrap())
+            .unwrap_or_default()
+    };
+    let a_up = |v: &serde_json::Value| {
+        v["trunks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|x| x["name"] == "a"))
+            .map(|x| x["up"] == true)
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(a_up(&status(r.http_port)), Some(true), "a answers probes");
+
+    drop(a); // trunk A's SIP stack dies
+    let hp = r.http_port;
+    wait_for("trunk a down", 10, || a_up(&status(hp)) == Some(false)).await;
+    wait_for("down alert", 10, || {
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.contains("DialmarkTrunkDown") && !b.contains("endsAt"))
+    })
+    .await;
+    let alert: serde_json::Value =
+        serde_json::from_str(hooks.lock().unwrap().last().unwrap()).unwrap();
+    assert_eq!(alert[0]["labels"]["trunk"], "a");
+    let metrics = ureq::get(&format!("http://127.0.0.1:{hp}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("dialmark_trunk_up{trunk=\"a\"} 0"),
+        "{metrics}"
+    );
+    let page = ureq::get(&format!("http://127.0.0.1:{hp}/status"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(page.contains("data-trunk=\"a\"") && page.contains("DOWN"));
+
+    // A call now goes straight to B: A is skipped, not tried and timed out.
+    let run = call(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &["-d", "200"],
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    let at = attempts(&w, &w.number, 1).await;
+    assert_eq!(
+        (at[0].trunk.as_str(), at[0].outcome.as_str()),
+        ("b", "answered"),
+        "{}",
+        r.proc.output()
+    );
+
+    // A comes back: probes mark it up, the alert resolves.
+    let _a2 = Uas::start(pa, Scenario::File("uas_options.xml", vec![]));
+    wait_for("trunk a up", 10, || a_up(&status(hp)) == Some(true)).await;
+    wait_for("resolved alert", 10, || {
+        hooks.lock().unwrap().iter().any(|b| b.contains("endsAt"))
+    })
+    .await;
+
+    #[derive(Row, Deserialize)]
+    struct Ev {
+        trunk: String,
+        state: String,
+        cause: String,
+    }
+    let db = dialmark_schemas::ch::client(&w.tracker.config.clickhouse);
+    let mut evs: Vec<Ev> = Vec::new();
+    for _ in 0..50 {
+        evs = db
+            .query("SELECT trunk, toString(state), toString(cause) FROM trunk_events ORDER BY ts, state DESC")
+            .fetch_all()
+            .await
+            .unwrap();
+        if evs.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seq: Vec<(&str, &str, &str)> = evs
+        .iter()
+        .map(|e| (e.trunk.as_str(), e.state.as_str(), e.cause.as_str()))
+        .collect();
+    assert_eq!(seq, vec![("a", "down", "probe"), ("a", "up", "probe")]);
+}
