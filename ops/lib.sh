@@ -168,8 +168,9 @@ dm_venv() {
   if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" || dm_die "python3 -m venv failed (install python3-venv)"
   fi
-  if ! "$venv/bin/python" -c "import mmdb_writer, netaddr" 2>/dev/null; then
-    "$venv/bin/pip" install -q --disable-pip-version-check mmdb-writer netaddr || dm_die "pip install failed"
+  if ! "$venv/bin/python" -c "import mmdb_writer, netaddr, chdb" 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check mmdb-writer netaddr \
+      -r "$DM_ROOT/schemas/check/requirements.txt" >&2 || dm_die "pip install failed"
   fi
   echo "$venv"
 }

@@ -4,5 +4,5 @@
 export const post = (url, body, ms) => {
   const c = new AbortController();
   setTimeout(() => c.abort(), ms);
-  return fetch(url, { method: 'POST', body: JSON.stringify(body), keepalive: true, signal: c.signal });
+  return fetch(url, { method: 'POST', body: JSON.stringify(body), keepalive: true, credentials: 'omit', signal: c.signal });
 };

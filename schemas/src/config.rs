@@ -93,8 +93,14 @@ pub struct SinkConfig {
     pub batch_rows: usize,
     /// A partial batch is sent after this many milliseconds.
     pub flush_ms: u64,
-    /// Rows held in memory per table before callers are refused.
-    pub queue_rows: usize,
+    /// Directory of the write-ahead spools (one subdirectory per table).
+    /// One process per directory.
+    pub spool_dir: PathBuf,
+    /// `never` (survives a killed process) or `always` (fsync per row,
+    /// survives a power cut).
+    pub fsync: crate::spool::Fsync,
+    /// Unacknowledged spool bytes per table before rows are refused.
+    pub spool_max_bytes: u64,
 }
 
 impl Default for SinkConfig {
@@ -102,7 +108,9 @@ impl Default for SinkConfig {
         Self {
             batch_rows: 10_000,
             flush_ms: 1_000,
-            queue_rows: 100_000,
+            spool_dir: "var/spool".into(),
+            fsync: crate::spool::Fsync::Never,
+            spool_max_bytes: 1 << 30,
         }
     }
 }
@@ -314,11 +322,14 @@ impl RawConfig {
         if self.sink.batch_rows == 0 {
             return Err(Error::config("sink.batch_rows", "must be at least 1"));
         }
-        if self.sink.queue_rows < self.sink.batch_rows {
+        if self.sink.spool_max_bytes < 1 << 20 {
             return Err(Error::config(
-                "sink.queue_rows",
-                "must be at least sink.batch_rows",
+                "sink.spool_max_bytes",
+                "must be at least 1 MiB",
             ));
+        }
+        if self.sink.spool_dir.as_os_str().is_empty() {
+            return Err(Error::config("sink.spool_dir", "must be set"));
         }
         self.numbering.validate()?;
         let t = &self.tracker;

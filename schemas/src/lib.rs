@@ -11,9 +11,11 @@
 //! - [`layout`]: the Redis key layout and the pool Lua scripts.
 //! - [`migrate`]: ordered, idempotent ClickHouse migrations recorded in
 //!   `schema_migrations`.
+//! - [`reports`]: the report SQL and its safe parameter filling.
 //! - [`rows`]: the row types written to ClickHouse.
 //! - [`runtime`]: process plumbing shared by both binaries.
-//! - [`sink`]: the batching ClickHouse sink that never blocks a caller.
+//! - [`sink`]: the durable ClickHouse sink that never blocks a caller.
+//! - [`spool`]: the sink's write-ahead log on disk.
 //! - [`store`]: one Redis connection type for a node or a cluster.
 //! - [`error`]: the crate's error type.
 #![forbid(unsafe_code)]
@@ -24,9 +26,11 @@ pub mod error;
 pub mod layout;
 pub mod migrate;
 pub mod number;
+pub mod reports;
 pub mod rows;
 pub mod runtime;
 pub mod sink;
+pub mod spool;
 pub mod store;
 
 pub use error::Error;

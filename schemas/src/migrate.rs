@@ -20,11 +20,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A test checks this list against the files.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_base.sql",
-    sql: include_str!("../migrations/0001_base.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_base.sql",
+        sql: include_str!("../migrations/0001_base.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_rollups.sql",
+        sql: include_str!("../migrations/0002_rollups.sql"),
+    },
+];
 
 #[derive(Debug, Row, Serialize, Deserialize)]
 struct Applied {

@@ -1,170 +1,325 @@
-//! The ClickHouse sink shared by the tracker and the router: callers hand a
-//! row to [`Sink::push`], which never waits; a background task batches rows
-//! (by count and by time) and inserts them as RowBinary. Retryable failures
-//! (server down, timeouts) are retried with capped exponential backoff while
-//! new rows queue up to `queue_rows`; poison failures (schema errors) are
-//! logged and counted instead of looping forever.
+//! The durable ClickHouse sink shared by the tracker and the router.
+//!
+//! [`Sink::push`] appends the row to the table's write-ahead spool (see
+//! [`crate::spool`]) and returns without waiting on ClickHouse. A writer
+//! task reads the spool in order, inserts batches as RowBinary, and
+//! acknowledges a batch only after ClickHouse accepted it. When ClickHouse
+//! is down or slow the spool grows (capped by `spool_max_bytes`, reported
+//! as `spool_bytes`) and is replayed in order when it is back; a killed
+//! process replays on its next start. A replay may repeat a batch whose
+//! acknowledgement was lost: rows carry ids and the tables are
+//! ReplacingMergeTree, so repeats collapse (reports read with FINAL).
+//! Batches ClickHouse rejects as invalid (schema errors) are moved to a
+//! dead-letter file instead of blocking the table forever.
 
+use std::io::Write;
 use std::marker::PhantomData;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clickhouse::Client;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::config::SinkConfig;
 use crate::rows::Table;
+use crate::spool;
 
 /// Counters of one sink, read by the metrics endpoints.
 #[derive(Debug, Default)]
 pub struct SinkStats {
-    /// Rows accepted by `push`.
+    /// Rows accepted by `push` (on disk).
     pub accepted: AtomicU64,
     /// Rows ClickHouse acknowledged.
     pub inserted: AtomicU64,
     /// Insert attempts that failed (each retry counts).
     pub insert_errors: AtomicU64,
-    /// Rows refused by `push` because the queue was full.
+    /// Rows refused by `push` (spool full or disk error).
     pub refused: AtomicU64,
-    /// Rows given up on because ClickHouse rejected them as invalid.
+    /// Rows moved to the dead-letter file (ClickHouse rejected them).
     pub poisoned: AtomicU64,
+    /// Spooled bytes not yet acknowledged by ClickHouse.
+    pub spool_bytes: AtomicU64,
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error)]
 pub enum SinkError {
-    #[error("sink queue for {table} is full")]
-    Full { table: &'static str },
-    #[error("sink for {table} is shut down")]
-    Closed { table: &'static str },
+    #[error("spool of {table} is full ({bytes} bytes unacknowledged)")]
+    Full { table: &'static str, bytes: u64 },
+    #[error("spool of {table}: {source}")]
+    Disk {
+        table: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("row of {table} could not be encoded: {message}")]
+    Encode {
+        table: &'static str,
+        message: String,
+    },
 }
 
-/// Handle to the sink of one table. Cloning is cheap; the writer task ends
-/// (after a final flush) when every handle is dropped.
+/// Handle to the sink of one table. Cloning is cheap; the writer task
+/// ends (after a last delivery attempt) when every handle is dropped.
 pub struct Sink<T: Table> {
-    tx: mpsc::Sender<T>,
+    writer: Arc<Mutex<spool::Writer>>,
+    wake: mpsc::Sender<()>,
     stats: Arc<SinkStats>,
+    max_bytes: u64,
+    _row: PhantomData<fn(T)>,
 }
 
 impl<T: Table> Clone for Sink<T> {
     fn clone(&self) -> Self {
         Self {
-            tx: self.tx.clone(),
+            writer: self.writer.clone(),
+            wake: self.wake.clone(),
             stats: self.stats.clone(),
+            max_bytes: self.max_bytes,
+            _row: PhantomData,
         }
     }
 }
 
 impl<T: Table> Sink<T> {
-    /// Starts the writer task for `T`'s table on `client` (bound to the
-    /// dialmark database).
-    pub fn spawn(client: Client, cfg: &SinkConfig) -> (Self, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(cfg.queue_rows);
+    /// Opens `T`'s spool at `cfg.spool_dir/ROLE/TABLE` and starts its
+    /// writer task on `client` (bound to the dialmark database). Rows left
+    /// in the spool by an earlier run of the same role are delivered first.
+    /// `role` names the process kind (`tracker`, `router`, `tracker-cli`):
+    /// each spool directory belongs to one process at a time; a second one
+    /// waits up to `lock_wait` for it (CLI commands), then fails.
+    pub fn spawn(
+        client: Client,
+        cfg: &SinkConfig,
+        role: &str,
+        lock_wait: Duration,
+    ) -> Result<(Self, JoinHandle<()>), SinkError> {
+        let dir = cfg.spool_dir.join(role).join(T::TABLE);
+        let disk = |source| SinkError::Disk {
+            table: T::TABLE,
+            source,
+        };
+        let writer = spool::Writer::open(&dir, cfg.fsync, lock_wait).map_err(disk)?;
+        let reader = spool::Reader::open(&dir).map_err(disk)?;
         let stats = Arc::new(SinkStats::default());
-        let writer = Writer::<T> {
+        stats
+            .spool_bytes
+            .store(reader.backlog_bytes(), Ordering::Relaxed);
+        let (wake, rx) = mpsc::channel(1);
+        let task = Delivery::<T> {
             client,
+            reader,
             rx,
             stats: stats.clone(),
+            dead_letter: dir.join("dead-letter.jsonl"),
             batch_rows: cfg.batch_rows,
             flush: Duration::from_millis(cfg.flush_ms),
             _row: PhantomData,
         };
-        (Self { tx, stats }, tokio::spawn(writer.run()))
+        let handle = tokio::spawn(task.run());
+        Ok((
+            Self {
+                writer: Arc::new(Mutex::new(writer)),
+                wake,
+                stats,
+                max_bytes: cfg.spool_max_bytes,
+                _row: PhantomData,
+            },
+            handle,
+        ))
     }
 
-    /// Queues a row without waiting.
+    /// Writes a row to the spool; never waits on ClickHouse.
     pub fn push(&self, row: T) -> Result<(), SinkError> {
-        match self.tx.try_send(row) {
-            Ok(()) => {
-                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                error!(table = T::TABLE, "sink queue full; row refused");
-                Err(SinkError::Full { table: T::TABLE })
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SinkError::Closed { table: T::TABLE }),
+        let backlog = self.stats.spool_bytes.load(Ordering::Relaxed);
+        if backlog >= self.max_bytes {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            error!(table = T::TABLE, backlog, "spool full; row refused");
+            return Err(SinkError::Full {
+                table: T::TABLE,
+                bytes: backlog,
+            });
         }
+        let json = serde_json::to_vec(&row).map_err(|e| SinkError::Encode {
+            table: T::TABLE,
+            message: e.to_string(),
+        })?;
+        let appended = self.writer.lock().expect("spool lock").append(&json);
+        if let Err(source) = appended {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            error!(table = T::TABLE, cause = %source, "spool write failed; row refused");
+            return Err(SinkError::Disk {
+                table: T::TABLE,
+                source,
+            });
+        }
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .spool_bytes
+            .fetch_add(json.len() as u64 + 8, Ordering::Relaxed);
+        let _ = self.wake.try_send(());
+        Ok(())
     }
 
     pub fn stats(&self) -> &Arc<SinkStats> {
         &self.stats
     }
-
-    /// Rows waiting in memory.
-    pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
-    }
 }
 
-struct Writer<T: Table> {
+struct Delivery<T: Table> {
     client: Client,
-    rx: mpsc::Receiver<T>,
+    reader: spool::Reader,
+    rx: mpsc::Receiver<()>,
     stats: Arc<SinkStats>,
+    dead_letter: PathBuf,
     batch_rows: usize,
     flush: Duration,
-    _row: PhantomData<T>,
+    _row: PhantomData<fn(T)>,
 }
 
-impl<T: Table> Writer<T> {
+impl<T: Table> Delivery<T> {
     async fn run(mut self) {
-        let mut batch: Vec<T> = Vec::with_capacity(self.batch_rows.min(4096));
+        let mut open = true;
+        let mut backoff = Duration::from_millis(200);
         loop {
-            let Some(first) = self.rx.recv().await else {
-                break;
-            };
-            batch.push(first);
-            let deadline = Instant::now() + self.flush;
-            let mut closed = false;
-            while batch.len() < self.batch_rows {
-                tokio::select! {
-                    row = self.rx.recv() => match row {
-                        Some(r) => batch.push(r),
-                        None => { closed = true; break; }
-                    },
-                    _ = tokio::time::sleep_until(deadline) => break,
+            // Every handle dropped: deliver what is there, then stop.
+            if self.rx.is_closed() {
+                open = false;
+            }
+            match self.deliver_one().await {
+                Outcome::Delivered { full } => {
+                    backoff = Duration::from_millis(200);
+                    if full {
+                        continue;
+                    }
+                }
+                Outcome::Empty => {
+                    if !open {
+                        break;
+                    }
+                }
+                Outcome::Retry => {
+                    if !open {
+                        warn!(
+                            table = T::TABLE,
+                            "stopping with rows in the spool; they are delivered on the next start"
+                        );
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
                 }
             }
-            self.deliver(&batch).await;
-            batch.clear();
-            if closed {
-                break;
+            if open {
+                // Wait for rows (or the flush interval) to fill a batch.
+                let woke = tokio::time::timeout(self.flush, self.rx.recv()).await;
+                if let Ok(None) = woke {
+                    open = false;
+                } else if woke.is_ok() {
+                    tokio::time::sleep(self.flush.min(Duration::from_millis(50))).await;
+                }
             }
         }
     }
 
-    /// Inserts one batch, retrying while the failure is retryable.
-    async fn deliver(&self, batch: &[T]) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match insert(&self.client, batch).await {
-                Ok(()) => {
-                    self.stats
-                        .inserted
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    return;
-                }
-                Err(e) => {
-                    self.stats.insert_errors.fetch_add(1, Ordering::Relaxed);
-                    if !crate::ch::retryable(&e) {
-                        self.stats
-                            .poisoned
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        error!(table = T::TABLE, rows = batch.len(), cause = %e, "clickhouse rejected batch; rows dropped");
-                        return;
-                    }
-                    warn!(table = T::TABLE, rows = batch.len(), cause = %e, retry_in_ms = backoff.as_millis() as u64, "insert failed; will retry");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+    async fn deliver_one(&mut self) -> Outcome {
+        let (payloads, pos) = match self.reader.read(self.batch_rows) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(table = T::TABLE, cause = %e, "spool read failed");
+                return Outcome::Retry;
+            }
+        };
+        if payloads.is_empty() {
+            return Outcome::Empty;
+        }
+        let full = payloads.len() >= self.batch_rows;
+        let mut rows = Vec::with_capacity(payloads.len());
+        let mut undecodable = Vec::new();
+        for p in &payloads {
+            match serde_json::from_slice::<T>(p) {
+                Ok(r) => rows.push(r),
+                Err(_) => undecodable.push(p.clone()),
+            }
+        }
+        if !undecodable.is_empty() {
+            self.dead(&undecodable, "undecodable spool record");
+        }
+        let result = if rows.is_empty() {
+            Ok(())
+        } else {
+            insert(&self.client, &rows).await
+        };
+        match result {
+            Ok(()) => {
+                self.stats
+                    .inserted
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                self.ack(pos);
+                Outcome::Delivered { full }
+            }
+            Err(e) if crate::ch::retryable(&e) => {
+                self.stats.insert_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(table = T::TABLE, rows = rows.len(), cause = %e, "insert failed; rows stay in the spool");
+                self.reader.rewind();
+                Outcome::Retry
+            }
+            Err(e) => {
+                self.stats.insert_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .poisoned
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                error!(table = T::TABLE, rows = rows.len(), cause = %e, dead_letter = %self.dead_letter.display(), "clickhouse rejected a batch; moved to the dead-letter file");
+                self.dead(&payloads, &e.to_string());
+                self.ack(pos);
+                Outcome::Delivered { full }
             }
         }
     }
+
+    fn ack(&mut self, pos: spool::Pos) {
+        if let Err(e) = self.reader.ack(pos) {
+            error!(table = T::TABLE, cause = %e, "spool ack failed; rows may be inserted again");
+        }
+        self.stats
+            .spool_bytes
+            .store(self.reader.backlog_bytes(), Ordering::Relaxed);
+    }
+
+    fn dead(&self, payloads: &[Vec<u8>], reason: &str) {
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.dead_letter)?;
+            for p in payloads {
+                f.write_all(p)?;
+                f.write_all(b"\n")?;
+            }
+            f.sync_data()
+        };
+        if let Err(e) = write() {
+            error!(table = T::TABLE, cause = %e, reason, "dead-letter write failed; rows lost");
+        } else {
+            info!(
+                table = T::TABLE,
+                rows = payloads.len(),
+                reason,
+                "rows moved to the dead-letter file"
+            );
+        }
+    }
+}
+
+enum Outcome {
+    Delivered { full: bool },
+    Empty,
+    Retry,
 }
 
 async fn insert<T: Table>(client: &Client, rows: &[T]) -> Result<(), clickhouse::error::Error> {

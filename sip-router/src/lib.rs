@@ -65,9 +65,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     info!(addr = %http.local_addr()?, "router http listening");
 
     let ch = dialmark_schemas::ch::client(&config.clickhouse);
-    let (calls, t1) = Sink::<Call>::spawn(ch.clone(), &config.sink);
-    let (attempts, t2) = Sink::<CallAttempt>::spawn(ch.clone(), &config.sink);
-    let (trunk_events, t3) = Sink::<TrunkEvent>::spawn(ch, &config.sink);
+    let (calls, t1) = Sink::<Call>::spawn(ch.clone(), &config.sink, "router", Duration::ZERO)?;
+    let (attempts, t2) =
+        Sink::<CallAttempt>::spawn(ch.clone(), &config.sink, "router", Duration::ZERO)?;
+    let (trunk_events, t3) = Sink::<TrunkEvent>::spawn(ch, &config.sink, "router", Duration::ZERO)?;
     let sinks = node::Sinks {
         calls,
         attempts,

@@ -60,3 +60,11 @@ pub fn unique_number() -> String {
     let n = uuid::Uuid::new_v4().as_u128() % 10_000_000_000;
     format!("+7{n:010}")
 }
+
+/// A fresh directory for one test's files (spools), kept under the system
+/// temp dir and left for inspection after a failure.
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("dialmark-{what}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&d).expect("create scratch dir");
+    d
+}

@@ -6,6 +6,7 @@
 pub mod env;
 pub mod process;
 pub mod router;
+pub mod services;
 pub mod sipp;
 pub mod stack;
 pub mod tracker;

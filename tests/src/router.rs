@@ -12,7 +12,30 @@ pub struct TestRouter {
     pub proc: Proc,
     pub sip_port: u16,
     pub http_port: u16,
+    config: std::path::PathBuf,
     _dir: tempfile::TempDir,
+}
+
+fn spawn(config: &std::path::Path, http_port: u16) -> Proc {
+    let mut cmd = Command::new(bin("dialmark-router"));
+    cmd.arg("--config").arg(config).env("RUST_LOG", "info");
+    let mut proc = Proc::spawn("router", cmd);
+    let healthy = || {
+        ureq::get(&format!("http://127.0.0.1:{http_port}/healthz"))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+    };
+    let start = std::time::Instant::now();
+    while !healthy() {
+        assert!(proc.alive(), "router exited:\n{}", proc.output());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "router not ready:\n{}",
+            proc.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proc
 }
 
 /// Router settings a test may change.
@@ -41,7 +64,7 @@ impl TestRouter {
             opts.probe
         };
         let text = format!(
-            "[redis]\nurl = \"{redis}\"\n[clickhouse]\nurl = \"{ch}\"\ndatabase = \"{db}\"\n[sink]\nflush_ms = 200\n\
+            "[redis]\nurl = \"{redis}\"\n[clickhouse]\nurl = \"{ch}\"\ndatabase = \"{db}\"\n[sink]\nflush_ms = 200\nspool_dir = \"{spool}\"\n\
              [tracker]\nattribution_window_seconds = {win}\n\
              [router]\nudp = \"127.0.0.1:{sip_port}\"\ntcp = \"127.0.0.1:{sip_port}\"\nhttp = \"127.0.0.1:{http_port}\"\n\
              trusted_sources = [\"127.0.0.1/32\"]\nprovisional_timeout_ms = 1000\noverall_timeout_seconds = 20\n{router}\n\
@@ -51,32 +74,23 @@ impl TestRouter {
             db = tracker.clickhouse.database,
             win = tracker.tracker.attribution_window_seconds,
             router = opts.router,
+            spool = dir.path().join("spool").display(),
         );
         let path = dir.path().join("router.toml");
         std::fs::write(&path, text).expect("write router config");
-        let mut cmd = Command::new(bin("dialmark-router"));
-        cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
-        let mut proc = Proc::spawn("router", cmd);
-        let healthy = || {
-            ureq::get(&format!("http://127.0.0.1:{http_port}/healthz"))
-                .call()
-                .is_ok_and(|r| r.status() == 200)
-        };
-        let start = std::time::Instant::now();
-        while !healthy() {
-            assert!(proc.alive(), "router exited:\n{}", proc.output());
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "router not ready:\n{}",
-                proc.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let proc = spawn(&path, http_port);
         TestRouter {
             proc,
             sip_port,
             http_port,
+            config: path,
             _dir: dir,
         }
+    }
+
+    /// Starts the router again on the same config (and spool), e.g. after
+    /// it was killed.
+    pub fn restart(&mut self) {
+        self.proc = spawn(&self.config, self.http_port);
     }
 }

@@ -113,3 +113,15 @@ pub fn uac(
         output: p.output(),
     }
 }
+
+impl UacRun {
+    /// The "Successful call" total of SIPp's final statistics.
+    pub fn successful(&self) -> u64 {
+        self.output
+            .lines()
+            .rev()
+            .filter(|l| l.trim_start().starts_with("Successful call"))
+            .find_map(|l| l.split('|').nth(2).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+}

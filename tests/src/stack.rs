@@ -42,6 +42,7 @@ database = "{db}"
 
 [sink]
 flush_ms = 200
+spool_dir = "{spool}"
 
 [tracker]
 listen = "127.0.0.1:{tp}"
@@ -64,6 +65,7 @@ http = "127.0.0.1:{hp}"
                 .join("js-snippet/dist/snippet.js")
                 .display(),
             extra = self.extra,
+            spool = crate::env::scratch_dir("stack-spool").display(),
         )
     }
 

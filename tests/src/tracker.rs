@@ -23,10 +23,20 @@ impl Drop for TestTracker {
 
 /// The config of a test tracker: fresh migrated database, given Redis.
 pub async fn config(test: &str, redis: RedisConfig, extra: &str) -> Config {
-    let ch = crate::env::clickhouse(test);
+    config_on(crate::env::clickhouse(test), redis, extra).await
+}
+
+/// Like [`config`], on a given ClickHouse (a test's private server).
+pub async fn config_on(
+    ch: dialmark_schemas::config::ClickHouseConfig,
+    redis: RedisConfig,
+    extra: &str,
+) -> Config {
     let text = format!(
-        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n[sink]\nflush_ms = 100\n[tracker]\nadmin_token = \"test-token\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nmax_body_bytes = 4096\n{extra}",
-        ch.url, ch.database
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n[sink]\nflush_ms = 100\nspool_dir = \"{}\"\n[tracker]\nadmin_token = \"test-token\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nmax_body_bytes = 4096\n{extra}",
+        ch.url,
+        ch.database,
+        crate::env::scratch_dir("tracker-spool").display()
     );
     let mut config = Config::from_toml(&text).expect("test config");
     config.redis = redis;
@@ -55,7 +65,7 @@ pub fn cluster_redis() -> RedisConfig {
 
 impl TestTracker {
     pub async fn start(config: Config) -> TestTracker {
-        let (state, sinks) = AppState::new(config.clone(), None)
+        let (state, sinks) = AppState::new(config.clone(), None, "tracker")
             .await
             .expect("tracker state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

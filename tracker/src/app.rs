@@ -3,6 +3,7 @@
 //! (`visit`, `admin`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -37,19 +38,28 @@ pub struct AppState {
 pub struct SinkTasks(pub Vec<JoinHandle<()>>);
 
 impl AppState {
-    /// Connects to Redis and starts the ClickHouse sinks.
+    /// Connects to Redis and starts the ClickHouse sinks; `role` names the
+    /// spool subdirectory (`tracker` for the service, `tracker-cli` for
+    /// admin commands): one process per spool directory.
     pub async fn new(
         config: Config,
         metrics: Option<PrometheusHandle>,
+        role: &str,
     ) -> anyhow::Result<(Self, SinkTasks)> {
         let redis = Redis::connect(&config.redis)
             .await
             .map_err(|e| anyhow::anyhow!("connecting to Redis ({}): {e}", config.redis.url))?;
         let geo = Geo::open(config.tracker.geoip_db.as_deref())?;
         let ch = dialmark_schemas::ch::client(&config.clickhouse);
-        let (visits, t1) = Sink::<Visit>::spawn(ch.clone(), &config.sink);
-        let (leases, t2) = Sink::<NumberLease>::spawn(ch.clone(), &config.sink);
-        let (events, t3) = Sink::<NumberEvent>::spawn(ch.clone(), &config.sink);
+        // Admin commands queue behind each other; a second service fails fast.
+        let wait = if role.ends_with("-cli") {
+            Duration::from_secs(60)
+        } else {
+            Duration::ZERO
+        };
+        let (visits, t1) = Sink::<Visit>::spawn(ch.clone(), &config.sink, role, wait)?;
+        let (leases, t2) = Sink::<NumberLease>::spawn(ch.clone(), &config.sink, role, wait)?;
+        let (events, t3) = Sink::<NumberEvent>::spawn(ch.clone(), &config.sink, role, wait)?;
         let inventory = Inventory {
             redis,
             scripts: Arc::new(Scripts::default()),

@@ -7,6 +7,7 @@
 //! - [`pool`]: the lease engine (atomic Lua scripts per pool).
 //! - [`inventory`]: sites, pools, numbers and the number lifecycle.
 //! - [`admin`]: the admin API and the inventory file loader.
+//! - [`report`]: the `report` command over `schemas/reports/`.
 //! - [`geo`]: client IP, MaxMind geo, IP truncation.
 //! - [`error`]: the error type and its HTTP mapping.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod error;
 pub mod geo;
 pub mod inventory;
 pub mod pool;
+pub mod report;
 pub mod visit;
 
 use anyhow::Context;
@@ -42,7 +44,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding tracker.listen {}", config.tracker.listen))?;
     info!(addr = %listener.local_addr()?, "tracker listening");
-    let (state, sinks) = app::AppState::new(config, Some(metrics)).await?;
+    let (state, sinks) = app::AppState::new(config, Some(metrics), "tracker").await?;
     axum::serve(
         listener,
         app::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),

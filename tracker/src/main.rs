@@ -34,6 +34,25 @@ enum Command {
     Migrate,
     /// Validate the config file and exit.
     CheckConfig,
+    /// Run a report of schemas/reports/ (campaigns, missed_calls, ...).
+    Report {
+        name: String,
+        /// Start, UTC (YYYY-MM-DD or "YYYY-MM-DD hh:mm:ss"), inclusive.
+        #[arg(long)]
+        from: String,
+        /// End, UTC, exclusive.
+        #[arg(long)]
+        to: String,
+        /// Site id; every site when omitted.
+        #[arg(long, default_value = "")]
+        site: String,
+        /// table, csv, tsv or json (one object per line).
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Conversion name of google_ads_export.
+        #[arg(long, default_value = "")]
+        conversion: String,
+    },
     /// Inventory operations (the same as the admin API), straight on Redis.
     Admin {
         #[command(subcommand)]
@@ -105,12 +124,35 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve => dialmark_tracker::serve(config).await,
         Command::Admin { op } => admin(config, op).await,
+        Command::Report {
+            name,
+            from,
+            to,
+            site,
+            format,
+            conversion,
+        } => {
+            let params = dialmark_schemas::reports::Params {
+                from,
+                to,
+                site,
+                conversion,
+            };
+            dialmark_tracker::report::run(
+                &config,
+                &name,
+                &params,
+                &format,
+                &mut tokio::io::stdout(),
+            )
+            .await
+        }
     }
 }
 
 async fn admin(config: Config, op: AdminOp) -> anyhow::Result<()> {
     use dialmark_tracker::{admin, inventory::AddNumbers, pool};
-    let (state, sinks) = dialmark_tracker::app::AppState::new(config, None).await?;
+    let (state, sinks) = dialmark_tracker::app::AppState::new(config, None, "tracker-cli").await?;
     let inv = state.inventory.clone();
     let now = dialmark_schemas::unix_now();
     let out = match op {

@@ -20,7 +20,7 @@ use crate::geo::{self, Place};
 use crate::inventory::{format_display, Site};
 use crate::pool::{self, Allocation};
 
-/// Longest accepted string field (URLs included).
+/// Longest stored string field; longer ones (huge URLs) are cut, not refused.
 const MAX_FIELD: usize = 2048;
 
 /// What the snippet sends.
@@ -85,7 +85,37 @@ fn check_id(field: &str, v: &str) -> Result<(), TrackerError> {
     Ok(())
 }
 
+fn cut(s: &mut String) {
+    if s.len() > MAX_FIELD {
+        let mut end = MAX_FIELD;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
 impl VisitRequest {
+    /// Cuts over-long source fields: a visit with a huge URL still gets a number.
+    fn cut_long_fields(&mut self) {
+        for f in [
+            &mut self.url,
+            &mut self.landing_url,
+            &mut self.referrer,
+            &mut self.utm_source,
+            &mut self.utm_medium,
+            &mut self.utm_campaign,
+            &mut self.utm_term,
+            &mut self.utm_content,
+            &mut self.gclid,
+            &mut self.yclid,
+            &mut self.fbclid,
+            &mut self.msclkid,
+        ] {
+            cut(f);
+        }
+    }
+
     fn validate(&self) -> Result<(), TrackerError> {
         if self.site.is_empty() {
             return Err(TrackerError::BadRequest("site: required".into()));
@@ -203,8 +233,9 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, TrackerError> {
-    let req: VisitRequest = parse_json(&body)?;
+    let mut req: VisitRequest = parse_json(&body)?;
     req.validate()?;
+    req.cut_long_fields();
     let span = info_span!("visit", site = %req.site, session = tracing::field::Empty);
     async move {
         let started = std::time::Instant::now();
@@ -429,11 +460,13 @@ mod tests {
         ok.validate().unwrap();
         let bad: VisitRequest = serde_json::from_str(r#"{"site":"s s"}"#).unwrap();
         assert!(bad.validate().is_err());
-        let long = VisitRequest {
+        let mut long = VisitRequest {
             site: "s".into(),
-            url: "x".repeat(5000),
+            url: "é".repeat(3000),
             ..Default::default()
         };
-        assert!(long.validate().is_err());
+        long.validate().unwrap();
+        long.cut_long_fields();
+        assert!(long.url.len() <= MAX_FIELD && long.url.len() > MAX_FIELD - 2);
     }
 }

@@ -1,0 +1,190 @@
+//! The report SQL of `schemas/reports/`, embedded, and the one way to fill
+//! its placeholders: `{from}` / `{to}` become `toDateTime('…')` from a
+//! strictly checked date, `{site}` and `{conversion}` become escaped string
+//! literals. Values never reach the SQL any other way.
+
+use thiserror::Error;
+
+/// Every report: name and SQL text.
+pub const REPORTS: &[(&str, &str)] = &[
+    ("campaigns", include_str!("../reports/campaigns.sql")),
+    ("missed_calls", include_str!("../reports/missed_calls.sql")),
+    ("conversion", include_str!("../reports/conversion.sql")),
+    ("pool_health", include_str!("../reports/pool_health.sql")),
+    (
+        "trunk_quality",
+        include_str!("../reports/trunk_quality.sql"),
+    ),
+    ("quarantine", include_str!("../reports/quarantine.sql")),
+    (
+        "lost_call_audit",
+        include_str!("../reports/lost_call_audit.sql"),
+    ),
+    (
+        "google_ads_export",
+        include_str!("../reports/google_ads_export.sql"),
+    ),
+    (
+        "yandex_export",
+        include_str!("../reports/yandex_export.sql"),
+    ),
+];
+
+/// Conversion name used by `google_ads_export` when none is given.
+pub const DEFAULT_CONVERSION: &str = "dialmark call";
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ReportError {
+    #[error("unknown report {0:?}; known: {1}")]
+    Unknown(String, String),
+    #[error("{field}: {value:?} is not a date (YYYY-MM-DD or YYYY-MM-DD hh:mm:ss, UTC)")]
+    BadDate { field: &'static str, value: String },
+}
+
+/// Parameters of a report run.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Start (inclusive), UTC.
+    pub from: String,
+    /// End (exclusive), UTC.
+    pub to: String,
+    /// Site id; empty means every site.
+    pub site: String,
+    pub conversion: String,
+}
+
+/// A SQL string literal: `'…'` with `\` and `'` escaped.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// `toDateTime('YYYY-MM-DD hh:mm:ss', 'UTC')` from a checked date or date-time.
+pub fn datetime(field: &'static str, v: &str) -> Result<String, ReportError> {
+    let bad = || ReportError::BadDate {
+        field,
+        value: v.to_string(),
+    };
+    let full = if v.len() == 10 {
+        format!("{v} 00:00:00")
+    } else {
+        v.to_string()
+    };
+    let b = full.as_bytes();
+    if b.len() != 19 {
+        return Err(bad());
+    }
+    for (i, c) in b.iter().enumerate() {
+        let ok = match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b' ' || *c == b'T',
+            13 | 16 => *c == b':',
+            _ => c.is_ascii_digit(),
+        };
+        if !ok {
+            return Err(bad());
+        }
+    }
+    let num = |r: std::ops::Range<usize>| full[r].parse::<u32>().unwrap_or(99);
+    if !(1..=12).contains(&num(5..7))
+        || !(1..=31).contains(&num(8..10))
+        || num(11..13) > 23
+        || num(14..16) > 59
+        || num(17..19) > 59
+    {
+        return Err(bad());
+    }
+    Ok(format!("toDateTime('{}', 'UTC')", full.replace('T', " ")))
+}
+
+/// The SQL of report `name` with its placeholders filled.
+pub fn render(name: &str, p: &Params) -> Result<String, ReportError> {
+    let sql = REPORTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| {
+            ReportError::Unknown(
+                name.to_string(),
+                REPORTS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })?;
+    let conversion = if p.conversion.is_empty() {
+        DEFAULT_CONVERSION
+    } else {
+        &p.conversion
+    };
+    Ok(sql
+        .replace("{from}", &datetime("from", &p.from)?)
+        .replace("{to}", &datetime("to", &p.to)?)
+        .replace("{site}", &quote(&p.site))
+        .replace("{conversion}", &quote(conversion)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_report_file_is_listed() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/reports");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".sql"))
+            .map(|n| n.trim_end_matches(".sql").to_string())
+            .collect();
+        files.sort();
+        let mut listed: Vec<String> = REPORTS.iter().map(|(n, _)| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(files, listed);
+    }
+
+    #[test]
+    fn placeholders_are_filled_safely() {
+        let p = Params {
+            from: "2026-11-01".into(),
+            to: "2026-11-23 12:00:00".into(),
+            site: "x' OR 1=1 --\\".into(),
+            conversion: String::new(),
+        };
+        for (name, _) in REPORTS {
+            let sql = render(name, &p).unwrap();
+            assert!(
+                !sql.contains("{from}")
+                    && !sql.contains("{to}")
+                    && !sql.contains("{site}")
+                    && !sql.contains("{conversion}"),
+                "{name}"
+            );
+        }
+        assert_eq!(quote("x' OR 1=1 --\\"), "'x\\' OR 1=1 --\\\\'");
+        assert_eq!(
+            datetime("from", "2026-11-01").unwrap(),
+            "toDateTime('2026-11-01 00:00:00', 'UTC')"
+        );
+        for bad in [
+            "2026-13-01",
+            "yesterday",
+            "2026-11-01'); DROP",
+            "2026-11-01 25:00:00",
+            "",
+        ] {
+            assert!(datetime("from", bad).is_err(), "{bad}");
+        }
+        assert!(matches!(render("nope", &p), Err(ReportError::Unknown(..))));
+    }
+}
