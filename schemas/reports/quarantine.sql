@@ -1,6 +1,7 @@
 -- quarantine: numbers in quarantine as of {to}, and whether
 -- `release-quarantine` may return them to stock.
--- A number is listed when its latest number_events row with ts <= {to} has
+-- A number is listed when its latest number_events row (by ts, then the
+-- microsecond ts_us, then event_id) with ts <= {to} has
 -- to_status = quarantine; {site} = '' means every site (site of that event).
 -- {from} is not used: this is a snapshot at {to}.
 -- calls_90d counts calls FINAL with received in [{to} - 90 days, {to}]
@@ -28,11 +29,11 @@ FROM
     (
         SELECT
             number,
-            argMax(to_status, (ts, event_id)) AS status,
-            argMax(ts, (ts, event_id)) AS since,
-            argMax(site, (ts, event_id)) AS site,
-            argMax(pool, (ts, event_id)) AS pool,
-            argMax(reason, (ts, event_id)) AS reason
+            argMax(to_status, (ts, ts_us, event_id)) AS status,
+            argMax(ts, (ts, ts_us, event_id)) AS since,
+            argMax(site, (ts, ts_us, event_id)) AS site,
+            argMax(pool, (ts, ts_us, event_id)) AS pool,
+            argMax(reason, (ts, ts_us, event_id)) AS reason
         FROM number_events
         WHERE ts <= {to}
         GROUP BY number

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_rollups.sql",
         sql: include_str!("../migrations/0002_rollups.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_number_event_order.sql",
+        sql: include_str!("../migrations/0003_number_event_order.sql"),
+    },
 ];
 
 #[derive(Debug, Row, Serialize, Deserialize)]

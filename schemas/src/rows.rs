@@ -265,6 +265,8 @@ pub struct NumberEvent {
     pub to_status: NumberStatus,
     pub actor: String,
     pub reason: String,
+    /// Microseconds since the epoch: orders events within one second.
+    pub ts_us: u64,
 }
 
 impl Table for NumberEvent {

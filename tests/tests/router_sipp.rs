@@ -261,6 +261,36 @@ async fn trunk_a_503_fails_over_to_b_and_both_attempts_are_recorded() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn carrier_over_tcp_is_answered_on_its_connection() {
+    let w = world("rtcp").await;
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("b", pb)],
+            router: "",
+            probe: "",
+        },
+    );
+    // -t t1: one TCP connection to the router; replies must come back on it.
+    let run = call(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &["-t", "t1", "-d", "300"],
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    let c = calls(&w, &w.number, 1).await;
+    assert_eq!(
+        (c[0].disposition.as_str(), c[0].final_trunk.as_str()),
+        ("answered", "b")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn silent_trunk_times_out_and_fails_over() {
     let w = world("rsilent").await;
     let (pa, pb) = (free_port(), free_port());

@@ -122,7 +122,20 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(admin::router())
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+/// Counts requests by route and status (`dialmark_http_requests_total`).
+async fn count_requests(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let resp = next.run(req).await;
+    metrics::counter!("dialmark_http_requests_total", "route" => route, "status" => resp.status().as_u16().to_string())
+        .increment(1);
+    resp
 }
 
 /// Serves the built snippet with an ETag so browsers revalidate cheaply.

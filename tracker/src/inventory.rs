@@ -318,6 +318,9 @@ impl Inventory {
             to_status: to,
             actor: actor.into(),
             reason: reason.into(),
+            ts_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
         });
     }
 
