@@ -10,3 +10,4 @@ pub mod services;
 pub mod sipp;
 pub mod stack;
 pub mod tracker;
+pub mod webhook;

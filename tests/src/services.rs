@@ -68,3 +68,46 @@ impl Drop for PrivateClickHouse {
         self.down();
     }
 }
+
+/// A private Redis (append-only file on, so a restart keeps its data),
+/// stopped on drop.
+pub struct PrivateRedis {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        let r = Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            port: free_port(),
+        };
+        r.up();
+        r
+    }
+
+    pub fn up(&self) {
+        lib(&format!(
+            "dm_redis_start {} {} --appendonly yes --appendfsync always",
+            self.dir.path().display(),
+            self.port
+        ));
+    }
+
+    pub fn down(&self) {
+        lib(&format!("dm_redis_stop {}", self.dir.path().display()));
+    }
+
+    pub fn config(&self) -> dialmark_schemas::config::RedisConfig {
+        dialmark_schemas::config::RedisConfig {
+            url: format!("redis://127.0.0.1:{}/", self.port),
+            cluster: Vec::new(),
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.down();
+    }
+}

@@ -7,12 +7,18 @@ use std::time::Duration;
 use dialmark_e2e::env::{unique, unique_number};
 use dialmark_e2e::process::free_port;
 use dialmark_e2e::router::{RouterOptions, TestRouter};
-use dialmark_e2e::services::PrivateClickHouse;
+use dialmark_e2e::services::{PrivateClickHouse, PrivateRedis};
 use dialmark_e2e::sipp::{self, Scenario, Uas};
 use dialmark_e2e::tracker::{config_on, single_redis, TestTracker};
+use dialmark_e2e::{env, webhook};
 use dialmark_tracker::inventory::{AddNumbers, PoolDef, Site};
 
 async fn provision(t: &TestTracker) -> String {
+    provision_site(t).await.1
+}
+
+/// A site with a pool of one number: (site, number).
+async fn provision_site(t: &TestTracker) -> (String, String) {
     let inv = &t.state.inventory;
     let (site, pool) = (unique("site"), unique("pool"));
     inv.put_site(Site {
@@ -27,7 +33,7 @@ async fn provision(t: &TestTracker) -> String {
     .unwrap();
     inv.put_pool(PoolDef {
         id: pool.clone(),
-        site,
+        site: site.clone(),
         overflow_number: None,
         destinations: vec!["+74951234567".into()],
         trunk_group: "default".into(),
@@ -46,7 +52,7 @@ async fn provision(t: &TestTracker) -> String {
     )
     .await
     .unwrap();
-    number
+    (site, number)
 }
 
 /// (rows in `calls` after merge, distinct calls, attempts after merge).
@@ -189,4 +195,192 @@ async fn router_killed_mid_load_loses_no_finished_call() {
         r.proc.output()
     );
     assert_eq!(rows, distinct, "and recorded once");
+}
+
+async fn visit(t: &TestTracker, site: &str) -> serde_json::Value {
+    let url = t.url("/v1/visits");
+    let body = serde_json::json!({"site": site, "url": "https://shop.test/?utm_source=google", "utm_source": "google"}).to_string();
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .post(&url)
+            .send(body)
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+async fn answered(
+    cfg: &dialmark_schemas::config::ClickHouseConfig,
+    number: &str,
+    want: u64,
+) -> u64 {
+    let mut n = 0;
+    for _ in 0..60 {
+        n = counts(cfg, number).await.1;
+        if n >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_keeps_cached_numbers_routing_and_recovers_without_restart() {
+    let redis = PrivateRedis::start();
+    let t = TestTracker::start(config_on(env::clickhouse("faultredis"), redis.config(), "").await)
+        .await;
+    let (site, number) = provision_site(&t).await;
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = TestRouter::start(
+        &t.config,
+        RouterOptions {
+            trunks: &[("b", pb)],
+            router: "route_cache_ms = 300",
+            probe: "",
+        },
+    );
+    let call = |port: u16, n: String| {
+        tokio::task::spawn_blocking(move || {
+            sipp::uac(
+                port,
+                &n,
+                Scenario::Builtin("uac"),
+                "127.0.0.1",
+                1,
+                &["-d", "200"],
+            )
+        })
+    };
+
+    assert!(
+        call(r.sip_port, number.clone()).await.unwrap().success,
+        "before the outage"
+    );
+    redis.down();
+    tokio::time::sleep(Duration::from_millis(600)).await; // the cached record is stale now
+    let run = call(r.sip_port, number.clone()).await.unwrap();
+    assert!(
+        run.success,
+        "a cached number keeps routing while Redis is down\n{}",
+        r.proc.output()
+    );
+    let v = visit(&t, &site).await;
+    assert_eq!(
+        (v["kind"].as_str(), v["number"].as_str()),
+        (Some("static"), Some("+74950000000")),
+        "snippet keeps the site's number: {v}"
+    );
+
+    redis.up();
+    let mut kind = String::new();
+    for _ in 0..40 {
+        kind = visit(&t, &site).await["kind"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if kind == "pool" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(kind, "pool", "the tracker recovers without a restart");
+    assert!(
+        call(r.sip_port, number.clone()).await.unwrap().success,
+        "after the outage"
+    );
+    assert_eq!(
+        answered(&t.config.clickhouse, &number, 3).await,
+        3,
+        "all three calls recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trunk_killed_mid_load_fails_over_without_long_waits_and_alerts() {
+    let t = TestTracker::start(config_on(env::clickhouse("faulttrunk"), single_redis(), "").await)
+        .await;
+    let number = provision(&t).await;
+    let (hook_port, hooks) = webhook::receiver();
+    let (pa, pb) = (free_port(), free_port());
+    let a = Uas::start(pa, Scenario::Builtin("uas"));
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let extra = format!("alert_webhook = \"http://127.0.0.1:{hook_port}/\"");
+    let r = TestRouter::start(
+        &t.config,
+        RouterOptions {
+            trunks: &[("a", pa), ("b", pb)],
+            router: &extra,
+            probe: "interval_seconds = 1\ntimeout_ms = 400\ndown_after = 2\nup_after = 1",
+        },
+    );
+    let port = r.sip_port;
+    let n = number.clone();
+    let load = tokio::task::spawn_blocking(move || {
+        sipp::uac(
+            port,
+            &n,
+            Scenario::Builtin("uac"),
+            "127.0.0.1",
+            60,
+            &["-r", "10", "-d", "200", "-recv_timeout", "3000"],
+        )
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(a); // trunk A dies mid-load
+    let run = load.await.unwrap();
+    // Calls talking on A when it died lose their BYE reply (the dialog was
+    // on A): at most the calls of the last ~0.3 s before the kill.
+    let ok = run.successful();
+    assert!(
+        ok >= 56,
+        "calls are failed over to B ({ok} of 60 succeeded):\n{}\n{}",
+        run.output,
+        r.proc.output()
+    );
+    // Every call was answered (on A before the kill, on B after it).
+    assert_eq!(answered(&t.config.clickhouse, &number, 60).await, 60);
+    for _ in 0..40 {
+        if hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.contains("DialmarkTrunkDown") && b.contains("\"a\""))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.contains("DialmarkTrunkDown") && b.contains("\"a\"")),
+        "trunk a down alert"
+    );
+    // Callers never wait on a dead trunk longer than the failover timer (1 s here).
+    let db = dialmark_schemas::ch::client(&t.config.clickhouse);
+    let (timeouts, longest): (u64, u32) = db
+        .query(
+            "SELECT count(), max(ended - started) FROM call_attempts FINAL \
+             WHERE trunk = 'a' AND outcome = 'timeout' AND call_id IN (SELECT call_id FROM calls WHERE number = ?)",
+        )
+        .bind(&number)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(
+        longest <= 2,
+        "a timed-out attempt lasted {longest} s ({timeouts} timeouts)"
+    );
 }

@@ -5,8 +5,6 @@
 //! / untrusted rejections, and a probe-down trunk raising the webhook alert
 //! and being skipped until it recovers.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clickhouse::Row;
@@ -447,37 +445,6 @@ async fn quarantine_unknown_and_untrusted_calls_are_rejected_and_recorded() {
     );
 }
 
-/// A tiny HTTP receiver for the alert webhook: records every POST body.
-fn webhook_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let sink = bodies.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            sink.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&body).to_string());
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-        }
-    });
-    (port, bodies)
-}
-
 async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     for _ in 0..secs * 10 {
         if f() {
@@ -491,7 +458,7 @@ async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn probe_down_trunk_alerts_and_is_skipped_until_it_recovers() {
     let w = world("rprobe").await;
-    let (hook_port, hooks) = webhook_receiver();
+    let (hook_port, hooks) = dialmark_e2e::webhook::receiver();
     let (pa, pb) = (free_port(), free_port());
     let a = Uas::start(pa, Scenario::File("uas_options.xml", vec![]));
     let _b = Uas::start(pb, Scenario::Builtin("uas"));

@@ -67,6 +67,7 @@ impl AppState {
             clickhouse: ch,
             plan: config.numbering.clone(),
             timing: LeaseTiming::from(&config.tracker),
+            site_cache: Default::default(),
         };
         Ok((
             Self {

@@ -112,6 +112,9 @@ pub struct Inventory {
     pub clickhouse: clickhouse::Client,
     pub plan: NumberingPlan,
     pub timing: LeaseTiming,
+    /// Last site configs read from Redis: the snippet API keeps answering
+    /// (with the site's own number) while Redis is away.
+    pub site_cache: std::sync::Arc<std::sync::Mutex<HashMap<String, Site>>>,
 }
 
 impl Inventory {
@@ -169,18 +172,36 @@ impl Inventory {
             .sadd(layout::SITES, &site.id)
             .exec_async(&mut r)
             .await?;
+        self.site_cache
+            .lock()
+            .expect("site cache")
+            .insert(site.id.clone(), site.clone());
         info!(site = %site.id, "site saved");
         Ok(site)
     }
 
     pub async fn site(&self, id: &str) -> Result<Site, TrackerError> {
         let mut r = self.redis.clone();
-        let json: Option<String> = redis::cmd("GET")
+        let read = redis::cmd("GET")
             .arg(layout::site_key(id))
             .query_async(&mut r)
-            .await?;
+            .await;
+        let json: Option<String> = match read {
+            Ok(j) => j,
+            Err(e) => {
+                // Redis away: the last known config keeps the snippet API answering.
+                let cached = self.site_cache.lock().expect("site cache").get(id).cloned();
+                return cached.ok_or(TrackerError::Redis(e));
+            }
+        };
         let json = json.ok_or_else(|| TrackerError::NotFound(format!("unknown site {id:?}")))?;
-        serde_json::from_str(&json).map_err(|e| TrackerError::Internal(format!("site {id}: {e}")))
+        let site: Site = serde_json::from_str(&json)
+            .map_err(|e| TrackerError::Internal(format!("site {id}: {e}")))?;
+        self.site_cache
+            .lock()
+            .expect("site cache")
+            .insert(id.to_string(), site.clone());
+        Ok(site)
     }
 
     pub async fn put_pool(&self, mut def: PoolDef) -> Result<PoolDef, TrackerError> {
