@@ -127,13 +127,6 @@ impl VisitRequest {
         if let Some(s) = &self.session_id {
             check_id("session_id", s)?;
         }
-        for (name, v) in self.fields() {
-            if v.len() > MAX_FIELD {
-                return Err(TrackerError::BadRequest(format!(
-                    "{name}: longer than {MAX_FIELD} bytes"
-                )));
-            }
-        }
         Ok(())
     }
 
