@@ -473,13 +473,7 @@ impl Call {
         let reason = msg.reason().to_string();
         if self.phase == Phase::Canceling {
             self.end_attempt(n, code, &reason, Outcome::Canceled, false, now_ms, out);
-            self.fail(
-                487,
-                "Request Terminated",
-                Disposition::Abandoned,
-                now_ms,
-                out,
-            );
+            self.abandon(now_ms, out);
             return;
         }
         if self.policy.failover_codes.contains(&code) {
@@ -533,13 +527,7 @@ impl Call {
                 at_ms: now_ms + self.policy.provisional_timeout_ms,
             });
         } else {
-            self.fail(
-                487,
-                "Request Terminated",
-                Disposition::Abandoned,
-                now_ms,
-                out,
-            );
+            self.abandon(now_ms, out);
         }
     }
 
@@ -639,13 +627,7 @@ impl Call {
             Timer::CancelGuard(n) => {
                 if self.phase == Phase::Canceling && self.is_current(n) {
                     self.end_attempt(n, 487, "canceled", Outcome::Canceled, false, now_ms, out);
-                    self.fail(
-                        487,
-                        "Request Terminated",
-                        Disposition::Abandoned,
-                        now_ms,
-                        out,
-                    );
+                    self.abandon(now_ms, out);
                 }
             }
             Timer::MaxDuration => {
@@ -736,6 +718,17 @@ impl Call {
             failover: u8::from(failover),
         };
         out.push(Action::Attempt(Box::new(row)));
+    }
+
+    /// The caller hung up before an answer.
+    fn abandon(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        self.fail(
+            487,
+            "Request Terminated",
+            Disposition::Abandoned,
+            now_ms,
+            out,
+        );
     }
 
     fn fail(

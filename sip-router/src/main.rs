@@ -32,11 +32,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    dialmark_schemas::runtime::init_tracing();
     let cli = Cli::parse();
     let config =
         Config::load(&cli.config).with_context(|| format!("loading {}", cli.config.display()))?;

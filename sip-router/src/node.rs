@@ -587,51 +587,24 @@ impl Node {
             480 => "Temporarily Unavailable",
             _ => "Not Found",
         };
-        match rec.status {
-            NumberStatus::Active => {}
-            NumberStatus::Quarantine => {
-                info!(number = %p.number, "call to a quarantine number; recorded and rejected");
-                return self.reject(
-                    &msg,
-                    p.carrier,
-                    &setup,
-                    code,
-                    reason,
-                    Disposition::RejectedQuarantine,
-                    p.received_ms,
-                );
+        let verdict = match rec.status {
+            NumberStatus::Active if p.canceled => {
+                Some((487, "Request Terminated", Disposition::Abandoned))
             }
-            NumberStatus::Stock => {
-                return self.reject(
-                    &msg,
-                    p.carrier,
-                    &setup,
-                    code,
-                    reason,
-                    Disposition::RejectedStock,
-                    p.received_ms,
-                );
-            }
-            NumberStatus::Unknown => {
-                return self.reject(
-                    &msg,
-                    p.carrier,
-                    &setup,
-                    404,
-                    "Not Found",
-                    Disposition::RejectedUnknown,
-                    p.received_ms,
-                );
-            }
-        }
-        if p.canceled {
+            NumberStatus::Active => None,
+            NumberStatus::Quarantine => Some((code, reason, Disposition::RejectedQuarantine)),
+            NumberStatus::Stock => Some((code, reason, Disposition::RejectedStock)),
+            NumberStatus::Unknown => Some((404, "Not Found", Disposition::RejectedUnknown)),
+        };
+        if let Some((code, reason, disposition)) = verdict {
+            info!(number = %p.number, status = rec.status.as_str(), code, "call recorded and rejected");
             return self.reject(
                 &msg,
                 p.carrier,
                 &setup,
-                487,
-                "Request Terminated",
-                Disposition::Abandoned,
+                code,
+                reason,
+                disposition,
                 p.received_ms,
             );
         }

@@ -90,3 +90,43 @@ impl TestTracker {
         format!("http://{}{path}", self.addr)
     }
 }
+
+/// A site whose default pool holds `n` fresh numbers ringing +74951234567:
+/// (site, pool, numbers). The site's own number is +74950000000.
+pub async fn provision(t: &TestTracker, n: usize) -> (String, String, Vec<String>) {
+    use dialmark_tracker::inventory::{AddNumbers, PoolDef, Site};
+    let inv = &t.state.inventory;
+    let (site, pool) = (crate::env::unique("site"), crate::env::unique("pool"));
+    inv.put_site(Site {
+        id: site.clone(),
+        origins: vec![],
+        replace: vec!["+74950000000".into()],
+        display_mask: String::new(),
+        default_pool: pool.clone(),
+        geo_pools: vec![],
+    })
+    .await
+    .expect("site");
+    inv.put_pool(PoolDef {
+        id: pool.clone(),
+        site: site.clone(),
+        overflow_number: None,
+        destinations: vec!["+74951234567".into()],
+        trunk_group: "default".into(),
+    })
+    .await
+    .expect("pool");
+    let numbers: Vec<String> = (0..n).map(|_| crate::env::unique_number()).collect();
+    inv.add_numbers(
+        AddNumbers {
+            numbers: numbers.clone(),
+            pool: Some(pool.clone()),
+            ..Default::default()
+        },
+        "test",
+        dialmark_schemas::unix_now(),
+    )
+    .await
+    .expect("numbers");
+    (site, pool, numbers)
+}

@@ -4,14 +4,12 @@
 
 use std::time::Duration;
 
-use dialmark_e2e::env::{unique, unique_number};
 use dialmark_e2e::process::free_port;
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::services::{PrivateClickHouse, PrivateRedis};
 use dialmark_e2e::sipp::{self, Scenario, Uas};
 use dialmark_e2e::tracker::{config_on, single_redis, TestTracker};
 use dialmark_e2e::{env, webhook};
-use dialmark_tracker::inventory::{AddNumbers, PoolDef, Site};
 
 async fn provision(t: &TestTracker) -> String {
     provision_site(t).await.1
@@ -19,40 +17,8 @@ async fn provision(t: &TestTracker) -> String {
 
 /// A site with a pool of one number: (site, number).
 async fn provision_site(t: &TestTracker) -> (String, String) {
-    let inv = &t.state.inventory;
-    let (site, pool) = (unique("site"), unique("pool"));
-    inv.put_site(Site {
-        id: site.clone(),
-        origins: vec![],
-        replace: vec!["+74950000000".into()],
-        display_mask: String::new(),
-        default_pool: pool.clone(),
-        geo_pools: vec![],
-    })
-    .await
-    .unwrap();
-    inv.put_pool(PoolDef {
-        id: pool.clone(),
-        site: site.clone(),
-        overflow_number: None,
-        destinations: vec!["+74951234567".into()],
-        trunk_group: "default".into(),
-    })
-    .await
-    .unwrap();
-    let number = unique_number();
-    inv.add_numbers(
-        AddNumbers {
-            numbers: vec![number.clone()],
-            pool: Some(pool),
-            ..Default::default()
-        },
-        "test",
-        dialmark_schemas::unix_now(),
-    )
-    .await
-    .unwrap();
-    (site, number)
+    let (site, _, numbers) = dialmark_e2e::tracker::provision(t, 1).await;
+    (site, numbers[0].clone())
 }
 
 /// (rows in `calls` after merge, distinct calls, attempts after merge).

@@ -8,12 +8,11 @@
 use std::time::Duration;
 
 use clickhouse::Row;
-use dialmark_e2e::env::{unique, unique_number};
+use dialmark_e2e::env::unique_number;
 use dialmark_e2e::process::free_port;
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{self, Scenario, Uas};
 use dialmark_e2e::tracker::{config, single_redis, TestTracker};
-use dialmark_tracker::inventory::{AddNumbers, PoolDef, Site};
 use serde::Deserialize;
 
 /// A tracker with one site, a pool of one number leased to a visit from
@@ -28,42 +27,14 @@ struct World {
 
 async fn world(test: &str) -> World {
     let tracker = TestTracker::start(config(test, single_redis(), "").await).await;
-    let inv = &tracker.state.inventory;
-    let site = unique("site");
-    let pool = unique("pool");
-    inv.put_site(Site {
-        id: site.clone(),
-        origins: vec![],
-        replace: vec!["+74950000000".into()],
-        display_mask: String::new(),
-        default_pool: pool.clone(),
-        geo_pools: vec![],
-    })
-    .await
-    .unwrap();
-    inv.put_pool(PoolDef {
-        id: pool.clone(),
-        site: site.clone(),
-        overflow_number: None,
-        destinations: vec!["+74951234567".into()],
-        trunk_group: "default".into(),
-    })
-    .await
-    .unwrap();
-    let (number, quarantine) = (unique_number(), unique_number());
-    let now = dialmark_schemas::unix_now();
-    inv.add_numbers(
-        AddNumbers {
-            numbers: vec![number.clone(), quarantine.clone()],
-            pool: Some(pool.clone()),
-            ..Default::default()
-        },
-        "test",
-        now,
-    )
-    .await
-    .unwrap();
-    inv.retire(&quarantine, "test", "test", now).await.unwrap();
+    let (site, _, numbers) = dialmark_e2e::tracker::provision(&tracker, 2).await;
+    let (number, quarantine) = (numbers[0].clone(), numbers[1].clone());
+    tracker
+        .state
+        .inventory
+        .retire(&quarantine, "test", "test", dialmark_schemas::unix_now())
+        .await
+        .unwrap();
     let body = serde_json::json!({"site": site, "url": "https://shop.test/?utm_source=google&utm_campaign=spring&gclid=TEST",
         "utm_source": "google", "utm_campaign": "spring", "gclid": "TEST"})
     .to_string();
