@@ -194,7 +194,33 @@ pub struct RouterConfig {
     /// SIP header carrying the visit's session id to the client's PBX.
     pub session_header: String,
     pub probe: ProbeConfig,
+    pub rate_limit: RateLimitConfig,
     pub trunks: Vec<TrunkConfig>,
+}
+
+/// Flood protection per source IP (messages, not calls); a source over its
+/// limit is banned and dropped unread for `ban_seconds`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Messages per second from a source that is not a trusted carrier; 0 = off.
+    pub per_second: u32,
+    /// Burst allowed from such a source.
+    pub burst: u32,
+    pub ban_seconds: u64,
+    /// Messages per second from a trusted carrier; 0 = unlimited.
+    pub trusted_per_second: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_second: 20,
+            burst: 50,
+            ban_seconds: 60,
+            trusted_per_second: 0,
+        }
+    }
 }
 
 impl Default for RouterConfig {
@@ -216,6 +242,7 @@ impl Default for RouterConfig {
             source_header: "X-Dialmark-Source".into(),
             session_header: "X-Dialmark-Session".into(),
             probe: ProbeConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             trunks: Vec::new(),
         }
     }

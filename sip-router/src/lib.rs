@@ -9,6 +9,7 @@
 //! - [`health`]: the trunk up/down breaker.
 //! - [`directory`]: DID routing records (cached) and call attribution.
 //! - [`node`]: the I/O loop: sockets, timers, policy, probes.
+//! - [`ratelimit`]: per-source flood protection with a ban window.
 //! - [`alert`]: the Alertmanager-compatible webhook.
 //! - [`http`]: `/healthz`, `/metrics`, `/status` for the NOC.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod directory;
 pub mod health;
 pub mod http;
 pub mod node;
+pub mod ratelimit;
 pub mod wire;
 
 use std::sync::Arc;

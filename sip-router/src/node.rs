@@ -28,6 +28,7 @@ use crate::alert::Alerter;
 use crate::call::{Action, Call, Event, Policy, Setup, Source, Timer, TrunkRef};
 use crate::directory::{self, Directory, Lookup};
 use crate::health::{Health, Transition};
+use crate::ratelimit::{Limiter, Verdict};
 use crate::wire::{self, Forward, Message};
 
 /// Calls held at most; new INVITEs beyond get 503.
@@ -157,6 +158,8 @@ pub struct Node {
     free_slots: Vec<usize>,
     timer_seq: u64,
     draining: bool,
+    limit_untrusted: Limiter,
+    limit_trusted: Limiter,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -223,6 +226,16 @@ impl Node {
             free_slots: Vec::new(),
             timer_seq: 0,
             draining: false,
+            limit_untrusted: Limiter::new(
+                r.rate_limit.per_second,
+                r.rate_limit.burst,
+                r.rate_limit.ban_seconds,
+            ),
+            limit_trusted: Limiter::new(
+                r.rate_limit.trusted_per_second,
+                r.rate_limit.trusted_per_second.saturating_mul(2),
+                r.rate_limit.ban_seconds,
+            ),
             cfg,
         }
     }
@@ -348,6 +361,30 @@ impl Node {
     }
 
     fn packet(&mut self, bytes: Vec<u8>, from: Peer) {
+        // Floods are dropped before any parsing. Carriers and our trunks
+        // have their own (by default unlimited) budget.
+        let known = self.is_trusted(&from.addr)
+            || self
+                .trunks
+                .iter()
+                .any(|t| t.cfg.address.ip() == from.addr.ip());
+        let limiter = if known {
+            &mut self.limit_trusted
+        } else {
+            &mut self.limit_untrusted
+        };
+        match limiter.check(from.addr.ip(), now_ms()) {
+            Verdict::Pass => {}
+            Verdict::Ban => {
+                warn!(source = %from.addr.ip(), "message flood: source banned");
+                metrics::counter!("dialmark_flood_bans_total").increment(1);
+                return;
+            }
+            Verdict::Drop => {
+                metrics::counter!("dialmark_flood_dropped_total").increment(1);
+                return;
+            }
+        }
         let msg = match wire::parse(&bytes) {
             Ok(m) => m,
             Err(e) => {

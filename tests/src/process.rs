@@ -67,6 +67,7 @@ impl Proc {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
             .status();
         let until = Instant::now() + timeout;
         while Instant::now() < until {

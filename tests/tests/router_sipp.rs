@@ -540,3 +540,61 @@ async fn probe_down_trunk_alerts_and_is_skipped_until_it_recovers() {
         .collect();
     assert_eq!(seq, vec![("a", "down", "probe"), ("a", "up", "probe")]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooding_source_is_banned_and_carriers_keep_working() {
+    let w = world("rflood").await;
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("b", pb)],
+            router: "",
+            probe: "",
+        },
+    );
+    let port = r.sip_port;
+    // 300 OPTIONS as fast as possible from an untrusted address.
+    let answered = tokio::task::spawn_blocking(move || {
+        let s = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let me = s.local_addr().unwrap();
+        for i in 0..300 {
+            let m = format!(
+                "OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-f{i}\r\nFrom: <sip:a@x>;tag=f\r\n\
+                 To: <sip:x@127.0.0.1>\r\nCall-ID: flood-{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            );
+            s.send_to(m.as_bytes(), ("127.0.0.1", port)).unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while s.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    })
+    .await
+    .unwrap();
+    assert!(
+        (1..=60).contains(&answered),
+        "burst answered (403), the rest dropped: {answered} replies"
+    );
+    let metrics = ureq::get(&format!("http://127.0.0.1:{}/metrics", r.http_port))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(metrics.contains("dialmark_flood_bans_total 1"), "{metrics}");
+    // The carrier is not affected.
+    let run = call(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &["-d", "200"],
+    )
+    .await;
+    assert!(run.success, "{}", run.output);
+}
