@@ -38,12 +38,7 @@ MIGRATIONS = os.path.join(ROOT, "schemas", "migrations", "*.sql")
 # They are reported as warnings (errors with --strict) so the gap stays
 # visible without blocking the rest of the checks; remove an entry once the
 # code exports the metric.
-KNOWN_MISSING = {
-    # ops/README.md "dialmark_sink_spool_bytes{table}"; SinkStats.spool_bytes
-    # exists (schemas/src/sink.rs) but tracker/src/app.rs does not export it
-    # and the router exports no sink metric at all.
-    "dialmark_sink_spool_bytes": {"table"},
-}
+KNOWN_MISSING = {}
 
 SCRAPE_LABELS = {"job", "instance"}
 PROMETHEUS_OWN = {"up": set(), "scrape_duration_seconds": set(), "scrape_samples_scraped": set()}

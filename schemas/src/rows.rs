@@ -132,6 +132,24 @@ pub enum Disposition {
     Timeout = 10,
 }
 
+impl Disposition {
+    /// The name used in ClickHouse (Enum8) and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Answered => "answered",
+            Disposition::Missed => "missed",
+            Disposition::Busy => "busy",
+            Disposition::Abandoned => "abandoned",
+            Disposition::Failed => "failed",
+            Disposition::RejectedQuarantine => "rejected_quarantine",
+            Disposition::RejectedStock => "rejected_stock",
+            Disposition::RejectedUnknown => "rejected_unknown",
+            Disposition::RejectedUntrusted => "rejected_untrusted",
+            Disposition::Timeout => "timeout",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize_repr, Deserialize_repr)]
 #[repr(i8)]
 pub enum Attribution {

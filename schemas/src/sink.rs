@@ -46,6 +46,20 @@ pub struct SinkStats {
     pub spool_bytes: AtomicU64,
 }
 
+impl SinkStats {
+    /// Publishes the counters as gauges labelled with the table (read at
+    /// scrape time by both services' `/metrics`).
+    pub fn export(&self, table: &'static str) {
+        let v = |x: &AtomicU64| x.load(Ordering::Relaxed) as f64;
+        metrics::gauge!("dialmark_sink_inserted_rows", "table" => table).set(v(&self.inserted));
+        metrics::gauge!("dialmark_sink_refused_rows", "table" => table).set(v(&self.refused));
+        metrics::gauge!("dialmark_sink_insert_errors", "table" => table)
+            .set(v(&self.insert_errors));
+        metrics::gauge!("dialmark_sink_dead_letter_rows", "table" => table).set(v(&self.poisoned));
+        metrics::gauge!("dialmark_sink_spool_bytes", "table" => table).set(v(&self.spool_bytes));
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum SinkError {
     #[error("spool of {table} is full ({bytes} bytes unacknowledged)")]

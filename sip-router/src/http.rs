@@ -17,6 +17,8 @@ use crate::node::{now_ms, Status, TrunkStatus};
 pub struct HttpState {
     pub status: Arc<Status>,
     pub metrics: Option<PrometheusHandle>,
+    /// Sink counters by table, published at scrape time.
+    pub sinks: Vec<(&'static str, Arc<dialmark_schemas::sink::SinkStats>)>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -29,6 +31,9 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
+    for (table, st) in &s.sinks {
+        st.export(table);
+    }
     match &s.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -71,6 +71,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (attempts, t2) =
         Sink::<CallAttempt>::spawn(ch.clone(), &config.sink, "router", Duration::ZERO)?;
     let (trunk_events, t3) = Sink::<TrunkEvent>::spawn(ch, &config.sink, "router", Duration::ZERO)?;
+    let sink_stats = (
+        calls.stats().clone(),
+        attempts.stats().clone(),
+        trunk_events.stats().clone(),
+    );
     let sinks = node::Sinks {
         calls,
         attempts,
@@ -97,6 +102,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let http_state = http::HttpState {
         status,
         metrics: Some(metrics),
+        sinks: vec![
+            ("calls", sink_stats.0),
+            ("call_attempts", sink_stats.1),
+            ("trunk_events", sink_stats.2),
+        ],
     };
     let http_task = tokio::spawn(async move {
         let _ = axum::serve(http, http::router(http_state)).await;

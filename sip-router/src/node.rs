@@ -821,8 +821,8 @@ impl Node {
     }
 
     fn record(&self, row: CallRow) {
-        let d = format!("{:?}", row.disposition).to_lowercase();
-        metrics::counter!("dialmark_calls_total", "disposition" => d).increment(1);
+        metrics::counter!("dialmark_calls_total", "disposition" => row.disposition.as_str())
+            .increment(1);
         if row.number_status == NumberStatus::Quarantine
             || row.disposition == Disposition::RejectedUnknown
         {

@@ -380,6 +380,26 @@ test('visit from an ad -> tracking number -> carrier call with trunk failover ->
     `one session, its call: ${JSON.stringify(landing)}`,
   );
   step('reports: campaigns, google_ads_export, lost_call_audit, quarantine, conversion ok');
+
+  // 8. The NOC view: the router's status page, in the browser, shows the
+  // failover on trunk a and the answered call on trunk b.
+  {
+    const browser = await launch();
+    onCleanup(() => browser.close());
+    const { page: tab, errors } = await openPage(browser);
+    await tab.goto(`http://127.0.0.1:${router.http}/status`);
+    // Columns: trunk, group, address, state, since, calls now, attempts 15m, ASR 15m, failovers 15m.
+    const rows = await tab.evaluate(() =>
+      Object.fromEntries([...document.querySelectorAll('tr[data-trunk]')].map(tr => [tr.dataset.trunk, [...tr.cells].map(c => c.textContent.trim())])),
+    );
+    assert.deepEqual([rows.a?.[3], rows.a?.[6], rows.a?.[8]], ['UP', '1', '1'], `trunk a: ${JSON.stringify(rows)}`);
+    assert.deepEqual([rows.b?.[3], rows.b?.[6], rows.b?.[7]], ['UP', '1', '100%'], `trunk b: ${JSON.stringify(rows)}`);
+    const refresh = await tab.evaluate(() => document.querySelector('meta[http-equiv=refresh]')?.getAttribute('content'));
+    assert.equal(refresh, '5', 'the page refreshes itself');
+    assert.ok((await tab.textContent('#failovers')).includes('failover from a'), 'recent failovers list trunk a');
+    assert.deepEqual(errors, [], 'no page errors');
+    step('status page shows the failover');
+  }
 });
 
 // Regression: a number retired in the same second it was added must be in the

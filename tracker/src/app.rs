@@ -198,19 +198,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
     } else {
         metrics::gauge!("dialmark_redis_up").set(0.0);
     }
-    for (table, st) in [
-        ("visits", state.visits.stats()),
-        ("number_leases", state.leases.stats()),
-        ("number_events", state.inventory.events.stats()),
-    ] {
-        use std::sync::atomic::Ordering::Relaxed;
-        metrics::gauge!("dialmark_sink_inserted_rows", "table" => table)
-            .set(st.inserted.load(Relaxed) as f64);
-        metrics::gauge!("dialmark_sink_refused_rows", "table" => table)
-            .set(st.refused.load(Relaxed) as f64);
-        metrics::gauge!("dialmark_sink_insert_errors", "table" => table)
-            .set(st.insert_errors.load(Relaxed) as f64);
-    }
+    state.visits.stats().export("visits");
+    state.leases.stats().export("number_leases");
+    state.inventory.events.stats().export("number_events");
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),
