@@ -189,6 +189,9 @@ pub struct RouterConfig {
     pub http: SocketAddr,
     /// Alertmanager-compatible webhook for trunk state changes.
     pub alert_webhook: Option<String>,
+    /// A recovery is notified only after the trunk stayed up this long.
+    pub alert_hold_down_seconds: u64,
+    pub call_webhook: CallWebhookConfig,
     /// SIP header carrying the visit's source to the client's PBX.
     pub source_header: String,
     /// SIP header carrying the visit's session id to the client's PBX.
@@ -196,6 +199,34 @@ pub struct RouterConfig {
     pub probe: ProbeConfig,
     pub rate_limit: RateLimitConfig,
     pub trunks: Vec<TrunkConfig>,
+}
+
+/// The completed-call webhook: each call's record is POSTed as signed JSON
+/// once ClickHouse holds it, retried with backoff until the receiver takes
+/// it (at least once; the `X-Dialmark-Delivery` header is the call id).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallWebhookConfig {
+    /// Receiver URL; the webhook is off when unset.
+    pub url: Option<String>,
+    /// HMAC-SHA256 key of the `X-Dialmark-Signature` header (at least 16
+    /// characters); `DIALMARK_CALL_WEBHOOK_SECRET` overrides it.
+    pub secret: String,
+    /// Per-request timeout (default 5000).
+    pub timeout_ms: u64,
+    /// Longest wait between retries (default 300).
+    pub max_backoff_seconds: u64,
+}
+
+impl Default for CallWebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: String::new(),
+            timeout_ms: 5_000,
+            max_backoff_seconds: 300,
+        }
+    }
 }
 
 /// Flood protection per source IP (messages, not calls); a source over its
@@ -239,6 +270,8 @@ impl Default for RouterConfig {
             route_cache_ms: 5_000,
             http: "127.0.0.1:9060".parse().expect("literal"),
             alert_webhook: None,
+            alert_hold_down_seconds: 30,
+            call_webhook: CallWebhookConfig::default(),
             source_header: "X-Dialmark-Source".into(),
             session_header: "X-Dialmark-Session".into(),
             probe: ProbeConfig::default(),
@@ -317,6 +350,21 @@ impl RawConfig {
             path: origin.into(),
             message: e.to_string(),
         })
+    }
+
+    /// Secrets may come from the environment instead of the file (systemd
+    /// `LoadCredential`/`EnvironmentFile`); a set variable wins.
+    pub fn with_secrets_from(mut self, env: impl Fn(&str) -> Option<String>) -> Self {
+        if let Some(v) = env("DIALMARK_ADMIN_TOKEN") {
+            self.tracker.admin_token = v;
+        }
+        if let Some(v) = env("DIALMARK_CALL_WEBHOOK_SECRET") {
+            self.router.call_webhook.secret = v;
+        }
+        if let Some(v) = env("DIALMARK_CLICKHOUSE_PASSWORD") {
+            self.clickhouse.password = v;
+        }
+        self
     }
 
     /// Checks every field that a type alone cannot.
@@ -425,6 +473,27 @@ impl RawConfig {
                 ));
             }
         }
+        let w = &r.call_webhook;
+        if let Some(url) = &w.url {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(Error::config(
+                    "router.call_webhook.url",
+                    "must be an http(s) URL",
+                ));
+            }
+            if w.secret.len() < 16 {
+                return Err(Error::config(
+                    "router.call_webhook.secret",
+                    "must be at least 16 characters when the webhook is on",
+                ));
+            }
+            if w.timeout_ms == 0 || w.max_backoff_seconds == 0 {
+                return Err(Error::config(
+                    "router.call_webhook",
+                    "timeout_ms and max_backoff_seconds must be at least 1",
+                ));
+            }
+        }
         let mut names = HashSet::new();
         for (i, tr) in r.trunks.iter().enumerate() {
             if tr.name.is_empty()
@@ -469,7 +538,9 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        RawConfig::parse(&text, &path.display().to_string())?.validate()
+        RawConfig::parse(&text, &path.display().to_string())?
+            .with_secrets_from(|k| std::env::var(k).ok())
+            .validate()
     }
 
     /// Parses and validates config text (tests, embedded defaults).
@@ -489,6 +560,24 @@ pub fn is_identifier(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_from_the_environment_win() {
+        let raw = RawConfig::parse(
+            "[tracker]\nadmin_token = \"file\"\n[router.call_webhook]\nurl = \"http://127.0.0.1:1/\"\n",
+            "t",
+        )
+        .unwrap();
+        let env = |k: &str| (k == "DIALMARK_CALL_WEBHOOK_SECRET").then(|| "s".repeat(16));
+        let c = raw.clone().with_secrets_from(env).validate().unwrap();
+        assert_eq!(c.router.call_webhook.secret, "s".repeat(16));
+        assert_eq!(c.tracker.admin_token, "file");
+        let err = raw.with_secrets_from(|_| None).validate().unwrap_err();
+        assert!(
+            err.to_string().contains("router.call_webhook.secret"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

@@ -161,6 +161,19 @@ pub enum Attribution {
     Overflow = 4,
 }
 
+impl Attribution {
+    /// The name used in ClickHouse (Enum8).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attribution::None => "none",
+            Attribution::LiveLease => "live_lease",
+            Attribution::RecentLease => "recent_lease",
+            Attribution::Static => "static",
+            Attribution::Overflow => "overflow",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
 pub struct Call {
     #[serde(with = "clickhouse::serde::uuid")]

@@ -11,6 +11,11 @@
 //! ReplacingMergeTree, so repeats collapse (reports read with FINAL).
 //! Batches ClickHouse rejects as invalid (schema errors) are moved to a
 //! dead-letter file instead of blocking the table forever.
+//!
+//! A sink may hand its acknowledged rows on to an [`Outbox`]: another spool
+//! whose reader (the completed-call webhook) thus sees a row only once it is
+//! final in ClickHouse. Rows are appended there before the batch is acked,
+//! so a crash in between repeats them (at-least-once, like the inserts).
 
 use std::io::Write;
 use std::marker::PhantomData;
@@ -77,6 +82,28 @@ pub enum SinkError {
     },
 }
 
+/// A spool fed with a sink's rows after ClickHouse acknowledged them.
+pub struct Outbox {
+    writer: spool::Writer,
+    wake: mpsc::Sender<()>,
+}
+
+impl Outbox {
+    /// `wake` is signalled after each append; the outbox's reader ends
+    /// when it closes (the sink's writer task ended).
+    pub fn new(writer: spool::Writer, wake: mpsc::Sender<()>) -> Self {
+        Self { writer, wake }
+    }
+
+    fn append(&mut self, payloads: &[&[u8]]) -> std::io::Result<()> {
+        for p in payloads {
+            self.writer.append(p)?;
+        }
+        let _ = self.wake.try_send(());
+        Ok(())
+    }
+}
+
 /// Handle to the sink of one table. Cloning is cheap; the writer task
 /// ends (after a last delivery attempt) when every handle is dropped.
 pub struct Sink<T: Table> {
@@ -112,6 +139,18 @@ impl<T: Table> Sink<T> {
         role: &str,
         lock_wait: Duration,
     ) -> Result<(Self, JoinHandle<()>), SinkError> {
+        Self::spawn_with_outbox(client, cfg, role, lock_wait, None)
+    }
+
+    /// [`Sink::spawn`], handing every row ClickHouse acknowledged on to
+    /// `outbox`.
+    pub fn spawn_with_outbox(
+        client: Client,
+        cfg: &SinkConfig,
+        role: &str,
+        lock_wait: Duration,
+        outbox: Option<Outbox>,
+    ) -> Result<(Self, JoinHandle<()>), SinkError> {
         let dir = cfg.spool_dir.join(role).join(T::TABLE);
         let disk = |source| SinkError::Disk {
             table: T::TABLE,
@@ -130,6 +169,7 @@ impl<T: Table> Sink<T> {
             rx,
             stats: stats.clone(),
             dead_letter: dir.join("dead-letter.jsonl"),
+            outbox,
             batch_rows: cfg.batch_rows,
             flush: Duration::from_millis(cfg.flush_ms),
             _row: PhantomData,
@@ -190,6 +230,7 @@ struct Delivery<T: Table> {
     rx: mpsc::Receiver<()>,
     stats: Arc<SinkStats>,
     dead_letter: PathBuf,
+    outbox: Option<Outbox>,
     batch_rows: usize,
     flush: Duration,
     _row: PhantomData<fn(T)>,
@@ -254,10 +295,14 @@ impl<T: Table> Delivery<T> {
         }
         let full = payloads.len() >= self.batch_rows;
         let mut rows = Vec::with_capacity(payloads.len());
+        let mut decoded = Vec::with_capacity(payloads.len());
         let mut undecodable = Vec::new();
         for p in &payloads {
             match serde_json::from_slice::<T>(p) {
-                Ok(r) => rows.push(r),
+                Ok(r) => {
+                    rows.push(r);
+                    decoded.push(p.as_slice());
+                }
                 Err(_) => undecodable.push(p.clone()),
             }
         }
@@ -274,6 +319,15 @@ impl<T: Table> Delivery<T> {
                 self.stats
                     .inserted
                     .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                if let Some(outbox) = &mut self.outbox {
+                    if let Err(e) = outbox.append(&decoded) {
+                        // Not acked: the batch is inserted again (deduped)
+                        // and handed on again later.
+                        error!(table = T::TABLE, cause = %e, "outbox write failed; batch kept");
+                        self.reader.rewind();
+                        return Outcome::Retry;
+                    }
+                }
                 self.ack(pos);
                 Outcome::Delivered { full }
             }

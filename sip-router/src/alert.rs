@@ -1,7 +1,12 @@
-//! The alert webhook: each trunk state change is POSTed as an
-//! Alertmanager-compatible JSON array (`startsAt` for a trunk going down,
-//! `endsAt` when it comes back), retried with backoff, off the routing loop.
+//! The alert webhook: a trunk going down is POSTed as an
+//! Alertmanager-compatible JSON array (`startsAt`), its recovery as the same
+//! alert with `endsAt`, retried with backoff, off the routing loop. Flapping
+//! is held down: a recovery is sent only after the trunk stayed up for the
+//! hold-down time, and a trunk that drops again within it sends nothing new
+//! (its alert is still firing).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -9,14 +14,64 @@ use tracing::{info, warn};
 /// Attempts per notification.
 const TRIES: u32 = 4;
 
+/// Per-trunk flapping state: pure, driven by [`Alerter`].
+#[derive(Debug, Default)]
+pub struct HoldDown {
+    /// trunk → (changes seen, a down alert is firing)
+    trunks: HashMap<String, (u64, bool)>,
+}
+
+/// What to send for a state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    SendDown,
+    /// Send the recovery if nothing changed until the hold-down ends;
+    /// the value identifies this change.
+    ResolveLater(u64),
+    Nothing,
+}
+
+impl HoldDown {
+    pub fn changed(&mut self, trunk: &str, up: bool) -> Notice {
+        let e = self.trunks.entry(trunk.to_string()).or_default();
+        e.0 += 1;
+        match (up, e.1) {
+            (false, false) => {
+                e.1 = true;
+                Notice::SendDown
+            }
+            (false, true) => Notice::Nothing, // flapped back down: still firing
+            (true, true) => Notice::ResolveLater(e.0),
+            (true, false) => Notice::Nothing,
+        }
+    }
+
+    /// The hold-down of change `id` ended: send the recovery?
+    pub fn settle(&mut self, trunk: &str, id: u64) -> bool {
+        match self.trunks.get_mut(trunk) {
+            Some(e) if e.0 == id && e.1 => {
+                e.1 = false;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Alerter {
     url: Option<String>,
+    hold_down: Duration,
+    state: Arc<Mutex<HoldDown>>,
 }
 
 impl Alerter {
-    pub fn new(url: Option<String>) -> Self {
-        Self { url }
+    pub fn new(url: Option<String>, hold_down: Duration) -> Self {
+        Self {
+            url,
+            hold_down,
+            state: Arc::default(),
+        }
     }
 
     /// The Alertmanager payload for a trunk state change.
@@ -47,11 +102,33 @@ impl Alerter {
         serde_json::json!([alert])
     }
 
-    /// Sends the notification in the background.
+    /// Notifies a state change (in the background, held down when flapping).
     pub fn trunk_changed(&self, trunk: &str, group: &str, up: bool, reason: &str) {
         let Some(url) = self.url.clone() else { return };
-        let body = Self::payload(trunk, group, up, reason, &rfc3339_now()).to_string();
-        let trunk = trunk.to_string();
+        let notice = self.state.lock().expect("alert state").changed(trunk, up);
+        let (trunk, group, reason) = (trunk.to_string(), group.to_string(), reason.to_string());
+        match notice {
+            Notice::Nothing => {}
+            Notice::SendDown => Self::post(
+                url,
+                Self::payload(&trunk, &group, false, &reason, &rfc3339_now()).to_string(),
+                trunk,
+            ),
+            Notice::ResolveLater(id) => {
+                let (state, hold) = (self.state.clone(), self.hold_down);
+                tokio::spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    if state.lock().expect("alert state").settle(&trunk, id) {
+                        let body = Self::payload(&trunk, &group, true, &reason, &rfc3339_now())
+                            .to_string();
+                        Self::post(url, body, trunk);
+                    }
+                });
+            }
+        }
+    }
+
+    fn post(url: String, body: String, trunk: String) {
         tokio::task::spawn_blocking(move || {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .timeout_global(Some(Duration::from_secs(5)))
@@ -126,6 +203,33 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn flapping_is_held_down() {
+        let mut h = HoldDown::default();
+        assert_eq!(h.changed("a", false), Notice::SendDown);
+        let Notice::ResolveLater(first) = h.changed("a", true) else {
+            panic!()
+        };
+        // Down again before the hold-down ended: nothing new, still firing.
+        assert_eq!(h.changed("a", false), Notice::Nothing);
+        assert!(!h.settle("a", first), "the first recovery is void");
+        let Notice::ResolveLater(second) = h.changed("a", true) else {
+            panic!()
+        };
+        assert!(h.settle("a", second), "stayed up: resolved once");
+        assert!(!h.settle("a", second));
+        assert_eq!(
+            h.changed("a", false),
+            Notice::SendDown,
+            "a later outage fires again"
+        );
+        assert_eq!(
+            h.changed("b", true),
+            Notice::Nothing,
+            "up without a firing alert"
+        );
     }
 
     #[test]

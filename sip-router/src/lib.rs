@@ -11,6 +11,7 @@
 //! - [`node`]: the I/O loop: sockets, timers, policy, probes.
 //! - [`ratelimit`]: per-source flood protection with a ban window.
 //! - [`alert`]: the Alertmanager-compatible webhook.
+//! - [`webhook`]: the signed completed-call webhook (durable outbox).
 //! - [`http`]: `/healthz`, `/metrics`, `/status` for the NOC.
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod health;
 pub mod http;
 pub mod node;
 pub mod ratelimit;
+pub mod webhook;
 pub mod wire;
 
 use std::sync::Arc;
@@ -67,7 +69,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     info!(addr = %http.local_addr()?, "router http listening");
 
     let ch = dialmark_schemas::ch::client(&config.clickhouse);
-    let (calls, t1) = Sink::<Call>::spawn(ch.clone(), &config.sink, "router", Duration::ZERO)?;
+    let (outbox, hook_task) =
+        match webhook::start(&r.call_webhook, &config.sink.spool_dir, config.sink.fsync)
+            .context("opening the call webhook spool")?
+        {
+            Some((outbox, task)) => (Some(outbox), Some(task)),
+            None => (None, None),
+        };
+    let (calls, t1) = Sink::<Call>::spawn_with_outbox(
+        ch.clone(),
+        &config.sink,
+        "router",
+        Duration::ZERO,
+        outbox,
+    )?;
     let (attempts, t2) =
         Sink::<CallAttempt>::spawn(ch.clone(), &config.sink, "router", Duration::ZERO)?;
     let (trunk_events, t3) = Sink::<TrunkEvent>::spawn(ch, &config.sink, "router", Duration::ZERO)?;
@@ -93,7 +108,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         udp.clone(),
         directory,
         sinks,
-        alert::Alerter::new(r.alert_webhook.clone()),
+        alert::Alerter::new(
+            r.alert_webhook.clone(),
+            Duration::from_secs(r.alert_hold_down_seconds),
+        ),
         status.clone(),
         tx.clone(),
     );
@@ -127,7 +145,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     http_task.abort();
     // The node is gone and with it every sink handle: writers flush and end.
     let flush = async {
-        for t in [t1, t2, t3] {
+        for t in [t1, t2, t3].into_iter().chain(hook_task) {
             let _ = t.await;
         }
     };

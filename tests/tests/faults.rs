@@ -320,7 +320,7 @@ async fn trunk_killed_mid_load_fails_over_without_long_waits_and_alerts() {
             .lock()
             .unwrap()
             .iter()
-            .any(|b| b.contains("DialmarkTrunkDown") && b.contains("\"a\""))
+            .any(|b| b.body.contains("DialmarkTrunkDown") && b.body.contains("\"a\""))
         {
             break;
         }
@@ -331,7 +331,7 @@ async fn trunk_killed_mid_load_fails_over_without_long_waits_and_alerts() {
             .lock()
             .unwrap()
             .iter()
-            .any(|b| b.contains("DialmarkTrunkDown") && b.contains("\"a\"")),
+            .any(|b| b.body.contains("DialmarkTrunkDown") && b.body.contains("\"a\"")),
         "trunk a down alert"
     );
     // Callers never wait on a dead trunk longer than the failover timer (1 s here).

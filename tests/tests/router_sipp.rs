@@ -2,8 +2,9 @@
 //! SIPp UASes as trunks A and B, the real router binary, the tracker's
 //! Redis records, and the rows in ClickHouse. Covers failover on 503 and on
 //! silence, no failover on busy, CANCEL while ringing, quarantine / unknown
-//! / untrusted rejections, and a probe-down trunk raising the webhook alert
-//! and being skipped until it recovers.
+//! / untrusted rejections, a probe-down trunk raising the webhook alert
+//! and being skipped until it recovers, and the signed completed-call
+//! webhook.
 
 use std::time::Duration;
 
@@ -433,7 +434,9 @@ async fn probe_down_trunk_alerts_and_is_skipped_until_it_recovers() {
     let (pa, pb) = (free_port(), free_port());
     let a = Uas::start(pa, Scenario::File("uas_options.xml", vec![]));
     let _b = Uas::start(pb, Scenario::Builtin("uas"));
-    let router_extra = format!("alert_webhook = \"http://127.0.0.1:{hook_port}/alert\"");
+    let router_extra = format!(
+        "alert_webhook = \"http://127.0.0.1:{hook_port}/alert\"\nalert_hold_down_seconds = 1"
+    );
     let r = TestRouter::start(
         &w.tracker.config,
         RouterOptions {
@@ -465,11 +468,11 @@ async fn probe_down_trunk_alerts_and_is_skipped_until_it_recovers() {
             .lock()
             .unwrap()
             .iter()
-            .any(|b| b.contains("DialmarkTrunkDown") && !b.contains("endsAt"))
+            .any(|b| b.body.contains("DialmarkTrunkDown") && !b.body.contains("endsAt"))
     })
     .await;
     let alert: serde_json::Value =
-        serde_json::from_str(hooks.lock().unwrap().last().unwrap()).unwrap();
+        serde_json::from_str(&hooks.lock().unwrap().last().unwrap().body).unwrap();
     assert_eq!(alert[0]["labels"]["trunk"], "a");
     let metrics = ureq::get(&format!("http://127.0.0.1:{hp}/metrics"))
         .call()
@@ -511,7 +514,11 @@ async fn probe_down_trunk_alerts_and_is_skipped_until_it_recovers() {
     let _a2 = Uas::start(pa, Scenario::File("uas_options.xml", vec![]));
     wait_for("trunk a up", 10, || a_up(&status(hp)) == Some(true)).await;
     wait_for("resolved alert", 10, || {
-        hooks.lock().unwrap().iter().any(|b| b.contains("endsAt"))
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.body.contains("endsAt"))
     })
     .await;
 
@@ -597,4 +604,110 @@ async fn a_flooding_source_is_banned_and_carriers_keep_working() {
     )
     .await;
     assert!(run.success, "{}", run.output);
+}
+
+/// The completed-call webhook: sent only once the call row is in
+/// ClickHouse, signed, retried after the receiver's 503 with the same
+/// delivery id, and carrying the call's attribution.
+#[tokio::test(flavor = "multi_thread")]
+async fn completed_call_webhook_is_signed_retried_and_sent_after_the_row() {
+    use hmac::{Hmac, Mac};
+    use std::sync::{Arc, Mutex};
+
+    const SECRET: &str = "test-secret-0123456789";
+    let w = world("rhook").await;
+    let ch = w.tracker.config.clickhouse.clone();
+    // Per delivery: calls rows with its call_id when it arrived.
+    let rows_seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = rows_seen.clone();
+    let (hook_port, hooks) = dialmark_e2e::webhook::receiver_with(move |req| {
+        let doc: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+        let id = doc["call_id"].as_str().unwrap_or("").to_string();
+        let query = format!(
+            "SELECT count() FROM {}.calls WHERE call_id = '{}'",
+            ch.database,
+            id.replace('\'', "")
+        );
+        let n = ureq::post(&ch.url)
+            .send(query)
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        let mut seen = seen.lock().unwrap();
+        seen.push(n.trim().to_string());
+        // The first delivery is refused as if the receiver were down.
+        if seen.len() == 1 {
+            503
+        } else {
+            200
+        }
+    });
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let extra = format!(
+        "call_webhook = {{ url = \"http://127.0.0.1:{hook_port}/calls\", secret = \"{SECRET}\" }}"
+    );
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("b", pb)],
+            router: &extra,
+            probe: "",
+        },
+    );
+    let run = call(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &["-d", "500"],
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    wait_for("two webhook deliveries", 20, || {
+        hooks.lock().unwrap().len() >= 2
+    })
+    .await;
+    // Nothing more arrives once one was accepted.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hooks = hooks.lock().unwrap().clone();
+    assert_eq!(hooks.len(), 2, "one refused, one accepted: {hooks:?}");
+    assert_eq!(
+        *rows_seen.lock().unwrap(),
+        ["1", "1"],
+        "the call row was in ClickHouse before each delivery"
+    );
+    assert!(
+        hooks[1].at - hooks[0].at >= Duration::from_millis(900),
+        "retried after a backoff"
+    );
+    for h in &hooks {
+        let doc: serde_json::Value = serde_json::from_str(&h.body).unwrap();
+        assert_eq!(h.header("x-dialmark-delivery"), doc["call_id"].as_str());
+        assert_eq!(h.header("x-dialmark-event"), Some("call.completed"));
+        // Recompute the signature as a receiver would.
+        let sig = h.header("x-dialmark-signature").expect("signed");
+        let (t, v1) = sig
+            .strip_prefix("t=")
+            .and_then(|s| s.split_once(",v1="))
+            .expect("t=…,v1=…");
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(format!("{t}.{}", h.body).as_bytes());
+        let want: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(v1, want, "signature over t.body");
+        assert_eq!(doc["event"], "call.completed");
+        assert_eq!(doc["number"], w.number.as_str());
+        assert_eq!(doc["disposition"], "answered");
+        assert_eq!(doc["attribution"], "live_lease");
+        assert_eq!(doc["session_id"], w.session.as_str());
+        assert_eq!(doc["source"]["utm_source"], "google");
+        assert_eq!(doc["source"]["gclid"], "TEST");
+        assert_eq!(doc["final_trunk"], "b");
+    }
+    assert_eq!(hooks[0].body, hooks[1].body, "the same delivery, retried");
 }
