@@ -167,6 +167,10 @@ pub struct RouterConfig {
     pub udp: SocketAddr,
     /// TCP listen address; TCP is off when unset.
     pub tcp: Option<SocketAddr>,
+    /// A TCP message must arrive whole this long after its first byte
+    /// (slow senders, Content-Length lies), else 400 and the connection
+    /// is closed.
+    pub tcp_message_timeout_ms: u64,
     /// Address put in Via and Record-Route; defaults to `udp`.
     pub advertise: Option<SocketAddr>,
     /// Carrier addresses allowed to start calls. Everyone else gets 403.
@@ -259,6 +263,7 @@ impl Default for RouterConfig {
         Self {
             udp: "127.0.0.1:5060".parse().expect("literal"),
             tcp: None,
+            tcp_message_timeout_ms: 10_000,
             advertise: None,
             trusted_sources: vec!["127.0.0.1/32".parse().expect("literal")],
             reject_code: 404,
@@ -443,6 +448,12 @@ impl RawConfig {
                     "404/486/600/603 mean the callee said no; never fail over on them",
                 ));
             }
+        }
+        if r.tcp_message_timeout_ms < 100 {
+            return Err(Error::config(
+                "router.tcp_message_timeout_ms",
+                "must be at least 100",
+            ));
         }
         if r.provisional_timeout_ms == 0 {
             return Err(Error::config(

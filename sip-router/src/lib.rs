@@ -116,7 +116,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tx.clone(),
     );
     let reader = tokio::spawn(node::udp_reader(udp, tx.clone()));
-    let acceptor = tcp.map(|l| tokio::spawn(node::tcp_acceptor(l, tx.clone())));
+    let message_timeout = Duration::from_millis(r.tcp_message_timeout_ms);
+    let acceptor = tcp.map(|l| tokio::spawn(node::tcp_acceptor(l, tx.clone(), message_timeout)));
     let http_state = http::HttpState {
         status,
         metrics: Some(metrics),

@@ -389,7 +389,13 @@ impl Node {
             Ok(m) => m,
             Err(e) => {
                 metrics::counter!("dialmark_sip_invalid_total").increment(1);
-                debug!(from = %from.addr, cause = %e, "dropping unparseable message");
+                match wire::error_reply(&bytes, &e) {
+                    Some(reply) => {
+                        debug!(from = %from.addr, cause = %e, "refusing unparseable request");
+                        self.send(from, reply);
+                    }
+                    None => debug!(from = %from.addr, cause = %e, "dropping unparseable message"),
+                }
                 return;
             }
         };
@@ -1057,7 +1063,14 @@ pub async fn udp_reader(sock: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
 }
 
 /// Accepts TCP connections and frames their messages by Content-Length.
-pub async fn tcp_acceptor(listener: TcpListener, tx: mpsc::Sender<Input>) {
+/// A message must arrive whole within `message_timeout` of its first byte
+/// (slowloris, Content-Length larger than what is sent), else the
+/// connection is answered 400 when possible and closed.
+pub async fn tcp_acceptor(
+    listener: TcpListener,
+    tx: mpsc::Sender<Input>,
+    message_timeout: Duration,
+) {
     let mut next_id = 1u64;
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
@@ -1073,7 +1086,7 @@ pub async fn tcp_acceptor(listener: TcpListener, tx: mpsc::Sender<Input>) {
         let open = open.clone();
         open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
-            tcp_conn(stream, addr, id, tx.clone()).await;
+            tcp_conn(stream, addr, id, tx.clone(), message_timeout).await;
             open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             let _ = tx.send(Input::TcpClosed { id }).await;
         });
@@ -1085,24 +1098,54 @@ async fn tcp_conn(
     addr: SocketAddr,
     id: u64,
     tx: mpsc::Sender<Input>,
+    message_timeout: Duration,
 ) {
     let (mut rd, mut wr) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
-    if tx.send(Input::TcpOpen { id, tx: out_tx }).await.is_err() {
+    if tx
+        .send(Input::TcpOpen {
+            id,
+            tx: out_tx.clone(),
+        })
+        .await
+        .is_err()
+    {
         return;
     }
+    // An empty buffer asks the writer to flush and close.
     let writer = tokio::spawn(async move {
         while let Some(b) = out_rx.recv().await {
-            if wr.write_all(&b).await.is_err() {
+            if b.is_empty() || wr.write_all(&b).await.is_err() {
+                let _ = wr.shutdown().await;
                 return;
             }
         }
     });
+    let refuse = |bytes: &[u8], e: &wire::ParseError| {
+        metrics::counter!("dialmark_sip_invalid_total").increment(1);
+        debug!(peer = %addr, cause = %e, "tcp message refused; closing");
+        wire::error_reply(bytes, e)
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 16_384];
+    // When the first byte of the message now in `buf` arrived.
+    let mut started: Option<tokio::time::Instant> = None;
+    let mut last_words = None;
     'conn: loop {
-        let n = match tokio::time::timeout(TCP_IDLE, rd.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+        let wait = match started {
+            Some(t) => (t + message_timeout).saturating_duration_since(tokio::time::Instant::now()),
+            None => TCP_IDLE,
+        };
+        let n = match tokio::time::timeout(wait, rd.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Err(_) if started.is_some() => {
+                last_words = refuse(
+                    &buf,
+                    &wire::ParseError::Bad("message: not complete in time"),
+                );
+                break;
+            }
+            Err(_) => break,
             Ok(Ok(n)) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
@@ -1115,6 +1158,7 @@ async fn tcp_conn(
             match wire::frame(&buf) {
                 Ok(Some(len)) => {
                     let bytes: Vec<u8> = buf.drain(..len).collect();
+                    started = None;
                     let from = Peer {
                         addr,
                         tcp: Some(id),
@@ -1123,14 +1167,28 @@ async fn tcp_conn(
                         break 'conn;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    if !buf.is_empty() && started.is_none() {
+                        started = Some(tokio::time::Instant::now());
+                    }
+                    break;
+                }
                 Err(e) => {
-                    debug!(peer = %addr, cause = %e, "tcp framing error; closing");
-                    metrics::counter!("dialmark_sip_invalid_total").increment(1);
+                    last_words = refuse(&buf, &e);
                     break 'conn;
                 }
             }
         }
     }
-    writer.abort();
+    if let Some(reply) = last_words {
+        let _ = out_tx.send(reply).await;
+    }
+    let _ = out_tx.send(Vec::new()).await;
+    drop(out_tx);
+    if tokio::time::timeout(Duration::from_secs(2), writer)
+        .await
+        .is_err()
+    {
+        debug!(peer = %addr, "tcp writer did not finish; dropped");
+    }
 }

@@ -671,6 +671,74 @@ pub fn response(
     out
 }
 
+/// The error reply to a request we could not parse (RFC 3261 §16.3 / §21):
+/// 513 when it is too large, else 400 with the cause in the reason phrase,
+/// built from the raw Via, From, To, Call-ID and CSeq lines. `None` when
+/// there is nobody to answer: not a request, an ACK, or those headers are
+/// missing (the message is then dropped).
+pub fn error_reply(raw: &[u8], err: &ParseError) -> Option<Vec<u8>> {
+    let raw = &raw[..raw.len().min(MAX_MESSAGE)];
+    let head = &raw[..find(raw, b"\r\n\r\n").unwrap_or(raw.len())];
+    let mut lines = head
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let start = std::str::from_utf8(lines.next()?).ok()?;
+    let method = start.split(' ').next()?;
+    if method.is_empty()
+        || method == "ACK"
+        || !method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+        || start.split(' ').count() < 3
+        || !start.ends_with(" SIP/2.0")
+    {
+        return None;
+    }
+    let (mut via, mut from, mut to, mut call_id, mut cseq) = (Vec::new(), None, None, None, None);
+    // Every line: a header flood is refused too (the head is within MAX_MESSAGE).
+    for line in lines {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if line.len() > 1024 || value.contains(['\r', '\0']) {
+            continue;
+        }
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "via" | "v" => via.push(value),
+            "from" | "f" => from = from.or(Some(value)),
+            "to" | "t" => to = to.or(Some(value)),
+            "call-id" | "i" => call_id = call_id.or(Some(value)),
+            "cseq" => cseq = cseq.or(Some(value)),
+            _ => {}
+        }
+    }
+    let (from, to, call_id, cseq) = (from?, to?, call_id?, cseq?);
+    if via.is_empty() {
+        return None;
+    }
+    let (code, reason) = match err {
+        ParseError::TooLarge => (513, "Message Too Large".to_string()),
+        e => (400, format!("Bad Request ({e})")),
+    };
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for v in via {
+        out.push_str(&format!("Via: {v}\r\n"));
+    }
+    let tag = if param(to, "tag").is_none() {
+        ";tag=dm-bad-request"
+    } else {
+        ""
+    };
+    out.push_str(&format!(
+        "From: {from}\r\nTo: {to}{tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nServer: dialmark\r\nContent-Length: 0\r\n\r\n"
+    ));
+    Some(out.into_bytes())
+}
+
 /// ACK or CANCEL for an INVITE we sent (RFC 3261 §17.1.1.3, §9.1): same
 /// request URI, our Via with the same branch, From, Call-ID, CSeq number;
 /// To from the response for ACK (it carries the tag).

@@ -172,3 +172,37 @@ fn rfc4475_torture_corpus() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn unparseable_requests_get_an_error_reply() {
+    let short = b"INVITE sip:1@x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
+        f: <sip:a@x>;tag=1\r\nTo: <sip:1@x>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 99\r\n\r\nv=0\r\n";
+    let err = parse(short).unwrap_err();
+    assert_eq!(err, ParseError::ShortBody);
+    let reply = String::from_utf8(error_reply(short, &err).unwrap()).unwrap();
+    assert!(
+        reply.starts_with("SIP/2.0 400 Bad Request (body shorter than Content-Length)\r\n"),
+        "{reply}"
+    );
+    let parsed = parse(reply.as_bytes()).expect("the reply itself is valid SIP");
+    assert_eq!(
+        parsed.top_via(),
+        Some("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1")
+    );
+    assert!(reply.contains("To: <sip:1@x>;tag="), "{reply}");
+    assert!(reply.contains("From: <sip:a@x>;tag=1\r\n"), "{reply}");
+
+    let huge = [short.as_slice(), &vec![b'a'; MAX_MESSAGE]].concat();
+    let reply = error_reply(&huge, &ParseError::TooLarge).unwrap();
+    assert!(reply.starts_with(b"SIP/2.0 513 Message Too Large\r\n"));
+
+    let ack = String::from_utf8_lossy(short).replacen("INVITE sip", "ACK sip", 1);
+    assert_eq!(error_reply(ack.as_bytes(), &ParseError::ShortBody), None);
+    let no_via = String::from_utf8_lossy(short).replacen("Via:", "X-Via:", 1);
+    assert_eq!(error_reply(no_via.as_bytes(), &ParseError::ShortBody), None);
+    assert_eq!(
+        error_reply(b"SIP/2.0 200 OK\r\n\r\n", &ParseError::StartLine),
+        None
+    );
+    assert_eq!(error_reply(&[0xff; 64], &ParseError::StartLine), None);
+}
