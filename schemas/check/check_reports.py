@@ -37,7 +37,7 @@ sys.path.insert(0, HERE)
 import fixture  # noqa: E402
 from fixture import ts  # noqa: E402
 
-PLACEHOLDERS = ("from", "to", "site", "conversion")
+PLACEHOLDERS = ("from", "to", "site", "conversion", "window")
 DEFAULT_CONVERSION = "dialmark call"
 
 
@@ -56,13 +56,14 @@ def sql_datetime(text):
     return "toDateTime('%s', 'UTC')" % text
 
 
-def render(sql, frm, to, site="", conversion=DEFAULT_CONVERSION):
-    """Replaces {from} {to} {site} {conversion}; refuses any other {name}."""
+def render(sql, frm, to, site="", conversion=DEFAULT_CONVERSION, window=3600):
+    """Replaces {from} {to} {site} {conversion} {window}; refuses any other {name}."""
     values = {
         "from": sql_datetime(frm),
         "to": sql_datetime(to),
         "site": sql_string(site),
         "conversion": sql_string(conversion),
+        "window": str(int(window)),
     }
 
     def sub(m):

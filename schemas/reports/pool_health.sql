@@ -13,11 +13,14 @@
 --   cumulatively (arrayCumSum), and the maximum taken.
 -- median_reuse_gap_seconds: exact median of (lease - previous reclaim or
 --   release of the same number) over leases in the range; 0 when none.
+-- {window}: the demand window in seconds, 3600 (the busy hour) unless the
+--   caller asks otherwise (a busy quarter-hour: 900; accelerated-time
+--   simulations: 3600 / speed-up). Windows are aligned to the Unix epoch.
 -- peak_hour_demand: the most distinct sessions asking for a number they did
---   not hold (a `lease` or `overflow` event) in one UTC hour of the range.
+--   not hold (a `lease` or `overflow` event) in one {window} of the range.
 -- mean_hold_seconds: mean lease life (lease -> reclaim/release) of the
 --   leases started in the range that have ended.
--- offered_load_erlangs: A = peak_hour_demand * mean_hold_seconds / 3600.
+-- offered_load_erlangs: A = peak_hour_demand * mean_hold_seconds / {window}.
 -- recommended_pool_size: smallest N >= 1 with Erlang B blocking
 --   B(N, A) < 1%, computed exactly:
 --   B(N, A) = (A^N / N!) / sum(k = 0..N) A^k / k!,
@@ -47,7 +50,7 @@ FROM
         median_reuse_gap_seconds,
         peak_hour_demand,
         if(closed_leases = 0, 0., hold_sum / closed_leases) AS hold,
-        peak_hour_demand * hold / 3600 AS load,
+        peak_hour_demand * hold / {window} AS load,
         toUInt32(ceil(load + 6 * sqrt(load) + 10)) AS kmax,
         range(kmax + 1) AS ks,
         arrayCumSum(arrayMap(k -> if(k = 0, 0., log(k)), ks)) AS log_fact,
@@ -68,7 +71,7 @@ FROM
         (
             SELECT
                 pool,
-                toStartOfHour(ts, 'UTC') AS hour,
+                intDiv(toUInt32(ts), {window}) AS hour,
                 max(site) AS hour_site,
                 groupUniqArrayIf(number, event != 'overflow') AS nums,
                 uniqExactIf(event_id, event = 'lease') AS hour_leases,

@@ -1,7 +1,8 @@
 //! The report SQL of `schemas/reports/`, embedded, and the one way to fill
 //! its placeholders: `{from}` / `{to}` become `toDateTime('…')` from a
 //! strictly checked date, `{site}` and `{conversion}` become escaped string
-//! literals. Values never reach the SQL any other way.
+//! literals, `{window}` a checked integer. Values never reach the SQL any
+//! other way.
 
 use thiserror::Error;
 
@@ -39,6 +40,8 @@ pub enum ReportError {
     Unknown(String, String),
     #[error("{field}: {value:?} is not a date (YYYY-MM-DD or YYYY-MM-DD hh:mm:ss, UTC)")]
     BadDate { field: &'static str, value: String },
+    #[error("window: {0} seconds is out of range (1 to 86400)")]
+    BadWindow(u32),
 }
 
 /// Parameters of a report run.
@@ -51,7 +54,25 @@ pub struct Params {
     /// Site id; empty means every site.
     pub site: String,
     pub conversion: String,
+    /// Demand window of `pool_health` in seconds (3600: the busy hour).
+    pub window_seconds: u32,
 }
+
+impl Params {
+    /// `[from, to)` for `site`, with the default conversion and window.
+    pub fn new(from: &str, to: &str, site: &str) -> Self {
+        Self {
+            from: from.into(),
+            to: to.into(),
+            site: site.into(),
+            conversion: String::new(),
+            window_seconds: DEFAULT_WINDOW_SECONDS,
+        }
+    }
+}
+
+/// `pool_health`'s demand window unless asked otherwise: the busy hour.
+pub const DEFAULT_WINDOW_SECONDS: u32 = 3600;
 
 /// A SQL string literal: `'…'` with `\` and `'` escaped.
 pub fn quote(s: &str) -> String {
@@ -122,6 +143,9 @@ pub fn render(name: &str, p: &Params) -> Result<String, ReportError> {
                     .join(", "),
             )
         })?;
+    if !(1..=86_400).contains(&p.window_seconds) {
+        return Err(ReportError::BadWindow(p.window_seconds));
+    }
     let conversion = if p.conversion.is_empty() {
         DEFAULT_CONVERSION
     } else {
@@ -131,7 +155,8 @@ pub fn render(name: &str, p: &Params) -> Result<String, ReportError> {
         .replace("{from}", &datetime("from", &p.from)?)
         .replace("{to}", &datetime("to", &p.to)?)
         .replace("{site}", &quote(&p.site))
-        .replace("{conversion}", &quote(conversion)))
+        .replace("{conversion}", &quote(conversion))
+        .replace("{window}", &p.window_seconds.to_string()))
 }
 
 #[cfg(test)]
@@ -155,19 +180,15 @@ mod tests {
 
     #[test]
     fn placeholders_are_filled_safely() {
-        let p = Params {
-            from: "2026-11-01".into(),
-            to: "2026-11-23 12:00:00".into(),
-            site: "x' OR 1=1 --\\".into(),
-            conversion: String::new(),
-        };
+        let mut p = Params::new("2026-11-01", "2026-11-23 12:00:00", "x' OR 1=1 --\\");
         for (name, _) in REPORTS {
             let sql = render(name, &p).unwrap();
             assert!(
                 !sql.contains("{from}")
                     && !sql.contains("{to}")
                     && !sql.contains("{site}")
-                    && !sql.contains("{conversion}"),
+                    && !sql.contains("{conversion}")
+                    && !sql.contains("{window}"),
                 "{name}"
             );
         }
@@ -186,5 +207,7 @@ mod tests {
             assert!(datetime("from", bad).is_err(), "{bad}");
         }
         assert!(matches!(render("nope", &p), Err(ReportError::Unknown(..))));
+        p.window_seconds = 0;
+        assert_eq!(render("pool_health", &p), Err(ReportError::BadWindow(0)));
     }
 }

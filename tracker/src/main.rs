@@ -52,6 +52,9 @@ enum Command {
         /// Conversion name of google_ads_export.
         #[arg(long, default_value = "")]
         conversion: String,
+        /// Demand window of pool_health in seconds (the busy hour).
+        #[arg(long, default_value_t = dialmark_schemas::reports::DEFAULT_WINDOW_SECONDS)]
+        window: u32,
     },
     /// Inventory operations (the same as the admin API), straight on Redis.
     Admin {
@@ -127,12 +130,14 @@ async fn main() -> anyhow::Result<()> {
             site,
             format,
             conversion,
+            window,
         } => {
             let params = dialmark_schemas::reports::Params {
                 from,
                 to,
                 site,
                 conversion,
+                window_seconds: window,
             };
             dialmark_tracker::report::run(
                 &config,
