@@ -115,6 +115,22 @@ impl Default for SinkConfig {
     }
 }
 
+/// How much of a visitor's IP address is stored (privacy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IpStorage {
+    /// IPv4 /24, IPv6 /48: enough for network-level analysis, not a person.
+    #[default]
+    Truncated,
+    /// A keyed hash of the full address: counts distinct visitors, cannot
+    /// be reversed without the key.
+    Hashed,
+    /// The full address (only with a legal basis for it).
+    Full,
+    /// Nothing.
+    None,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrackerConfig {
@@ -130,6 +146,11 @@ pub struct TrackerConfig {
     pub geoip_db: Option<PathBuf>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// How `visits.ip` keeps the visitor's address.
+    pub ip_storage: IpStorage,
+    /// HMAC key of `ip_storage = "hashed"` (at least 16 characters);
+    /// `DIALMARK_IP_HASH_KEY` overrides it.
+    pub ip_hash_key: String,
     /// A lease lives this long after the last keep-alive.
     pub hold_seconds: u32,
     /// A lease never lives longer than this in total.
@@ -151,6 +172,8 @@ impl Default for TrackerConfig {
             demo_page: None,
             geoip_db: None,
             trusted_proxies: Vec::new(),
+            ip_storage: IpStorage::default(),
+            ip_hash_key: String::new(),
             hold_seconds: 900,
             max_hold_seconds: 4 * 3600,
             cooldown_seconds: 60,
@@ -363,6 +386,9 @@ impl RawConfig {
         if let Some(v) = env("DIALMARK_ADMIN_TOKEN") {
             self.tracker.admin_token = v;
         }
+        if let Some(v) = env("DIALMARK_IP_HASH_KEY") {
+            self.tracker.ip_hash_key = v;
+        }
         if let Some(v) = env("DIALMARK_CALL_WEBHOOK_SECRET") {
             self.router.call_webhook.secret = v;
         }
@@ -420,6 +446,12 @@ impl RawConfig {
             return Err(Error::config(
                 "tracker.max_hold_seconds",
                 "must be at least tracker.hold_seconds",
+            ));
+        }
+        if t.ip_storage == IpStorage::Hashed && t.ip_hash_key.len() < 16 {
+            return Err(Error::config(
+                "tracker.ip_hash_key",
+                "must be at least 16 characters when tracker.ip_storage = \"hashed\"",
             ));
         }
         if t.max_body_bytes < 256 {

@@ -1,13 +1,17 @@
 //! Where a visitor is: the client IP (from the socket, or from
 //! `X-Forwarded-For` only when the peer is a trusted proxy), its place from
-//! a MaxMind City database, and the truncated form of the IP we store.
+//! a MaxMind City database, and the form of the IP we store
+//! (`tracker.ip_storage`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use axum::http::HeaderMap;
+use dialmark_schemas::config::IpStorage;
+use hmac::{Hmac, Mac};
 use ipnet::IpNet;
 use maxminddb::{geoip2, Reader};
+use sha2::Sha256;
 
 use crate::error::TrackerError;
 
@@ -87,8 +91,27 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
     ip
 }
 
-/// The stored form of a visitor IP: IPv4 /24, IPv6 /48 (privacy).
-pub fn truncate(ip: IpAddr) -> String {
+/// The stored form of a visitor IP under `mode`.
+pub fn stored_ip(ip: IpAddr, mode: IpStorage, key: &str) -> String {
+    match mode {
+        IpStorage::Truncated => truncate(ip),
+        IpStorage::Full => ip.to_string(),
+        IpStorage::None => String::new(),
+        IpStorage::Hashed => {
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
+            mac.update(ip.to_string().as_bytes());
+            let hex: String = mac.finalize().into_bytes()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("h:{hex}")
+        }
+    }
+}
+
+/// IPv4 /24, IPv6 /48.
+fn truncate(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
@@ -127,9 +150,20 @@ mod tests {
     }
 
     #[test]
-    fn truncation() {
-        assert_eq!(truncate("203.0.113.77".parse().unwrap()), "203.0.113.0");
-        assert_eq!(truncate("2001:db8:1:2::5".parse().unwrap()), "2001:db8:1::");
+    fn stored_ip_modes() {
+        let (v4, v6) = (
+            "203.0.113.77".parse().unwrap(),
+            "2001:db8:1:2::5".parse().unwrap(),
+        );
+        assert_eq!(stored_ip(v4, IpStorage::Truncated, ""), "203.0.113.0");
+        assert_eq!(stored_ip(v6, IpStorage::Truncated, ""), "2001:db8:1::");
+        assert_eq!(stored_ip(v4, IpStorage::Full, ""), "203.0.113.77");
+        assert_eq!(stored_ip(v4, IpStorage::None, ""), "");
+        let key = "0123456789abcdef";
+        let h = stored_ip(v4, IpStorage::Hashed, key);
+        // python3: hmac.new(key, b"203.0.113.77", hashlib.sha256).hexdigest()[:32]
+        assert_eq!(h, "h:c84c04c05495024db1a7812233f2db09");
+        assert_ne!(h, stored_ip(v4, IpStorage::Hashed, "another-key-0123"));
     }
 
     #[test]

@@ -310,7 +310,11 @@ pub async fn create(
             yclid: req.yclid.clone(),
             fbclid: req.fbclid.clone(),
             msclkid: req.msclkid.clone(),
-            ip: geo::truncate(ip),
+            ip: geo::stored_ip(
+                ip,
+                state.config.tracker.ip_storage,
+                &state.config.tracker.ip_hash_key,
+            ),
             country: place.country.clone(),
             region: place.region.clone(),
             city: place.city.clone(),
