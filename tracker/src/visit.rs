@@ -66,7 +66,7 @@ pub struct KeepaliveRequest {
     pub site: String,
 }
 
-fn parse_json<T: for<'a> Deserialize<'a>>(body: &Bytes) -> Result<T, TrackerError> {
+fn parse_json<T: for<'a> Deserialize<'a>>(body: &[u8]) -> Result<T, TrackerError> {
     serde_json::from_slice(body)
         .map_err(|e| TrackerError::BadRequest(format!("invalid JSON body: {e}")))
 }
@@ -96,6 +96,15 @@ fn cut(s: &mut String) {
 }
 
 impl VisitRequest {
+    /// A `POST /v1/visits` body as the API takes it: JSON, ids checked,
+    /// over-long fields cut (also the fuzzing entry point).
+    pub fn decode(body: &[u8]) -> Result<Self, TrackerError> {
+        let mut req: VisitRequest = parse_json(body)?;
+        req.validate()?;
+        req.cut_long_fields();
+        Ok(req)
+    }
+
     /// Cuts over-long source fields: a visit with a huge URL still gets a number.
     fn cut_long_fields(&mut self) {
         for f in [
@@ -226,9 +235,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, TrackerError> {
-    let mut req: VisitRequest = parse_json(&body)?;
-    req.validate()?;
-    req.cut_long_fields();
+    let req = VisitRequest::decode(&body)?;
     let span = info_span!("visit", site = %req.site, session = tracing::field::Empty);
     async move {
         let started = std::time::Instant::now();
