@@ -277,7 +277,7 @@ def run(dirpath, target, variant, run_id, date, command, settings):
         if not os.path.exists(f):
             continue
         s = json.load(open(f))
-        idx = "s" + re.search(r"step(\d+)-", d).group(1)
+        idx = "s%st%d" % (re.search(r"step(\d+)-", d).group(1), s.get("try", 1))
         s["recorded_attempt_rows"] = attempts.get(idx, {}).get("rows", 0)
         s["recorded_call_rows"] = calls.get(idx, {}).get("rows", 0)
         s["expected_attempt_rows"] = s["created"] * per_call
