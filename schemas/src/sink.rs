@@ -17,7 +17,6 @@
 //! final in ClickHouse. Rows are appended there before the batch is acked,
 //! so a crash in between repeats them (at-least-once, like the inserts).
 
-use std::io::Write;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -360,18 +359,7 @@ impl<T: Table> Delivery<T> {
     }
 
     fn dead(&self, payloads: &[Vec<u8>], reason: &str) {
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.dead_letter)?;
-            for p in payloads {
-                f.write_all(p)?;
-                f.write_all(b"\n")?;
-            }
-            f.sync_data()
-        };
-        if let Err(e) = write() {
+        if let Err(e) = spool::append_dead_letter(&self.dead_letter, payloads) {
             error!(table = T::TABLE, cause = %e, reason, "dead-letter write failed; rows lost");
         } else {
             info!(

@@ -321,6 +321,17 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Appends `records` (one per line) to a dead-letter file and syncs it:
+/// rows that can never be delivered, kept for a person to look at.
+pub fn append_dead_letter<R: AsRef<[u8]>>(path: &Path, records: &[R]) -> io::Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    for r in records {
+        f.write_all(r.as_ref())?;
+        f.write_all(b"\n")?;
+    }
+    f.sync_data()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

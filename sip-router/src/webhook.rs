@@ -14,7 +14,6 @@
 //! HMAC-SHA256(secret, "UNIX." + body); receivers recompute it and refuse
 //! old timestamps to stop replays.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -272,16 +271,7 @@ impl Delivery {
     }
 
     fn dead(&self, record: &[u8], reason: &str) {
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.dead_letter)?;
-            f.write_all(record)?;
-            f.write_all(b"\n")?;
-            f.sync_data()
-        };
-        match write() {
+        match spool::append_dead_letter(&self.dead_letter, &[record]) {
             Ok(()) => {
                 error!(reason, dead_letter = %self.dead_letter.display(), "call webhook moved to the dead-letter file")
             }
