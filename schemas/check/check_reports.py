@@ -37,8 +37,12 @@ sys.path.insert(0, HERE)
 import fixture  # noqa: E402
 from fixture import ts  # noqa: E402
 
-PLACEHOLDERS = ("from", "to", "site", "conversion", "window")
+PLACEHOLDERS = ("from", "to", "site", "conversion", "window", "cooldown")
 DEFAULT_CONVERSION = "dialmark call"
+# pool_health's defaults, as the CLI fills them (the busy quarter-hour and
+# tracker.cooldown_seconds' default).
+WINDOW = 900
+COOLDOWN = 60
 
 
 # --------------------------------------------------------------------------
@@ -56,14 +60,15 @@ def sql_datetime(text):
     return "toDateTime('%s', 'UTC')" % text
 
 
-def render(sql, frm, to, site="", conversion=DEFAULT_CONVERSION, window=3600):
-    """Replaces {from} {to} {site} {conversion} {window}; refuses any other {name}."""
+def render(sql, frm, to, site="", conversion=DEFAULT_CONVERSION, window=WINDOW, cooldown=COOLDOWN):
+    """Replaces {from} {to} {site} {conversion} {window} {cooldown}; refuses any other {name}."""
     values = {
         "from": sql_datetime(frm),
         "to": sql_datetime(to),
         "site": sql_string(site),
         "conversion": sql_string(conversion),
         "window": str(int(window)),
+        "cooldown": str(int(cooldown)),
     }
 
     def sub(m):
@@ -306,19 +311,34 @@ def quantile_exact(values, level):
     return s[min(i, len(s) - 1)]
 
 
-def erlang_b_size(a, target=0.01):
-    if a <= 0:
-        return 1
-    b, n = 1.0, 0
+def erlang_b(n, a):
+    """B(n, A) by the recursion B(0) = 1, B(k) = A B(k-1) / (k + A B(k-1))."""
+    b = 1.0
+    for k in range(1, n + 1):
+        b = a * b / (k + a * b)
+    return b
+
+
+def advise(load, lam, late_delays, calls_on_pool, cooldown=COOLDOWN, target=0.005):
+    """The pool advisor: smallest N >= 1 with B(N, A) + M(N) < target, and that loss.
+
+    M(N): share of calls_on_pool that are late calls not yet safe at N; a late
+    call with delay d is safe from N = ceil(A + (d - cooldown) * lam) on."""
+    if load <= 0:
+        return 1, 0.0
+    safe_from = [0 if d <= cooldown else math.ceil(load + (d - cooldown) * lam) for d in late_delays]
+    n = 0
     while True:
         n += 1
-        b = a * b / (n + a * b)
-        if b < target:
-            return n
+        unsafe = sum(1 for x in safe_from if x > n)
+        loss = erlang_b(n, load) + (unsafe / calls_on_pool if calls_on_pool else 0.0)
+        if loss < target:
+            return n, loss
 
 
 def expected_pool_health(fx, frm, to, site=""):
     f, t = ts(frm), ts(to)
+    calls = {r["call_id"]: r for r in fx.rows["calls"]}
     ev = {}
     for r in fx.rows["number_leases"]:
         if site and r["site"] != site:
@@ -336,8 +356,8 @@ def expected_pool_health(fx, frm, to, site=""):
         demand = {}
         for r in in_range:
             if r["event"] in ("lease", "overflow"):
-                demand.setdefault(r["ts"] // 3600, set()).add(r["session_id"])
-        peak_hour = max((len(s) for s in demand.values()), default=0)
+                demand.setdefault(r["ts"] // WINDOW, set()).add(r["session_id"])
+        peak = max((len(s) for s in demand.values()), default=0)
         per_number = {}
         for r in uniq:
             if r["event"] == "overflow" or not (f - 86400 <= r["ts"] < t + 86400):
@@ -358,18 +378,37 @@ def expected_pool_health(fx, frm, to, site=""):
                     marks.append((min(live_end, t), -1))
                 if i > 0 and e[i - 1][1] != 1 and f <= et < t:
                     gaps.append(et - e[i - 1][0])
-        run = peak = 0
+        run = live = 0
         for _, d in sorted(marks):       # -1 sorts before +1 in the same second
             run += d
-            peak = max(peak, run)
+            live = max(live, run)
         hold = sum(holds) / len(holds) if holds else 0.0
-        load = peak_hour * hold / 3600
+        lam = peak / WINDOW
+        load = lam * (hold + COOLDOWN)
+        # Late calls: recent_lease calls and their delay after the number's
+        # last reclaim/release before the call.
+        ends = {}
+        for r in uniq:
+            if r["event"] in ("reclaim", "release") and f - 86400 <= r["ts"] < t:
+                ends.setdefault(r["number"], set()).add(r["ts"])
+        on_pool, late = 0, []
+        for c in calls.values():
+            if (c["pool"] != pool or not f <= c["received"] < t or (site and c["site"] != site)
+                    or c["disposition"] == "rejected_untrusted"
+                    or c["attribution"] not in ("live_lease", "recent_lease", "overflow")):
+                continue
+            on_pool += 1
+            before = [e for e in ends.get(c["number"], ()) if e <= c["received"]]
+            if c["attribution"] == "recent_lease" and before:
+                late.append(c["received"] - max(before))
+        size, loss = advise(load, lam, late, on_pool)
         out[pool] = dict(numbers_seen=len(numbers), leases=len(leases),
-                         exhaustion_events=len(overflows), peak_concurrent_leases=peak,
+                         exhaustion_events=len(overflows), peak_concurrent_leases=live,
                          median_reuse_gap_seconds=quantile_exact(gaps, 0.5),
-                         peak_hour_demand=peak_hour, mean_hold_seconds=round(hold, 1),
-                         offered_load_erlangs=round(load, 3),
-                         recommended_pool_size=erlang_b_size(load))
+                         peak_window_demand=peak, mean_hold_seconds=round(hold, 1),
+                         offered_load_erlangs=round(load, 3), calls_on_pool=on_pool,
+                         late_calls=len(late), recommended_pool_size=size,
+                         predicted_loss_percent=round(100 * loss, 3))
     return out
 
 
@@ -456,9 +495,18 @@ def known_values(name, site, rows, fx, frm, to):
     elif name == "pool_health":
         expect_row(p, rows, dict(pool="shop-msk"),
                    dict(numbers_seen=3, leases=6, exhaustion_events=1, peak_concurrent_leases=3,
-                        median_reuse_gap_seconds=93000, peak_hour_demand=5,
-                        mean_hold_seconds=1250.0, offered_load_erlangs=1.736,
-                        recommended_pool_size=erlang_b_size(5 * 1250 / 3600)))
+                        median_reuse_gap_seconds=93000, peak_window_demand=4,
+                        mean_hold_seconds=1250.0, offered_load_erlangs=5.822,
+                        calls_on_pool=8, late_calls=1,
+                        # B(12) = 0.94 %, B(13) = 0.42 %; the late call c3
+                        # (300 s after N3's lease) is safe from 7 on.
+                        recommended_pool_size=13, predicted_loss_percent=0.421))
+        if not site:
+            # Erlang B alone: 20 numbers; the call 1700 s after L1's lease
+            # needs 26 to find L1 not yet re-leased.
+            expect_row(p, rows, dict(pool="lab-late"),
+                       dict(peak_window_demand=8, offered_load_erlangs=11.2, late_calls=1,
+                            recommended_pool_size=26))
         exp = expected_pool_health(fx, frm, to, site)
         got = {r["pool"]: r for r in rows}
         if set(exp) != set(got):

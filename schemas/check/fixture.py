@@ -280,6 +280,18 @@ def hand(fx):
     lease(fx, s9, "2026-11-06 16:00:00", K2)
     lease(fx, None, "2026-11-06 16:20:00", K1, "reclaim", "clinic", "clinic-main")
     lease(fx, None, "2026-11-06 16:30:00", K2, "release", "clinic", "clinic-main")
+    # lab-late: 8 sessions in one quarter-hour on a one-number pool, and a
+    # call 1700 s after that number's lease: the pool advisor must size the
+    # pool for the late call (safe from 26 numbers), not for blocking alone.
+    L1, LOVF = "+74953330001", "+74953330099"
+    lab = [session("lab", "lab-late", "lab-s%d" % i, "lab-v%d" % i, ("lab", "test", "late", ""))
+           for i in range(8)]
+    for i, sl in enumerate(lab):
+        when = "2026-11-07 10:%02d:00" % (i + 1)
+        visit(fx, sl, when, "https://lab.example/", L1 if i == 0 else LOVF,
+              "pool" if i == 0 else "overflow")
+        lease(fx, sl, when, L1 if i == 0 else LOVF, "lease" if i == 0 else "overflow")
+    lease(fx, None, "2026-11-07 10:21:00", L1, "reclaim", "lab", "lab-late")
 
     # Calls.
     c = lambda n: uid("hand-call-%s" % n)
@@ -325,6 +337,9 @@ def hand(fx):
     add_call(fx, c("c20"), ts("2026-11-07 11:00:00"), "+79990000020", STATIC, "clinic", "",
              [A("trunk-c", 200, "answered", pdd=400, answer=2000, talk=90000)],
              attribution="static", source_label="billboard")
+    add_call(fx, c("lab"), ts("2026-11-07 10:49:20"), "+79990000040", L1, "lab", "lab-late",
+             [A("trunk-c", 486, "busy", pdd=500, dur=2, reason="Busy Here")],
+             disposition="busy", session=lab[0], attribution="recent_lease")
     # Attempts of a call that has no calls row (still in progress at {to}).
     add_call(fx, c("lost"), ts("2026-11-08 23:59:30"), "+79990000030", N2, "shop", "shop-msk",
              [A("trunk-a", 503, "rejected", dur=1)], write_call=False)

@@ -13,19 +13,36 @@
 --   cumulatively (arrayCumSum), and the maximum taken.
 -- median_reuse_gap_seconds: exact median of (lease - previous reclaim or
 --   release of the same number) over leases in the range; 0 when none.
--- {window}: the demand window in seconds, 3600 (the busy hour) unless the
---   caller asks otherwise (a busy quarter-hour: 900; accelerated-time
---   simulations: 3600 / speed-up). Windows are aligned to the Unix epoch.
--- peak_hour_demand: the most distinct sessions asking for a number they did
---   not hold (a `lease` or `overflow` event) in one {window} of the range.
+-- {window}: the demand window in seconds, 900 (the busy quarter-hour)
+--   unless the caller asks otherwise (3600: the busy hour; accelerated-time
+--   simulations: 900 / speed-up). Windows are aligned to the Unix epoch.
+-- {cooldown}: tracker.cooldown_seconds (a number rests that long after its
+--   lease before it can be leased again).
+-- peak_window_demand: the most distinct sessions asking for a number they
+--   did not hold (a `lease` or `overflow` event) in one {window}.
 -- mean_hold_seconds: mean lease life (lease -> reclaim/release) of the
 --   leases started in the range that have ended.
--- offered_load_erlangs: A = peak_hour_demand * mean_hold_seconds / {window}.
--- recommended_pool_size: smallest N >= 1 with Erlang B blocking
---   B(N, A) < 1%, computed exactly:
---   B(N, A) = (A^N / N!) / sum(k = 0..N) A^k / k!,
---   in log space scaled by the largest term so nothing overflows; N is
---   searched in 1 .. ceil(A + 6 sqrt(A) + 10) (always enough for 1%).
+-- offered_load_erlangs: A = peak_window_demand / {window} * (hold + {cooldown}):
+--   a number is out of the pool for its lease and its cool-down.
+-- calls_on_pool: calls in the range to the pool's numbers or its overflow
+--   number (attribution live_lease, recent_lease or overflow).
+-- late_calls: those of them that came after their number's lease ended
+--   (attribution recent_lease); delay d = call - the number's last
+--   reclaim/release before it.
+-- recommended_pool_size: smallest N >= 1 whose predicted attribution loss
+--   L(N) = B(N, A) + M(N) is under 0.5 %, where
+--   B(N, A) = (A^N / N!) / sum(k = 0..N) A^k / k!  (Erlang B: the share of
+--     sessions that find the pool exhausted and get the overflow number),
+--     computed exactly in log space scaled by the largest term,
+--   M(N) = (late calls with d > q(N)) / calls_on_pool: late calls whose
+--     number was probably leased to someone else before they came, with
+--     q(N) = {cooldown} + max(0, N - A) / lambda the quiet time after a lease
+--     (cool-down, then the wait behind the N - A idle numbers that are
+--     leased first, least recently used first, at lambda = demand / {window}).
+--   A late call with delay d is safe from size ceil(A + (d - {cooldown}) * lambda)
+--   on (0 when d <= {cooldown}); M(N) counts those not yet safe at N.
+--   N is searched in 1 .. max(ceil(A + 6 sqrt(A) + 10), largest safe size).
+-- predicted_loss_percent: 100 * L(recommended_pool_size).
 SELECT
     pool,
     site,
@@ -34,10 +51,13 @@ SELECT
     exhaustion_events,
     peak_concurrent_leases,
     median_reuse_gap_seconds,
-    peak_hour_demand,
+    peak_window_demand,
     round(hold, 1) AS mean_hold_seconds,
     round(load, 3) AS offered_load_erlangs,
-    toUInt32(if(load <= 0, 1, arrayFirstIndex(b -> b < 0.01, blocking) - 1)) AS recommended_pool_size
+    calls_on_pool,
+    late_calls,
+    toUInt32(if(load <= 0, 1, greatest(1, arrayFirstIndex(x -> x < 0.005, loss) - 1))) AS recommended_pool_size,
+    round(100 * if(load <= 0, 0., loss[recommended_pool_size + 1]), 3) AS predicted_loss_percent
 FROM
 (
     SELECT
@@ -48,16 +68,26 @@ FROM
         exhaustion_events,
         peak_concurrent_leases,
         median_reuse_gap_seconds,
-        peak_hour_demand,
+        peak_window_demand,
         if(closed_leases = 0, 0., hold_sum / closed_leases) AS hold,
-        peak_hour_demand * hold / {window} AS load,
-        toUInt32(ceil(load + 6 * sqrt(load) + 10)) AS kmax,
+        peak_window_demand / {window} AS lambda,
+        lambda * (hold + {cooldown}) AS load,
+        calls_on_pool,
+        toUInt64(length(late_delays)) AS late_calls,
+        arrayMap(d -> toUInt32(if(d <= {cooldown}, 0, ceil(load + (d - {cooldown}) * lambda))), late_delays) AS safe_from,
+        toUInt32(greatest(ceil(load + 6 * sqrt(load) + 10), arrayReduce('max', arrayPushBack(safe_from, toUInt32(0))))) AS kmax,
         range(kmax + 1) AS ks,
         arrayCumSum(arrayMap(k -> if(k = 0, 0., log(k)), ks)) AS log_fact,
         arrayMap((k, lf) -> k * log(load) - lf, ks, log_fact) AS log_terms,
         floor(load) * log(load) - lgamma(floor(load) + 1) AS log_peak,
         arrayCumSum(arrayMap(x -> exp(x - log_peak), log_terms)) AS cum_terms,
-        arrayMap((x, c) -> exp(x - log_peak) / c, log_terms, cum_terms) AS blocking
+        arrayMap((x, c) -> exp(x - log_peak) / c, log_terms, cum_terms) AS blocking,
+        arrayCumSum(arrayMap(k -> countEqual(safe_from, k), ks)) AS safe_cum,
+        arrayMap((b, s) -> b + if(calls_on_pool = 0, 0., (late_calls - s) / calls_on_pool), blocking, safe_cum) AS loss
+    FROM
+    (
+    -- ClickHouse 18.16 takes one JOIN per SELECT: lease figures first.
+    SELECT *
     FROM
     (
         SELECT
@@ -66,7 +96,7 @@ FROM
             length(groupUniqArrayArray(nums)) AS numbers_seen,
             sum(hour_leases) AS leases,
             sum(hour_overflows) AS exhaustion_events,
-            max(hour_demand) AS peak_hour_demand
+            max(hour_demand) AS peak_window_demand
         FROM
         (
             SELECT
@@ -136,5 +166,39 @@ FROM
         )
         GROUP BY pool
     ) AS r USING (pool)
+    ) AS lr
+    ANY LEFT JOIN
+    (
+        -- Calls to the pool's numbers; late ones with their delay after the
+        -- number's last lease end (reclaim/release) before the call.
+        SELECT
+            pool,
+            toUInt64(count()) AS calls_on_pool,
+            groupArrayIf(toUInt32(rcv - arrayReduce('max', ended)), attribution = 'recent_lease' AND length(ended) > 0) AS late_delays
+        FROM
+        (
+            SELECT pool, rcv, attribution, arrayFilter(e -> e <= rcv, ends) AS ended
+            FROM
+            (
+                SELECT pool, number, toUInt32(received) AS rcv, attribution
+                FROM calls FINAL
+                WHERE received >= {from} AND received < {to}
+                  AND ({site} = '' OR site = {site})
+                  AND pool != ''
+                  AND disposition != 'rejected_untrusted'
+                  AND attribution IN ('live_lease', 'recent_lease', 'overflow')
+            ) AS c
+            ANY LEFT JOIN
+            (
+                SELECT pool, number, groupArray(toUInt32(ts)) AS ends
+                FROM number_leases
+                WHERE ts >= {from} - 86400 AND ts < {to}
+                  AND ({site} = '' OR site = {site})
+                  AND event IN ('reclaim', 'release')
+                GROUP BY pool, number
+            ) AS e USING (pool, number)
+        )
+        GROUP BY pool
+    ) AS lc USING (pool)
 )
 ORDER BY pool

@@ -1,7 +1,7 @@
 //! The report SQL of `schemas/reports/`, embedded, and the one way to fill
 //! its placeholders: `{from}` / `{to}` become `toDateTime('…')` from a
 //! strictly checked date, `{site}` and `{conversion}` become escaped string
-//! literals, `{window}` a checked integer. Values never reach the SQL any
+//! literals, `{window}` and `{cooldown}` checked integers. Values never reach the SQL any
 //! other way.
 
 use thiserror::Error;
@@ -42,6 +42,8 @@ pub enum ReportError {
     BadDate { field: &'static str, value: String },
     #[error("window: {0} seconds is out of range (1 to 86400)")]
     BadWindow(u32),
+    #[error("cooldown: {0} seconds is out of range (0 to 86400)")]
+    BadCooldown(u32),
 }
 
 /// Parameters of a report run.
@@ -54,8 +56,10 @@ pub struct Params {
     /// Site id; empty means every site.
     pub site: String,
     pub conversion: String,
-    /// Demand window of `pool_health` in seconds (3600: the busy hour).
+    /// Demand window of `pool_health` in seconds (900: the busy quarter-hour).
     pub window_seconds: u32,
+    /// `tracker.cooldown_seconds`, for `pool_health`'s advisor.
+    pub cooldown_seconds: u32,
 }
 
 impl Params {
@@ -67,12 +71,18 @@ impl Params {
             site: site.into(),
             conversion: String::new(),
             window_seconds: DEFAULT_WINDOW_SECONDS,
+            cooldown_seconds: DEFAULT_COOLDOWN_SECONDS,
         }
     }
 }
 
-/// `pool_health`'s demand window unless asked otherwise: the busy hour.
-pub const DEFAULT_WINDOW_SECONDS: u32 = 3600;
+/// `pool_health`'s demand window unless asked otherwise: the busy
+/// quarter-hour (demand within an hour is not flat; sizing on the hour's
+/// mean under-sizes the pool for its busiest minutes).
+pub const DEFAULT_WINDOW_SECONDS: u32 = 900;
+
+/// `tracker.cooldown_seconds`'s default, for runs without a tracker config.
+pub const DEFAULT_COOLDOWN_SECONDS: u32 = 60;
 
 /// A SQL string literal: `'…'` with `\` and `'` escaped.
 pub fn quote(s: &str) -> String {
@@ -146,6 +156,9 @@ pub fn render(name: &str, p: &Params) -> Result<String, ReportError> {
     if !(1..=86_400).contains(&p.window_seconds) {
         return Err(ReportError::BadWindow(p.window_seconds));
     }
+    if p.cooldown_seconds > 86_400 {
+        return Err(ReportError::BadCooldown(p.cooldown_seconds));
+    }
     let conversion = if p.conversion.is_empty() {
         DEFAULT_CONVERSION
     } else {
@@ -156,7 +169,8 @@ pub fn render(name: &str, p: &Params) -> Result<String, ReportError> {
         .replace("{to}", &datetime("to", &p.to)?)
         .replace("{site}", &quote(&p.site))
         .replace("{conversion}", &quote(conversion))
-        .replace("{window}", &p.window_seconds.to_string()))
+        .replace("{window}", &p.window_seconds.to_string())
+        .replace("{cooldown}", &p.cooldown_seconds.to_string()))
 }
 
 #[cfg(test)]
@@ -188,7 +202,8 @@ mod tests {
                     && !sql.contains("{to}")
                     && !sql.contains("{site}")
                     && !sql.contains("{conversion}")
-                    && !sql.contains("{window}"),
+                    && !sql.contains("{window}")
+                    && !sql.contains("{cooldown}"),
                 "{name}"
             );
         }
@@ -209,5 +224,11 @@ mod tests {
         assert!(matches!(render("nope", &p), Err(ReportError::Unknown(..))));
         p.window_seconds = 0;
         assert_eq!(render("pool_health", &p), Err(ReportError::BadWindow(0)));
+        p.window_seconds = 900;
+        p.cooldown_seconds = 86_401;
+        assert_eq!(
+            render("pool_health", &p),
+            Err(ReportError::BadCooldown(86_401))
+        );
     }
 }

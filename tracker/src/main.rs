@@ -52,9 +52,13 @@ enum Command {
         /// Conversion name of google_ads_export.
         #[arg(long, default_value = "")]
         conversion: String,
-        /// Demand window of pool_health in seconds (the busy hour).
+        /// Demand window of pool_health in seconds (the busy quarter-hour).
         #[arg(long, default_value_t = dialmark_schemas::reports::DEFAULT_WINDOW_SECONDS)]
         window: u32,
+        /// Cool-down pool_health's advisor assumes; tracker.cooldown_seconds
+        /// of the config when omitted.
+        #[arg(long)]
+        cooldown: Option<u32>,
     },
     /// Inventory operations (the same as the admin API), straight on Redis.
     Admin {
@@ -131,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
             format,
             conversion,
             window,
+            cooldown,
         } => {
             let params = dialmark_schemas::reports::Params {
                 from,
@@ -138,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
                 site,
                 conversion,
                 window_seconds: window,
+                cooldown_seconds: cooldown.unwrap_or(config.tracker.cooldown_seconds),
             };
             dialmark_tracker::report::run(
                 &config,
