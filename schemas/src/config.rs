@@ -46,7 +46,7 @@ pub struct Config {
     pub router: RouterConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://host:port/db` of a single node. Ignored when `cluster` is set.
@@ -64,7 +64,7 @@ impl Default for RedisConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     /// HTTP endpoint of the ClickHouse server.
@@ -86,7 +86,7 @@ impl Default for ClickHouseConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
     /// Rows per INSERT at most.
@@ -231,7 +231,7 @@ pub struct RouterConfig {
 /// The completed-call webhook: each call's record is POSTed as signed JSON
 /// once ClickHouse holds it, retried with backoff until the receiver takes
 /// it (at least once; the `X-Dialmark-Delivery` header is the call id).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallWebhookConfig {
     /// Receiver URL; the webhook is off when unset.
@@ -258,7 +258,7 @@ impl Default for CallWebhookConfig {
 
 /// Flood protection per source IP (messages, not calls); a source over its
 /// limit is banned and dropped unread for `ban_seconds`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Messages per second from a source that is not a trusted carrier; 0 = off.

@@ -37,6 +37,12 @@ impl Health {
         }
     }
 
+    /// New thresholds (config reload); the state and counts stay.
+    pub fn retune(&mut self, down_after: u32, up_after: u32) {
+        self.down_after = down_after.max(1);
+        self.up_after = up_after.max(1);
+    }
+
     pub fn state(&self) -> TrunkState {
         self.state
     }

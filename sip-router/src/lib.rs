@@ -10,6 +10,7 @@
 //! - [`directory`]: DID routing records (cached) and call attribution.
 //! - [`node`]: the I/O loop: sockets, timers, policy, probes.
 //! - [`ratelimit`]: per-source flood protection with a ban window.
+//! - [`reload`]: what a SIGHUP config reload takes over.
 //! - [`alert`]: the Alertmanager-compatible webhook.
 //! - [`webhook`]: the signed completed-call webhook (durable outbox).
 //! - [`http`]: `/healthz`, `/metrics`, `/status` for the NOC.
@@ -22,9 +23,11 @@ pub mod health;
 pub mod http;
 pub mod node;
 pub mod ratelimit;
+pub mod reload;
 pub mod webhook;
 pub mod wire;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,10 +37,13 @@ use dialmark_schemas::migrate;
 use dialmark_schemas::rows::{Call, CallAttempt, TrunkEvent};
 use dialmark_schemas::sink::Sink;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{error, info, warn};
 
 /// Runs the node until SIGINT/SIGTERM, drains calls, flushes the sinks.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// On SIGHUP, re-reads `config_path` (when given) and takes it over
+/// without dropping calls; a config that does not load is refused and the
+/// running one stays.
+pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let server = dialmark_schemas::ch::server_client(&config.clickhouse);
     migrate::apply(&server, &config.clickhouse.database)
         .await
@@ -116,6 +122,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tx.clone(),
     );
     let reader = tokio::spawn(node::udp_reader(udp, tx.clone()));
+    let reloader = config_path.map(|p| tokio::spawn(reload_on_sighup(p, tx.clone())));
     let message_timeout = Duration::from_millis(r.tcp_message_timeout_ms);
     let acceptor = tcp.map(|l| tokio::spawn(node::tcp_acceptor(l, tx.clone(), message_timeout)));
     let http_state = http::HttpState {
@@ -140,8 +147,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     drop(tx);
     let _ = loop_task.await;
     reader.abort();
-    if let Some(a) = acceptor {
-        a.abort();
+    for t in acceptor.into_iter().chain(reloader) {
+        t.abort();
     }
     http_task.abort();
     // The node is gone and with it every sink handle: writers flush and end.
@@ -158,4 +165,31 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     info!("router stopped");
     Ok(())
+}
+
+/// Re-reads the config file on each SIGHUP and hands it to the node.
+async fn reload_on_sighup(path: PathBuf, tx: mpsc::Sender<node::Input>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(cause = %e, "no SIGHUP handler: config reload is off");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match Config::load(&path) {
+            Ok(c) => {
+                info!(path = %path.display(), "SIGHUP: reloading the config");
+                if tx.send(node::Input::Reload(Box::new(c))).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                metrics::counter!("dialmark_config_reloads_total", "result" => "refused")
+                    .increment(1);
+                error!(path = %path.display(), cause = %e, "config reload refused; the running config stays");
+            }
+        }
+    }
 }

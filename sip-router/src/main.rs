@@ -41,6 +41,6 @@ async fn main() -> anyhow::Result<()> {
             println!("{}: ok", cli.config.display());
             Ok(())
         }
-        Command::Serve => dialmark_router::serve(config).await,
+        Command::Serve => dialmark_router::serve(config, Some(cli.config)).await,
     }
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dialmark_schemas::config::{Config, TrunkConfig};
+use dialmark_schemas::config::{Config, RateLimitConfig, RouterConfig, TrunkConfig};
 use dialmark_schemas::layout::RouteRecord;
 use dialmark_schemas::number::NumberingPlan;
 use dialmark_schemas::rows::{
@@ -33,6 +33,9 @@ use crate::wire::{self, Forward, Message};
 
 /// Calls held at most; new INVITEs beyond get 503.
 pub const MAX_CALLS: usize = 50_000;
+/// After the last call of a drain ends, the node serves this long more for
+/// the final BYE's reply.
+pub const DRAIN_TAIL: Duration = Duration::from_secs(1);
 /// TCP connections held at most.
 pub const MAX_TCP: usize = 1_024;
 /// A TCP connection silent this long is closed (slowloris).
@@ -64,6 +67,8 @@ pub enum Input {
     TcpClosed {
         id: u64,
     },
+    /// A config file re-read on SIGHUP (validated).
+    Reload(Box<Config>),
     Shutdown,
 }
 
@@ -157,6 +162,8 @@ pub struct Node {
     timer_slots: Vec<Option<TimerKey>>,
     free_slots: Vec<usize>,
     timer_seq: u64,
+    /// A `ProbeTick` timer is pending.
+    probe_armed: bool,
     draining: bool,
     limit_untrusted: Limiter,
     limit_trusted: Limiter,
@@ -193,15 +200,9 @@ impl Node {
                 active: 0,
             })
             .collect();
+        let (limit_untrusted, limit_trusted) = limiters(&r.rate_limit);
         Node {
-            policy: Policy {
-                provisional_timeout_ms: r.provisional_timeout_ms,
-                ring_timeout_ms: r.ring_timeout_seconds * 1000,
-                overall_timeout_ms: r.overall_timeout_seconds * 1000,
-                max_call_ms: r.max_call_seconds * 1000,
-                failover_codes: r.failover_codes.clone(),
-                advertise: advertise.clone(),
-            },
+            policy: policy(r),
             plan: cfg.numbering.clone(),
             trusted: r.trusted_sources.clone(),
             advertise,
@@ -225,27 +226,75 @@ impl Node {
             timer_slots: Vec::new(),
             free_slots: Vec::new(),
             timer_seq: 0,
+            probe_armed: false,
             draining: false,
-            limit_untrusted: Limiter::new(
-                r.rate_limit.per_second,
-                r.rate_limit.burst,
-                r.rate_limit.ban_seconds,
-            ),
-            limit_trusted: Limiter::new(
-                r.rate_limit.trusted_per_second,
-                r.rate_limit.trusted_per_second.saturating_mul(2),
-                r.rate_limit.ban_seconds,
-            ),
+            limit_untrusted,
+            limit_trusted,
             cfg,
+        }
+    }
+
+    /// Takes over a re-read config (see [`crate::reload`] for what waits
+    /// for a restart). Calls in progress keep their trunk plan and timers.
+    fn reload(&mut self, new: Config) {
+        let now = now_ms();
+        let merged = crate::reload::merge(&self.cfg, new);
+        for setting in &merged.needs_restart {
+            warn!(
+                setting,
+                "config reload: changed, but takes effect only after a restart"
+            );
+        }
+        let cfg = merged.config;
+        let r = &cfg.router;
+        let (table, diff) =
+            crate::reload::trunks(std::mem::take(&mut self.trunks), &r.trunks, &r.probe, now);
+        self.trunks = table;
+        // Probe branches name trunks by index, which may have moved.
+        self.probes.clear();
+        self.policy = policy(r);
+        self.plan = cfg.numbering.clone();
+        self.trusted = r.trusted_sources.clone();
+        if r.rate_limit != self.cfg.router.rate_limit {
+            (self.limit_untrusted, self.limit_trusted) = limiters(&r.rate_limit);
+        }
+        if r.alert_webhook != self.cfg.router.alert_webhook
+            || r.alert_hold_down_seconds != self.cfg.router.alert_hold_down_seconds
+        {
+            self.alerter = Alerter::new(
+                r.alert_webhook.clone(),
+                Duration::from_secs(r.alert_hold_down_seconds),
+            );
+        }
+        self.cfg = Arc::new(cfg);
+        self.arm_probes(now);
+        self.publish_status();
+        metrics::counter!("dialmark_config_reloads_total", "result" => "ok").increment(1);
+        info!(
+            trunks = self.trunks.len(),
+            added = ?diff.added,
+            removed = ?diff.removed,
+            moved = ?diff.moved,
+            calls = self.calls.len(),
+            "config reloaded"
+        );
+    }
+
+    /// Starts the probe ticks unless they run already or are off.
+    fn arm_probes(&mut self, now: u64) {
+        if !self.probe_armed
+            && self.cfg.router.probe.interval_seconds > 0
+            && !self.trunks.is_empty()
+        {
+            self.probe_armed = true;
+            self.arm(TimerKey::ProbeTick, now);
         }
     }
 
     /// Runs until shutdown; on SIGTERM stops taking new calls and lets
     /// calls in progress end (bounded by `drain`).
     pub async fn run(mut self, mut rx: mpsc::Receiver<Input>, drain: Duration) {
-        if self.cfg.router.probe.interval_seconds > 0 && !self.trunks.is_empty() {
-            self.arm(TimerKey::ProbeTick, now_ms());
-        }
+        self.arm_probes(now_ms());
         self.publish_status();
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -268,18 +317,31 @@ impl Node {
                 },
                 _ = tokio::time::sleep(sleep) => self.fire_timers(),
                 _ = async { match drain_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                    warn!(calls = self.calls.len(), "drain limit reached; stopping with calls in progress");
+                    if self.drained() {
+                        info!("drained: every call has ended");
+                    } else {
+                        warn!(calls = self.calls.len(), "drain limit reached; stopping with calls in progress");
+                    }
                     break;
                 }
             }
-            if self.draining
-                && self.pending.is_empty()
-                && self.calls.values().all(|e| e.call.is_finished())
-            {
-                break;
+            if self.drained() {
+                // The last BYE was forwarded: serve a moment longer so its
+                // reply (and any retransmission) still reaches the caller.
+                let tail = tokio::time::Instant::now() + DRAIN_TAIL;
+                if drain_deadline.is_none_or(|d| d > tail) {
+                    drain_deadline = Some(tail);
+                }
             }
         }
         info!("routing loop stopped");
+    }
+
+    /// Draining and no call left in progress.
+    fn drained(&self) -> bool {
+        self.draining
+            && self.pending.is_empty()
+            && self.calls.values().all(|e| e.call.is_finished())
     }
 
     fn input(&mut self, i: Input) {
@@ -296,6 +358,7 @@ impl Node {
             Input::TcpClosed { id } => {
                 self.tcp_conns.remove(&id);
             }
+            Input::Reload(config) => self.reload(*config),
             Input::Shutdown => {}
         }
     }
@@ -345,7 +408,10 @@ impl Node {
             self.free_slots.push(slot);
             match key {
                 Some(TimerKey::Call(k, t)) => self.drive(k, Event::Timer(t)),
-                Some(TimerKey::ProbeTick) => self.probe_all(),
+                Some(TimerKey::ProbeTick) => {
+                    self.probe_armed = false;
+                    self.probe_all();
+                }
                 Some(TimerKey::ProbeTimeout(branch)) => {
                     if let Some((idx, _)) = self.probes.remove(&branch) {
                         self.trunk_result(idx, false, TrunkCause::Probe, "OPTIONS timeout");
@@ -507,9 +573,6 @@ impl Node {
         {
             return self.reply(msg, from, 482, "Loop Detected");
         }
-        if self.draining || self.calls.len() + self.pending.len() >= MAX_CALLS {
-            return self.reply(msg, from, 503, "Service Unavailable");
-        }
         let number = match self.plan.normalize(&raw_user) {
             Ok(n) => n,
             Err(e) => {
@@ -525,6 +588,19 @@ impl Node {
                 );
             }
         };
+        if self.draining || self.calls.len() + self.pending.len() >= MAX_CALLS {
+            // Refused, and still on record: the lost-call audit shows it.
+            warn!(number = %number, draining = self.draining, "new call refused (503)");
+            return self.reject(
+                msg,
+                from,
+                &reject_setup(&number, NumberStatus::Unknown),
+                503,
+                "Service Unavailable",
+                Disposition::Failed,
+                now,
+            );
+        }
         // 100 Trying at once: routing may wait on Redis.
         self.reply(msg, from, 100, "Trying");
         self.pending.insert(
@@ -952,10 +1028,14 @@ impl Node {
                 self.trunk_result(idx, false, TrunkCause::Probe, "OPTIONS send failed");
             }
         }
-        self.arm(
-            TimerKey::ProbeTick,
-            now + self.cfg.router.probe.interval_seconds * 1000,
-        );
+        // Off, or no trunks, after a reload: the ticks stop until one turns them on.
+        if self.cfg.router.probe.interval_seconds > 0 && !self.trunks.is_empty() {
+            self.probe_armed = true;
+            self.arm(
+                TimerKey::ProbeTick,
+                now + self.cfg.router.probe.interval_seconds * 1000,
+            );
+        }
     }
 
     fn trunk_result(&mut self, idx: usize, ok: bool, cause: TrunkCause, reason: &str) {
@@ -1021,6 +1101,30 @@ impl Node {
             })
             .collect();
     }
+}
+
+/// The call state machines' settings from the router config.
+fn policy(r: &RouterConfig) -> Policy {
+    Policy {
+        provisional_timeout_ms: r.provisional_timeout_ms,
+        ring_timeout_ms: r.ring_timeout_seconds * 1000,
+        overall_timeout_ms: r.overall_timeout_seconds * 1000,
+        max_call_ms: r.max_call_seconds * 1000,
+        failover_codes: r.failover_codes.clone(),
+        advertise: r.advertised().to_string(),
+    }
+}
+
+/// Flood limiters for (untrusted sources, trusted carriers and trunks).
+fn limiters(r: &RateLimitConfig) -> (Limiter, Limiter) {
+    (
+        Limiter::new(r.per_second, r.burst, r.ban_seconds),
+        Limiter::new(
+            r.trusted_per_second,
+            r.trusted_per_second.saturating_mul(2),
+            r.ban_seconds,
+        ),
+    )
 }
 
 /// An OPTIONS probe to a trunk.

@@ -93,4 +93,30 @@ impl TestRouter {
     pub fn restart(&mut self) {
         self.proc = spawn(&self.config, self.http_port);
     }
+
+    /// The config file the router runs with (a test may rewrite it and
+    /// send SIGHUP).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...) to the router.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.proc.pid().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// `/status.json`: trunks and active calls.
+    pub fn status(&self) -> serde_json::Value {
+        ureq::get(&format!("http://127.0.0.1:{}/status.json", self.http_port))
+            .call()
+            .expect("router /status.json")
+            .body_mut()
+            .read_json()
+            .expect("status json")
+    }
 }

@@ -711,3 +711,147 @@ async fn completed_call_webhook_is_signed_retried_and_sent_after_the_row() {
     }
     assert_eq!(hooks[0].body, hooks[1].body, "the same delivery, retried");
 }
+
+/// Names of the trunks `/status.json` lists.
+fn trunk_names(r: &TestRouter) -> Vec<String> {
+    r.status()["trunks"]
+        .as_array()
+        .expect("trunks")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_swaps_trunks_without_dropping_calls_and_sigterm_drains() {
+    let w = world("reload").await;
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Uas::start(pa, Scenario::Builtin("uas"));
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("a", pa)],
+            router: "",
+            probe: "",
+        },
+    );
+    // A 4 s call on trunk a, in progress while the config changes.
+    let long = {
+        let (port, number) = (r.sip_port, w.number.clone());
+        tokio::task::spawn_blocking(move || {
+            sipp::uac(
+                port,
+                &number,
+                Scenario::Builtin("uac"),
+                "127.0.0.1",
+                1,
+                &["-d", "4000"],
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let path = r.config_path().to_path_buf();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let swapped = text.replace(
+        &format!("name = \"a\"\naddress = \"127.0.0.1:{pa}\""),
+        &format!("name = \"b\"\naddress = \"127.0.0.1:{pb}\""),
+    );
+    assert_ne!(swapped, text, "the test's trunk table moved");
+    std::fs::write(&path, &swapped).unwrap();
+    r.signal("HUP");
+    let mut names = Vec::new();
+    for _ in 0..40 {
+        names = trunk_names(&r);
+        if names == ["b"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        names,
+        ["b"],
+        "trunk table after SIGHUP\n{}",
+        r.proc.output()
+    );
+    let run = call(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &[],
+    )
+    .await;
+    assert!(run.success, "a new call after the reload\n{}", run.output);
+    let run = long.await.unwrap();
+    assert!(
+        run.success,
+        "the call in progress survived the reload (its BYE went through trunk a)\n{}",
+        run.output
+    );
+
+    // A file that does not load is refused; the running config stays.
+    std::fs::write(&path, "[router]\nudp = 5\n").unwrap();
+    r.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(trunk_names(&r), ["b"], "{}", r.proc.output());
+    assert!(
+        r.proc.output().contains("config reload refused"),
+        "{}",
+        r.proc.output()
+    );
+
+    // SIGTERM: the call in progress ends normally, a new one gets 503,
+    // every call is recorded, the router exits cleanly.
+    let long = {
+        let (port, number) = (r.sip_port, w.number.clone());
+        tokio::task::spawn_blocking(move || {
+            sipp::uac(
+                port,
+                &number,
+                Scenario::Builtin("uac"),
+                "127.0.0.1",
+                1,
+                &["-d", "3000"],
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    r.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let run = call(r.sip_port, &w.number, expect(503), "127.0.0.1", &[]).await;
+    assert!(
+        run.success,
+        "new calls are refused while draining\n{}",
+        run.output
+    );
+    let run = long.await.unwrap();
+    assert!(
+        run.success,
+        "the call in progress was let finish\n{}\n{}",
+        run.output,
+        r.proc.output()
+    );
+    let mut r = r;
+    let status = r
+        .proc
+        .terminate(Duration::from_secs(10))
+        .expect("router exits after draining");
+    assert!(status.success(), "{}", r.proc.output());
+    let rows = calls(&w, &w.number, 4).await;
+    let mut seen: Vec<(&str, &str, u16)> = rows
+        .iter()
+        .map(|c| (c.disposition.as_str(), c.final_trunk.as_str(), c.final_code))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("answered", "a", 200),
+            ("answered", "b", 200),
+            ("answered", "b", 200),
+            ("failed", "", 503)
+        ],
+        "the refused call is on record too: {rows:?}"
+    );
+}
