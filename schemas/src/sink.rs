@@ -270,12 +270,13 @@ impl<T: Table> Delivery<T> {
                 }
             }
             if open {
-                // Wait for rows (or the flush interval) to fill a batch.
-                let woke = tokio::time::timeout(self.flush, self.rx.recv()).await;
-                if let Ok(None) = woke {
-                    open = false;
-                } else if woke.is_ok() {
-                    tokio::time::sleep(self.flush.min(Duration::from_millis(50))).await;
+                // Wait for a row, then give its batch `flush` to fill: one
+                // INSERT per table per flush interval under load (a full
+                // batch goes at once, above), not one per wake-up, which
+                // would keep ClickHouse merging small parts.
+                match self.rx.recv().await {
+                    Some(()) => tokio::time::sleep(self.flush).await,
+                    None => open = false,
                 }
             }
         }
