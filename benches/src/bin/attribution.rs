@@ -11,7 +11,7 @@
 //! time: every duration, the tracker's hold, cool-down and attribution
 //! window included, is divided by `--speed`. The first phase, with a
 //! generous pool, is observed by the `pool_health` report (demand window
-//! = one simulated hour); its recommended size N is then tried at
+//! = one simulated quarter-hour); its recommended size N is then tried at
 //! `--fractions` of N, each phase with a fresh pool and the same visitors.
 //! Accuracy = calls whose `calls.session_id` is the caller's own session /
 //! calls placed (a call with no row counts as wrong too).
@@ -401,7 +401,9 @@ async fn advise(w: &World, p: &PhaseResult) -> anyhow::Result<serde_json::Value>
             .to_string()
     };
     let mut params = dialmark_schemas::reports::Params::new(&date(p.from), &date(p.to), &p.site);
-    params.window_seconds = 3600 / w.args.speed;
+    // The busy quarter-hour and the tracker's cool-down, in accelerated time.
+    params.window_seconds = 900 / w.args.speed;
+    params.cooldown_seconds = w.tracker.config.tracker.cooldown_seconds;
     let mut out = Vec::new();
     dialmark_tracker::report::run(&w.tracker.config, "pool_health", &params, "json", &mut out)
         .await?;
@@ -413,7 +415,13 @@ async fn advise(w: &World, p: &PhaseResult) -> anyhow::Result<serde_json::Value>
     Ok(serde_json::from_str(row)?)
 }
 
-fn markdown(a: &Args, advice: &serde_json::Value, n: usize, rows: &[PhaseResult]) -> String {
+fn markdown(
+    a: &Args,
+    advice: &serde_json::Value,
+    n: usize,
+    cooldown: u32,
+    rows: &[PhaseResult],
+) -> String {
     let speed = f64::from(a.speed);
     let mut s = String::new();
     s.push_str(&format!(
@@ -433,12 +441,17 @@ fn markdown(a: &Args, advice: &serde_json::Value, n: usize, rows: &[PhaseResult]
     ));
     let hold = advice["mean_hold_seconds"].as_f64().unwrap_or(0.0);
     s.push_str(&format!(
-        "Pool advisor on the observed phase (`pool_health`, demand window = one simulated hour): \
-         peak demand {} sessions/hour, mean hold {:.0} s simulated, offered load {} erlangs \
-         → **recommended pool size {n}**.\n\n",
-        advice["peak_hour_demand"],
+        "Pool advisor on the observed phase (`pool_health`, demand window = one simulated \
+         quarter-hour, cool-down {} s simulated): peak demand {} sessions/quarter-hour, mean hold \
+         {:.0} s simulated, offered load {} erlangs, {} of {} calls after their lease ended \
+         → **recommended pool size {n}** (predicted attribution loss {} %).\n\n",
+        f64::from(cooldown) * speed,
+        advice["peak_window_demand"],
         hold * speed,
         advice["offered_load_erlangs"],
+        advice["late_calls"],
+        advice["calls_on_pool"],
+        advice["predicted_loss_percent"],
     ));
     s.push_str("| phase | pool size | visits | visits without a pool number | calls | linked to the right visit | to another visit | to none | no call row | accuracy |\n");
     s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
@@ -522,7 +535,13 @@ async fn main() -> anyhow::Result<()> {
         };
         rows.push(phase(&w, i + 1, &label, size).await?);
     }
-    let md = markdown(&args, &advice, n, &rows);
+    let md = markdown(
+        &args,
+        &advice,
+        n,
+        w.tracker.config.tracker.cooldown_seconds,
+        &rows,
+    );
     println!("{md}");
     if let Some(path) = &args.markdown {
         std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
