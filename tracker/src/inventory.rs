@@ -4,6 +4,7 @@
 //! The admin API and the `admin` CLI both call this module.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use clickhouse::Row;
 use dialmark_schemas::layout::{self, NumberKind, RouteRecord, Scripts};
@@ -112,10 +113,16 @@ pub struct Inventory {
     pub clickhouse: clickhouse::Client,
     pub plan: NumberingPlan,
     pub timing: LeaseTiming,
-    /// Last site configs read from Redis: the snippet API keeps answering
-    /// (with the site's own number) while Redis is away.
-    pub site_cache: std::sync::Arc<std::sync::Mutex<HashMap<String, Site>>>,
+    /// Last site configs read from Redis, with when: served without a
+    /// Redis read for [`SITE_CACHE_TTL`] (one round trip less per visit),
+    /// and at any age while Redis is away (the snippet API keeps answering
+    /// with the site's own number).
+    pub site_cache: std::sync::Arc<std::sync::Mutex<HashMap<String, (Site, Instant)>>>,
 }
+
+/// How long a site config read from Redis is used without reading it again:
+/// a change made through another tracker instance shows after at most this.
+pub const SITE_CACHE_TTL: Duration = Duration::from_secs(2);
 
 impl Inventory {
     fn normalize(&self, field: &str, raw: &str) -> Result<String, TrackerError> {
@@ -175,12 +182,18 @@ impl Inventory {
         self.site_cache
             .lock()
             .expect("site cache")
-            .insert(site.id.clone(), site.clone());
+            .insert(site.id.clone(), (site.clone(), Instant::now()));
         info!(site = %site.id, "site saved");
         Ok(site)
     }
 
     pub async fn site(&self, id: &str) -> Result<Site, TrackerError> {
+        let cached = self.site_cache.lock().expect("site cache").get(id).cloned();
+        if let Some((site, at)) = &cached {
+            if at.elapsed() < SITE_CACHE_TTL {
+                return Ok(site.clone());
+            }
+        }
         let mut r = self.redis.clone();
         let read = redis::cmd("GET")
             .arg(layout::site_key(id))
@@ -190,8 +203,7 @@ impl Inventory {
             Ok(j) => j,
             Err(e) => {
                 // Redis away: the last known config keeps the snippet API answering.
-                let cached = self.site_cache.lock().expect("site cache").get(id).cloned();
-                return cached.ok_or(TrackerError::Redis(e));
+                return cached.map(|(site, _)| site).ok_or(TrackerError::Redis(e));
             }
         };
         let json = json.ok_or_else(|| TrackerError::NotFound(format!("unknown site {id:?}")))?;
@@ -200,7 +212,7 @@ impl Inventory {
         self.site_cache
             .lock()
             .expect("site cache")
-            .insert(id.to_string(), site.clone());
+            .insert(id.to_string(), (site.clone(), Instant::now()));
         Ok(site)
     }
 
