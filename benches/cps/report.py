@@ -352,7 +352,9 @@ def section(results):
         out += ["No results yet: run `benches/cps/run all`.", "", END]
         return "\n".join(out)
     any_r = next(iter(results.values()))
-    m = any_r["machine"]
+    # A run made before Kamailio was installed cannot name its version.
+    m = next((r["machine"] for r in results.values() if "not found" not in r["machine"]["kamailio"]),
+             any_r["machine"])
     out += [
         "SIPp carrier (UAC) → proxy → two SIPp trunks (UAS), all on one machine over loopback UDP.",
         "The proxy is dialmark-router (release build) or Kamailio with",
