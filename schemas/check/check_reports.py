@@ -311,14 +311,6 @@ def quantile_exact(values, level):
     return s[min(i, len(s) - 1)]
 
 
-def erlang_b(n, a):
-    """B(n, A) by the recursion B(0) = 1, B(k) = A B(k-1) / (k + A B(k-1))."""
-    b = 1.0
-    for k in range(1, n + 1):
-        b = a * b / (k + a * b)
-    return b
-
-
 def advise(load, lam, late_delays, calls_on_pool, cooldown=COOLDOWN, target=0.005):
     """The pool advisor: smallest N >= 1 with B(N, A) + M(N) < target, and that loss.
 
@@ -327,11 +319,13 @@ def advise(load, lam, late_delays, calls_on_pool, cooldown=COOLDOWN, target=0.00
     if load <= 0:
         return 1, 0.0
     safe_from = [0 if d <= cooldown else math.ceil(load + (d - cooldown) * lam) for d in late_delays]
-    n = 0
+    # Erlang B by the recursion B(0) = 1, B(n) = A B(n-1) / (n + A B(n-1)).
+    b, n = 1.0, 0
     while True:
         n += 1
+        b = load * b / (n + load * b)
         unsafe = sum(1 for x in safe_from if x > n)
-        loss = erlang_b(n, load) + (unsafe / calls_on_pool if calls_on_pool else 0.0)
+        loss = b + (unsafe / calls_on_pool if calls_on_pool else 0.0)
         if loss < target:
             return n, loss
 

@@ -26,59 +26,47 @@ pub struct Merged {
 /// `new` with every setting that needs a restart put back to `old`'s.
 pub fn merge(old: &Config, mut new: Config) -> Merged {
     let mut needs_restart = Vec::new();
-    let mut keep = |name: &'static str, changed: bool| {
-        if changed {
-            needs_restart.push(name);
-        }
-        changed
-    };
-    if keep("redis", old.redis != new.redis) {
-        new.redis = old.redis.clone();
-    }
-    if keep("clickhouse", old.clickhouse != new.clickhouse) {
-        new.clickhouse = old.clickhouse.clone();
-    }
-    if keep("sink", old.sink != new.sink) {
-        new.sink = old.sink.clone();
-    }
+    let mut keep = Restore(&mut needs_restart);
+    keep.field("redis", &old.redis, &mut new.redis);
+    keep.field("clickhouse", &old.clickhouse, &mut new.clickhouse);
+    keep.field("sink", &old.sink, &mut new.sink);
     let (o, n) = (&old.router, &mut new.router);
-    if keep("router.udp", o.udp != n.udp) {
-        n.udp = o.udp;
-    }
-    if keep("router.tcp", o.tcp != n.tcp) {
-        n.tcp = o.tcp;
-    }
-    if keep(
+    keep.field("router.udp", &o.udp, &mut n.udp);
+    keep.field("router.tcp", &o.tcp, &mut n.tcp);
+    keep.field(
         "router.tcp_message_timeout_ms",
-        o.tcp_message_timeout_ms != n.tcp_message_timeout_ms,
-    ) {
-        n.tcp_message_timeout_ms = o.tcp_message_timeout_ms;
-    }
+        &o.tcp_message_timeout_ms,
+        &mut n.tcp_message_timeout_ms,
+    );
     // Dialogs in progress route in-dialog requests to the advertised address.
-    if keep("router.advertise", o.advertise != n.advertise) {
-        n.advertise = o.advertise;
-    }
-    if keep("router.http", o.http != n.http) {
-        n.http = o.http;
-    }
-    if keep(
+    keep.field("router.advertise", &o.advertise, &mut n.advertise);
+    keep.field("router.http", &o.http, &mut n.http);
+    keep.field(
         "router.route_cache_ms",
-        o.route_cache_ms != n.route_cache_ms,
-    ) {
-        n.route_cache_ms = o.route_cache_ms;
-    }
-    if keep("router.call_webhook", o.call_webhook != n.call_webhook) {
-        n.call_webhook = o.call_webhook.clone();
-    }
-    if keep(
+        &o.route_cache_ms,
+        &mut n.route_cache_ms,
+    );
+    keep.field("router.call_webhook", &o.call_webhook, &mut n.call_webhook);
+    keep.field(
         "tracker.attribution_window_seconds",
-        old.tracker.attribution_window_seconds != new.tracker.attribution_window_seconds,
-    ) {
-        new.tracker.attribution_window_seconds = old.tracker.attribution_window_seconds;
-    }
+        &old.tracker.attribution_window_seconds,
+        &mut new.tracker.attribution_window_seconds,
+    );
     Merged {
         config: new,
         needs_restart,
+    }
+}
+
+/// Puts a changed restart-only setting back and names it.
+struct Restore<'a>(&'a mut Vec<&'static str>);
+
+impl Restore<'_> {
+    fn field<T: PartialEq + Clone>(&mut self, name: &'static str, old: &T, new: &mut T) {
+        if old != new {
+            *new = old.clone();
+            self.0.push(name);
+        }
     }
 }
 

@@ -130,6 +130,19 @@ async fn attempts(w: &World, number: &str, expect: usize) -> Vec<AttemptRow> {
     rows
 }
 
+/// One SIPp call, running in the background (e.g. while the router is
+/// signalled).
+fn spawn_call(
+    router: u16,
+    number: &str,
+    scenario: Scenario,
+    local_ip: &'static str,
+    extra: &'static [&'static str],
+) -> tokio::task::JoinHandle<sipp::UacRun> {
+    let number = number.to_string();
+    tokio::task::spawn_blocking(move || sipp::uac(router, &number, scenario, local_ip, 1, extra))
+}
+
 async fn call(
     router: u16,
     number: &str,
@@ -137,8 +150,7 @@ async fn call(
     local_ip: &'static str,
     extra: &'static [&'static str],
 ) -> sipp::UacRun {
-    let number = number.to_string();
-    tokio::task::spawn_blocking(move || sipp::uac(router, &number, scenario, local_ip, 1, extra))
+    spawn_call(router, number, scenario, local_ip, extra)
         .await
         .unwrap()
 }
@@ -737,19 +749,13 @@ async fn sighup_swaps_trunks_without_dropping_calls_and_sigterm_drains() {
         },
     );
     // A 4 s call on trunk a, in progress while the config changes.
-    let long = {
-        let (port, number) = (r.sip_port, w.number.clone());
-        tokio::task::spawn_blocking(move || {
-            sipp::uac(
-                port,
-                &number,
-                Scenario::Builtin("uac"),
-                "127.0.0.1",
-                1,
-                &["-d", "4000"],
-            )
-        })
-    };
+    let long = spawn_call(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &["-d", "4000"],
+    );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let path = r.config_path().to_path_buf();
     let text = std::fs::read_to_string(&path).unwrap();
@@ -803,19 +809,13 @@ async fn sighup_swaps_trunks_without_dropping_calls_and_sigterm_drains() {
 
     // SIGTERM: the call in progress ends normally, a new one gets 503,
     // every call is recorded, the router exits cleanly.
-    let long = {
-        let (port, number) = (r.sip_port, w.number.clone());
-        tokio::task::spawn_blocking(move || {
-            sipp::uac(
-                port,
-                &number,
-                Scenario::Builtin("uac"),
-                "127.0.0.1",
-                1,
-                &["-d", "3000"],
-            )
-        })
-    };
+    let long = spawn_call(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &["-d", "3000"],
+    );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     r.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -189,11 +189,10 @@ impl Inventory {
 
     pub async fn site(&self, id: &str) -> Result<Site, TrackerError> {
         let cached = self.site_cache.lock().expect("site cache").get(id).cloned();
-        if let Some((site, at)) = &cached {
-            if at.elapsed() < SITE_CACHE_TTL {
-                return Ok(site.clone());
-            }
-        }
+        let stale = match cached {
+            Some((site, at)) if at.elapsed() < SITE_CACHE_TTL => return Ok(site),
+            c => c.map(|(site, _)| site),
+        };
         let mut r = self.redis.clone();
         let read = redis::cmd("GET")
             .arg(layout::site_key(id))
@@ -203,7 +202,7 @@ impl Inventory {
             Ok(j) => j,
             Err(e) => {
                 // Redis away: the last known config keeps the snippet API answering.
-                return cached.map(|(site, _)| site).ok_or(TrackerError::Redis(e));
+                return stale.ok_or(TrackerError::Redis(e));
             }
         };
         let json = json.ok_or_else(|| TrackerError::NotFound(format!("unknown site {id:?}")))?;
