@@ -190,16 +190,8 @@ impl Node {
     ) -> Node {
         let r = &cfg.router;
         let advertise = r.advertised().to_string();
-        let now = now_ms();
-        let trunks = r
-            .trunks
-            .iter()
-            .map(|t| TrunkRuntime {
-                cfg: t.clone(),
-                health: Health::new(r.probe.down_after, r.probe.up_after, now),
-                active: 0,
-            })
-            .collect();
+        // The table a reload would build from nothing: every trunk new and up.
+        let (trunks, _) = crate::reload::trunks(Vec::new(), &r.trunks, &r.probe, now_ms());
         let (limit_untrusted, limit_trusted) = limiters(&r.rate_limit);
         Node {
             policy: policy(r),
