@@ -9,12 +9,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
+use crate::app::{AppState, Shared};
 use crate::error::TrackerError;
 use crate::inventory::{AddNumbers, Inventory, PoolDef, QuarantineEntry, Site};
 use crate::pool;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Shared> {
     Router::new()
         .route("/v1/admin/sites/{id}", put(put_site).get(get_site))
         .route("/v1/admin/pools/{id}", put(put_pool).get(get_pool))
@@ -55,7 +55,7 @@ fn body<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Result<T, TrackerError> {
 }
 
 async fn put_site(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: axum::body::Bytes,
@@ -67,7 +67,7 @@ async fn put_site(
 }
 
 async fn get_site(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Site>, TrackerError> {
@@ -76,7 +76,7 @@ async fn get_site(
 }
 
 async fn put_pool(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: axum::body::Bytes,
@@ -88,7 +88,7 @@ async fn put_pool(
 }
 
 async fn get_pool(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, TrackerError> {
@@ -100,7 +100,7 @@ async fn get_pool(
 }
 
 async fn add_numbers(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, TrackerError> {
@@ -114,7 +114,7 @@ async fn add_numbers(
 }
 
 async fn get_number(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     Path(number): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, TrackerError> {
@@ -139,7 +139,7 @@ struct Destinations {
 }
 
 async fn set_destinations(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     Path(number): Path<String>,
     headers: HeaderMap,
     bytes: axum::body::Bytes,
@@ -160,7 +160,7 @@ struct Retire {
 }
 
 async fn retire(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     Path(number): Path<String>,
     headers: HeaderMap,
     bytes: axum::body::Bytes,
@@ -184,7 +184,7 @@ async fn retire(
 }
 
 async fn quarantine(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<QuarantineEntry>>, TrackerError> {
     authorize(&s, &headers)?;
@@ -194,7 +194,7 @@ async fn quarantine(
 }
 
 async fn release_quarantine(
-    State(s): State<AppState>,
+    State(s): State<Shared>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, TrackerError> {
     authorize(&s, &headers)?;

@@ -34,6 +34,10 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
 }
 
+/// What handlers get: the state behind one `Arc`, so a request clones a
+/// pointer rather than every handle in [`AppState`].
+pub type Shared = Arc<AppState>;
+
 /// Writer tasks of the sinks; awaited on shutdown so queued rows are flushed.
 pub struct SinkTasks(pub Vec<JoinHandle<()>>);
 
@@ -124,7 +128,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(count_requests))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 /// Counts requests by route and status (`dialmark_http_requests_total`).
@@ -140,7 +144,7 @@ async fn count_requests(req: axum::extract::Request, next: axum::middleware::Nex
 }
 
 /// Serves the built snippet with an ETag so browsers revalidate cheaply.
-async fn snippet(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn snippet(State(state): State<Shared>, headers: HeaderMap) -> Response {
     let path = &state.config.tracker.snippet_path;
     let Ok(body) = tokio::fs::read(path).await else {
         tracing::error!(path = %path.display(), "snippet file missing; build js-snippet");
@@ -170,7 +174,7 @@ async fn snippet(State(state): State<AppState>, headers: HeaderMap) -> Response 
 }
 
 /// The demo page of `ops/up`, when configured.
-async fn demo(State(state): State<AppState>) -> Response {
+async fn demo(State(state): State<Shared>) -> Response {
     let Some(path) = &state.config.tracker.demo_page else {
         return (StatusCode::NOT_FOUND, "no demo page configured\n").into_response();
     };
@@ -181,7 +185,7 @@ async fn demo(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus text: request and lease metrics, plus pool sizes read now.
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Shared>) -> Response {
     let Some(handle) = &state.metrics else {
         return (StatusCode::NOT_FOUND, "metrics recorder not installed\n").into_response();
     };

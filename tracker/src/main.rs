@@ -106,6 +106,12 @@ enum AdminOp {
     PoolStats { pool: String },
 }
 
+// A visit allocates and frees a few hundred small objects on two worker
+// threads; glibc malloc spent a fifth of the tracker's CPU on them under
+// load (benches/README.md, "Tracker"), mimalloc far less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     dialmark_schemas::runtime::init_tracing();

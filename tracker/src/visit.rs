@@ -14,7 +14,7 @@ use dialmark_schemas::rows::{LeaseEvent, NumberKind, Visit};
 use serde::{Deserialize, Serialize};
 use tracing::{info_span, warn, Instrument};
 
-use crate::app::AppState;
+use crate::app::Shared;
 use crate::error::TrackerError;
 use crate::geo::{self, Place};
 use crate::inventory::{format_display, Site};
@@ -230,7 +230,7 @@ pub fn choose_pool<'a>(site: &'a Site, place: &Place) -> &'a str {
 }
 
 pub async fn create(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
@@ -362,7 +362,7 @@ pub fn keepalive_interval(hold: u32) -> u32 {
 }
 
 pub async fn keepalive(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Path(session): Path<String>,
     headers: HeaderMap,
     body: Bytes,
