@@ -32,6 +32,7 @@ pub struct AppState {
     pub visits: Sink<Visit>,
     pub leases: Sink<NumberLease>,
     pub metrics: Option<PrometheusHandle>,
+    pub exhaustion_log: Arc<visit::ExhaustionLog>,
 }
 
 /// What handlers get: the state behind one `Arc`, so a request clones a
@@ -81,6 +82,7 @@ impl AppState {
                 visits,
                 leases,
                 metrics,
+                exhaustion_log: Default::default(),
             },
             SinkTasks(vec![t1, t2, t3]),
         ))

@@ -3,7 +3,9 @@
 //! Bodies are JSON (also when sent as `text/plain` to skip a CORS
 //! preflight); CORS is limited to each site's configured origins.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
@@ -277,7 +279,9 @@ pub async fn create(
                     Allocation::Exhausted => {
                         metrics::counter!("dialmark_pool_exhausted_total", "pool" => pool_id.clone()).increment(1);
                         let overflow = state.inventory.pool(&pool_id).await.ok().and_then(|p| p.overflow_number);
-                        warn!(pool.id = %pool_id, "pool exhausted; handing out the overflow number");
+                        if let Some(not_logged) = state.exhaustion_log.admit(&pool_id, now) {
+                            warn!(pool.id = %pool_id, not_logged, "pool exhausted; handing out the overflow number");
+                        }
                         match overflow {
                             Some(n) => {
                                 state.lease_event(&site.id, &pool_id, &n, &session, &visitor, LeaseEvent::Overflow, now, now);
@@ -356,6 +360,39 @@ pub async fn create(
     .await
 }
 
+/// Rate-limits the "pool exhausted" warning: a pool that runs dry under load
+/// would otherwise log a line per visit (thousands a second). The first
+/// exhausted visit of a pool in each window logs, with how many were not
+/// logged since; `dialmark_pool_exhausted_total` counts every one.
+#[derive(Debug, Default)]
+pub struct ExhaustionLog {
+    /// Pool id → (when it last logged, exhausted visits not logged since).
+    pools: Mutex<HashMap<String, (u32, u64)>>,
+}
+
+impl ExhaustionLog {
+    pub const WINDOW_SECONDS: u32 = 10;
+
+    /// `Some(not_logged)` when this exhausted visit at `now` should log.
+    pub fn admit(&self, pool: &str, now: u32) -> Option<u64> {
+        let mut pools = self.pools.lock().expect("exhaustion log lock");
+        match pools.get_mut(pool) {
+            Some((last, skipped)) if now < last.saturating_add(Self::WINDOW_SECONDS) => {
+                *skipped += 1;
+                None
+            }
+            Some((last, skipped)) => {
+                *last = now;
+                Some(std::mem::take(skipped))
+            }
+            None => {
+                pools.insert(pool.to_string(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
 /// Keep-alives come often enough that two can be lost within a hold.
 pub fn keepalive_interval(hold: u32) -> u32 {
     (hold / 3).clamp(1, 60)
@@ -426,6 +463,18 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn exhaustion_is_logged_once_per_window_per_pool() {
+        let log = ExhaustionLog::default();
+        assert_eq!(log.admit("a", 100), Some(0));
+        assert_eq!(log.admit("a", 100), None);
+        assert_eq!(log.admit("a", 109), None);
+        assert_eq!(log.admit("b", 105), Some(0), "pools are limited apart");
+        assert_eq!(log.admit("a", 110), Some(2), "says how many it left out");
+        assert_eq!(log.admit("a", 111), None);
+        assert_eq!(log.admit("a", 130), Some(1));
     }
 
     #[test]
