@@ -19,7 +19,9 @@ mixed = next(s for n, s in steps.items() if n.startswith("mixed-"))
 opened = next(s for n, s in steps.items() if n.startswith("open-"))
 paused = next(s for n, s in steps.items() if n.startswith("paused-"))
 best = max(closed, key=lambda s: s["visit_rate"])
-alloc, ka = rb["allocate"]["rps"], rb["keepalive"]["rps"]
+# The peer ran before and after the tracker's steps; the faster run is the
+# limit (the VM's speed drifts, and the slower run would flatter the ratio).
+alloc, ka = max(rb["allocate"]["rps"], rb["allocate_after"]["rps"]), rb["keepalive"]["rps"]
 # A visit is one EVALSHA allocate, a keep-alive one EVALSHA keepalive (the
 # site config comes from the tracker's 2 s cache): Redis's own ceiling for
 # the mix, from the redis-benchmark rates (time per command adds up on
@@ -59,7 +61,7 @@ w("")
 w("| | result | target |")
 w("| --- | ---: | --- |")
 w("| max visit rate (closed loop, %d connections) | **%.0f visits/s** | |" % (best["connections"], best["visit_rate"]))
-w("| ratio to raw EVALSHA allocate (redis-benchmark, 50 clients) | **%.0f %%** (%.0f / %.0f) | ≥ 50 %%: %s |"
+w("| ratio to raw EVALSHA allocate (redis-benchmark, 50 clients, the faster of its runs before and after the tracker's) | **%.0f %%** (%.0f / %.0f) | ≥ 50 %%: %s |"
   % (100 * ratio, best["visit_rate"], alloc, "met" if ratio >= 0.5 else "not met"))
 w("| latency at 50 %% of max (open loop, %.0f visits/s for %s s): p50 / p99 | **%.2f / %.2f ms** | p99 < 5 ms: %s |"
   % (opened["target_rate"], lat_s, opened["visit_ms"]["p50"], p99, "met" if p99 < 5 else "not met"))
@@ -79,13 +81,19 @@ w("Redis's limit (redis-benchmark on the same Redis, `-c 50`, no pipelining unle
 w("")
 w("| command | calls/s | p50 / p99 ms | Redis CPU % | Redis CPU µs per call |")
 w("| --- | ---: | ---: | ---: | ---: |")
-names = [("allocate", "EVALSHA allocate.lua"), ("allocate_pipelined", "EVALSHA allocate.lua, `-P 16`"),
+names = [("allocate", "EVALSHA allocate.lua (a new lease per call)"),
+         ("allocate_after", "the same, after the tracker's closed-loop steps"),
+         ("allocate_pipelined", "EVALSHA allocate.lua, `-P 16`"),
          ("keepalive", "EVALSHA keepalive.lua (live leases)"), ("site_get", "GET dm:site:ID")]
 for key, label in names:
     r = rb[key]
     busy = r["cpu_s"]["redis"] / r["wall_s"]
     w("| %s | %.0f | %.3f / %.3f | %.0f | %.1f |" % (label, r["rps"], r["p50_ms"], r["p99_ms"], 100 * busy,
                                                    1e6 * busy / r["rps"]))
+rb_leases, rb_calls = open(var + "/rb/leases.txt").read().split()
+w("")
+w("All allocate rows lease a number on every call, as a visit does (checked by the run: %s leases "
+  "after %s calls; a few random session ids repeat)." % (rb_leases, rb_calls))
 w("")
 w("A visit costs Redis the allocate script, a keep-alive the keep-alive script (the site config "
   "comes from the tracker's 2 s cache; the `GET` row is what each visit cost before that cache); "

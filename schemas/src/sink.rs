@@ -94,7 +94,7 @@ impl Outbox {
         Self { writer, wake }
     }
 
-    fn append(&mut self, payloads: &[&[u8]]) -> std::io::Result<()> {
+    fn append(&mut self, payloads: &[Vec<u8>]) -> std::io::Result<()> {
         for p in payloads {
             self.writer.append(p)?;
         }
@@ -164,7 +164,7 @@ impl<T: Table> Sink<T> {
         let (wake, rx) = mpsc::channel(1);
         let task = Delivery::<T> {
             client,
-            reader,
+            reader: Arc::new(Mutex::new(reader)),
             rx,
             stats: stats.clone(),
             dead_letter: dir.join("dead-letter.jsonl"),
@@ -225,7 +225,8 @@ impl<T: Table> Sink<T> {
 
 struct Delivery<T: Table> {
     client: Client,
-    reader: spool::Reader,
+    /// Shared with the blocking task that reads and decodes each batch.
+    reader: Arc<Mutex<spool::Reader>>,
     rx: mpsc::Receiver<()>,
     stats: Arc<SinkStats>,
     dead_letter: PathBuf,
@@ -282,30 +283,37 @@ impl<T: Table> Delivery<T> {
         }
     }
 
+    /// Reads and decodes the next batch on a blocking thread: thousands of
+    /// JSON rows are milliseconds of CPU, and on an async worker they would
+    /// stall every request queued behind the delivery.
+    async fn next_batch(&self) -> std::io::Result<Batch<T>> {
+        let reader = self.reader.clone();
+        let max = self.batch_rows;
+        tokio::task::spawn_blocking(move || {
+            let (payloads, pos) = reader.lock().expect("spool reader lock").read(max)?;
+            Ok(Batch::decode(payloads, pos))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
     async fn deliver_one(&mut self) -> Outcome {
-        let (payloads, pos) = match self.reader.read(self.batch_rows) {
-            Ok(r) => r,
+        let Batch {
+            rows,
+            decoded,
+            undecodable,
+            pos,
+        } = match self.next_batch().await {
+            Ok(b) => b,
             Err(e) => {
                 error!(table = T::TABLE, cause = %e, "spool read failed");
                 return Outcome::Retry;
             }
         };
-        if payloads.is_empty() {
+        if rows.is_empty() && undecodable.is_empty() {
             return Outcome::Empty;
         }
-        let full = payloads.len() >= self.batch_rows;
-        let mut rows = Vec::with_capacity(payloads.len());
-        let mut decoded = Vec::with_capacity(payloads.len());
-        let mut undecodable = Vec::new();
-        for p in &payloads {
-            match serde_json::from_slice::<T>(p) {
-                Ok(r) => {
-                    rows.push(r);
-                    decoded.push(p.as_slice());
-                }
-                Err(_) => undecodable.push(p.clone()),
-            }
-        }
+        let full = rows.len() + undecodable.len() >= self.batch_rows;
         if !undecodable.is_empty() {
             self.dead(&undecodable, "undecodable spool record");
         }
@@ -324,7 +332,7 @@ impl<T: Table> Delivery<T> {
                         // Not acked: the batch is inserted again (deduped)
                         // and handed on again later.
                         error!(table = T::TABLE, cause = %e, "outbox write failed; batch kept");
-                        self.reader.rewind();
+                        self.rewind();
                         return Outcome::Retry;
                     }
                 }
@@ -334,7 +342,7 @@ impl<T: Table> Delivery<T> {
             Err(e) if crate::ch::retryable(&e) => {
                 self.stats.insert_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(table = T::TABLE, rows = rows.len(), cause = %e, "insert failed; rows stay in the spool");
-                self.reader.rewind();
+                self.rewind();
                 Outcome::Retry
             }
             Err(e) => {
@@ -343,7 +351,7 @@ impl<T: Table> Delivery<T> {
                     .poisoned
                     .fetch_add(rows.len() as u64, Ordering::Relaxed);
                 error!(table = T::TABLE, rows = rows.len(), cause = %e, dead_letter = %self.dead_letter.display(), "clickhouse rejected a batch; moved to the dead-letter file");
-                self.dead(&payloads, &e.to_string());
+                self.dead(&decoded, &e.to_string());
                 self.ack(pos);
                 Outcome::Delivered { full }
             }
@@ -351,12 +359,17 @@ impl<T: Table> Delivery<T> {
     }
 
     fn ack(&mut self, pos: spool::Pos) {
-        if let Err(e) = self.reader.ack(pos) {
+        let mut reader = self.reader.lock().expect("spool reader lock");
+        if let Err(e) = reader.ack(pos) {
             error!(table = T::TABLE, cause = %e, "spool ack failed; rows may be inserted again");
         }
         self.stats
             .spool_bytes
-            .store(self.reader.backlog_bytes(), Ordering::Relaxed);
+            .store(reader.backlog_bytes(), Ordering::Relaxed);
+    }
+
+    fn rewind(&mut self) {
+        self.reader.lock().expect("spool reader lock").rewind();
     }
 
     fn dead(&self, payloads: &[Vec<u8>], reason: &str) {
@@ -373,6 +386,39 @@ impl<T: Table> Delivery<T> {
     }
 }
 
+/// One batch read off the spool: the rows that decoded (with their spool
+/// records, for the outbox and the dead-letter file), the records that did
+/// not, and where the batch ends.
+struct Batch<T> {
+    rows: Vec<T>,
+    decoded: Vec<Vec<u8>>,
+    undecodable: Vec<Vec<u8>>,
+    pos: spool::Pos,
+}
+
+impl<T: Table> Batch<T> {
+    fn decode(payloads: Vec<Vec<u8>>, pos: spool::Pos) -> Self {
+        let mut rows = Vec::with_capacity(payloads.len());
+        let mut decoded = Vec::with_capacity(payloads.len());
+        let mut undecodable = Vec::new();
+        for p in payloads {
+            match serde_json::from_slice::<T>(&p) {
+                Ok(r) => {
+                    rows.push(r);
+                    decoded.push(p);
+                }
+                Err(_) => undecodable.push(p),
+            }
+        }
+        Self {
+            rows,
+            decoded,
+            undecodable,
+            pos,
+        }
+    }
+}
+
 enum Outcome {
     Delivered { full: bool },
     Empty,
@@ -385,4 +431,34 @@ async fn insert<T: Table>(client: &Client, rows: &[T]) -> Result<(), clickhouse:
         insert.write(row).await?;
     }
     insert.end().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::{TrunkCause, TrunkEvent, TrunkState};
+
+    #[test]
+    fn a_batch_keeps_undecodable_records_apart() {
+        let row = TrunkEvent {
+            event_id: uuid::Uuid::new_v4(),
+            ts: 1_800_000_000,
+            trunk: "t1".into(),
+            trunk_group: "g".into(),
+            state: TrunkState::Down,
+            previous: TrunkState::Up,
+            cause: TrunkCause::Probe,
+            reason: "test".into(),
+        };
+        let good = serde_json::to_vec(&row).unwrap();
+        let bad = b"{\"trunk\": 1".to_vec();
+        let pos = spool::Pos { seq: 3, offset: 42 };
+        let batch = Batch::<TrunkEvent>::decode(vec![bad.clone(), good.clone()], pos);
+        assert_eq!(batch.rows.len(), 1);
+        assert_eq!(batch.rows[0].trunk, "t1");
+        // The outbox and the dead-letter file get the records as spooled.
+        assert_eq!(batch.decoded, vec![good]);
+        assert_eq!(batch.undecodable, vec![bad]);
+        assert_eq!(batch.pos, pos);
+    }
 }
