@@ -4,6 +4,7 @@
 //! table, a Redis key or a config field is one change in one place.
 //!
 //! # Layout
+//! - [`background`]: the low-priority thread the sinks deliver from.
 //! - [`ch`]: building a ClickHouse client; retry vs poison errors.
 //! - [`config`]: the one TOML config format of both services, with defaults
 //!   and a `validate()` that names the bad field.
@@ -20,6 +21,7 @@
 //! - [`error`]: the crate's error type.
 #![forbid(unsafe_code)]
 
+pub mod background;
 pub mod ch;
 pub mod config;
 pub mod error;

@@ -12,6 +12,9 @@
 //! Batches ClickHouse rejects as invalid (schema errors) are moved to a
 //! dead-letter file instead of blocking the table forever.
 //!
+//! Deliveries run on the [`crate::background`] thread, below the request
+//! path's CPU priority; `push` is the only part on the caller's thread.
+//!
 //! A sink may hand its acknowledged rows on to an [`Outbox`]: another spool
 //! whose reader (the completed-call webhook) thus sees a row only once it is
 //! final in ClickHouse. Rows are appended there before the batch is acked,
@@ -74,6 +77,8 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    #[error("could not start the sink thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("row of {table} could not be encoded: {message}")]
     Encode {
         table: &'static str,
@@ -164,7 +169,7 @@ impl<T: Table> Sink<T> {
         let (wake, rx) = mpsc::channel(1);
         let task = Delivery::<T> {
             client,
-            reader: Arc::new(Mutex::new(reader)),
+            reader,
             rx,
             stats: stats.clone(),
             dead_letter: dir.join("dead-letter.jsonl"),
@@ -173,7 +178,9 @@ impl<T: Table> Sink<T> {
             flush: Duration::from_millis(cfg.flush_ms),
             _row: PhantomData,
         };
-        let handle = tokio::spawn(task.run());
+        let handle = crate::background::handle()
+            .map_err(SinkError::Thread)?
+            .spawn(task.run());
         Ok((
             Self {
                 writer: Arc::new(Mutex::new(writer)),
@@ -225,8 +232,7 @@ impl<T: Table> Sink<T> {
 
 struct Delivery<T: Table> {
     client: Client,
-    /// Shared with the blocking task that reads and decodes each batch.
-    reader: Arc<Mutex<spool::Reader>>,
+    reader: spool::Reader,
     rx: mpsc::Receiver<()>,
     stats: Arc<SinkStats>,
     dead_letter: PathBuf,
@@ -283,18 +289,12 @@ impl<T: Table> Delivery<T> {
         }
     }
 
-    /// Reads and decodes the next batch on a blocking thread: thousands of
-    /// JSON rows are milliseconds of CPU, and on an async worker they would
-    /// stall every request queued behind the delivery.
-    async fn next_batch(&self) -> std::io::Result<Batch<T>> {
-        let reader = self.reader.clone();
-        let max = self.batch_rows;
-        tokio::task::spawn_blocking(move || {
-            let (payloads, pos) = reader.lock().expect("spool reader lock").read(max)?;
-            Ok(Batch::decode(payloads, pos))
-        })
-        .await
-        .map_err(std::io::Error::other)?
+    /// Reads and decodes the next batch, in place: this task runs on the
+    /// low-priority delivery thread, where milliseconds of decoding only
+    /// delay the other sinks' deliveries.
+    fn next_batch(&mut self) -> std::io::Result<Batch<T>> {
+        let (payloads, pos) = self.reader.read(self.batch_rows)?;
+        Ok(Batch::decode(payloads, pos))
     }
 
     async fn deliver_one(&mut self) -> Outcome {
@@ -303,7 +303,7 @@ impl<T: Table> Delivery<T> {
             decoded,
             undecodable,
             pos,
-        } = match self.next_batch().await {
+        } = match self.next_batch() {
             Ok(b) => b,
             Err(e) => {
                 error!(table = T::TABLE, cause = %e, "spool read failed");
@@ -332,7 +332,7 @@ impl<T: Table> Delivery<T> {
                         // Not acked: the batch is inserted again (deduped)
                         // and handed on again later.
                         error!(table = T::TABLE, cause = %e, "outbox write failed; batch kept");
-                        self.rewind();
+                        self.reader.rewind();
                         return Outcome::Retry;
                     }
                 }
@@ -342,7 +342,7 @@ impl<T: Table> Delivery<T> {
             Err(e) if crate::ch::retryable(&e) => {
                 self.stats.insert_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(table = T::TABLE, rows = rows.len(), cause = %e, "insert failed; rows stay in the spool");
-                self.rewind();
+                self.reader.rewind();
                 Outcome::Retry
             }
             Err(e) => {
@@ -359,17 +359,12 @@ impl<T: Table> Delivery<T> {
     }
 
     fn ack(&mut self, pos: spool::Pos) {
-        let mut reader = self.reader.lock().expect("spool reader lock");
-        if let Err(e) = reader.ack(pos) {
+        if let Err(e) = self.reader.ack(pos) {
             error!(table = T::TABLE, cause = %e, "spool ack failed; rows may be inserted again");
         }
         self.stats
             .spool_bytes
-            .store(reader.backlog_bytes(), Ordering::Relaxed);
-    }
-
-    fn rewind(&mut self) {
-        self.reader.lock().expect("spool reader lock").rewind();
+            .store(self.reader.backlog_bytes(), Ordering::Relaxed);
     }
 
     fn dead(&self, payloads: &[Vec<u8>], reason: &str) {

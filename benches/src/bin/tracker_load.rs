@@ -11,10 +11,15 @@
 //! - open loop (`--rate R` visits/s): visit `i` is due at `i / R`, on
 //!   connection `i % connections`; its latency counts from when it was due,
 //!   not from when it was sent, so a server stall is not hidden by the
-//!   client waiting for it (no coordinated omission).
+//!   client waiting for it (no coordinated omission). A plain thread sleeps
+//!   to each due time and hands the visit to its connection: tokio's timer
+//!   ticks in whole milliseconds, which alone made visits up to 1 ms late.
 //!
 //! Requests finished (closed) or due (open) in the first `--warmup` seconds
-//! are not counted. Prints one JSON object: counts, rates, latency
+//! are not counted. `--latencies FILE` also writes each counted visit as a
+//! line `START_US LATENCY_US` (start: when it was due or sent, from the
+//! run's start), to pool several runs or see when slow visits happened.
+//! Prints one JSON object: counts, rates, latency
 //! percentiles per request kind, status codes and the number kinds handed
 //! out (anything but `pool` means the pool ran out or Redis failed).
 
@@ -26,6 +31,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 #[derive(Parser, Debug, Clone)]
@@ -52,12 +58,17 @@ struct Args {
     /// Visits per second (open loop); closed loop when absent.
     #[arg(long)]
     rate: Option<f64>,
+    /// Write every counted visit's start and latency here.
+    #[arg(long)]
+    latencies: Option<std::path::PathBuf>,
 }
 
 /// What one connection measured.
 #[derive(Default)]
 struct Tally {
     visit_us: Vec<u32>,
+    /// When each counted visit started (due or sent), µs from the run's start.
+    start_us: Vec<u32>,
     /// Open loop: how late each visit was sent (the client's own timer
     /// resolution and any backlog on its connection).
     late_us: Vec<u32>,
@@ -73,6 +84,7 @@ struct Tally {
 impl Tally {
     fn merge(&mut self, o: Tally) {
         self.visit_us.extend(o.visit_us);
+        self.start_us.extend(o.start_us);
         self.late_us.extend(o.late_us);
         self.keepalive_us.extend(o.keepalive_us);
         for (k, v) in o.status {
@@ -161,6 +173,8 @@ struct Requests {
     host: String,
     site: String,
     origin: String,
+    /// Keep-alives after each visit.
+    keepalives: u32,
 }
 
 const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
@@ -219,13 +233,14 @@ struct VisitAnswer {
 }
 
 /// Runs one visitor (visit + keep-alives) on `conn`; `due` is when the
-/// visit was due (its latency starts there). Returns false on an I/O error.
+/// visit was due (its latency starts there), `t0` the run's start. Returns
+/// false on an I/O error.
 async fn visitor(
     conn: &mut Conn,
     reqs: &Requests,
     n: u64,
-    keepalives: u32,
     due: Instant,
+    t0: Instant,
     counted: impl Fn(Instant) -> bool,
     t: &mut Tally,
 ) -> bool {
@@ -244,6 +259,7 @@ async fn visitor(
     let count = counted(done);
     if count {
         t.visit_us.push(micros(done - due));
+        t.start_us.push(micros(due - t0));
         t.late_us.push(micros(sent - due));
         *t.status.entry(answer.0).or_default() += 1;
     }
@@ -253,7 +269,7 @@ async fn visitor(
     if count {
         *t.kinds.entry(v.kind).or_default() += 1;
     }
-    for _ in 0..keepalives {
+    for _ in 0..reqs.keepalives {
         let sent = Instant::now();
         match conn.call(&reqs.keepalive(&v.session_id)).await {
             Ok((status, _)) => {
@@ -276,7 +292,37 @@ fn micros(d: Duration) -> u32 {
     d.as_micros().min(u128::from(u32::MAX)) as u32
 }
 
-async fn connection(a: Args, reqs: std::sync::Arc<Requests>, idx: usize, t0: Instant) -> Tally {
+/// A visit's number and when it is due (open loop).
+type Due = (u64, Instant);
+
+/// Open loop: sleeps to each visit's due time and hands it to its
+/// connection. The kernel's high-resolution timers wake this thread tens of
+/// microseconds late; tokio's timer would be up to a millisecond late.
+fn pace(rate: f64, t0: Instant, until: Instant, conns: Vec<mpsc::UnboundedSender<Due>>) {
+    let (t0, until) = (t0.into_std(), until.into_std());
+    for i in 0u64.. {
+        let due = t0 + Duration::from_secs_f64(i as f64 / rate);
+        if due >= until {
+            break;
+        }
+        let now = std::time::Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let conn = &conns[(i % conns.len() as u64) as usize];
+        if conn.send((i, Instant::from_std(due))).is_err() {
+            break;
+        }
+    }
+}
+
+async fn connection(
+    a: Args,
+    reqs: std::sync::Arc<Requests>,
+    idx: usize,
+    t0: Instant,
+    mut paced: Option<mpsc::UnboundedReceiver<Due>>,
+) -> Tally {
     let mut conn = Conn {
         addr: a.addr,
         stream: None,
@@ -288,37 +334,29 @@ async fn connection(a: Args, reqs: std::sync::Arc<Requests>, idx: usize, t0: Ins
     let c = a.connections as u64;
     let mut i = idx as u64;
     loop {
-        match a.rate {
+        match &mut paced {
             None => {
                 if Instant::now() >= until {
                     break;
                 }
                 let counted = |done: Instant| done >= from && done < until;
-                if !visitor(
-                    &mut conn,
-                    &reqs,
-                    i,
-                    a.keepalives,
-                    Instant::now(),
-                    counted,
-                    &mut t,
-                )
-                .await
-                {
+                if !visitor(&mut conn, &reqs, i, Instant::now(), t0, counted, &mut t).await {
                     // A refused connection would otherwise spin.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
-            Some(rate) => {
-                let due = t0 + Duration::from_secs_f64(i as f64 / rate);
-                // Past the window, or hopelessly behind (the tracker is
-                // overloaded): stop instead of draining a backlog forever.
-                if due >= until || Instant::now() >= until + Duration::from_secs(10) {
+            Some(rx) => {
+                // The pacer ends at the window's end; hopelessly behind
+                // (the tracker is overloaded): stop instead of draining a
+                // backlog forever.
+                let Some((n, due)) = rx.recv().await else {
+                    break;
+                };
+                if Instant::now() >= until + Duration::from_secs(10) {
                     break;
                 }
-                tokio::time::sleep_until(due).await;
                 let counted = |_: Instant| due >= from;
-                visitor(&mut conn, &reqs, i, a.keepalives, due, counted, &mut t).await;
+                visitor(&mut conn, &reqs, n, due, t0, counted, &mut t).await;
             }
         }
         i += c;
@@ -358,18 +396,38 @@ fn main() -> anyhow::Result<()> {
         host: a.addr.to_string(),
         site: a.site.clone(),
         origin: a.origin.clone(),
+        keepalives: a.keepalives,
     });
     let mut total = Tally::default();
     rt.block_on(async {
         let t0 = Instant::now();
+        let until = t0 + Duration::from_secs_f64(a.warmup + a.seconds);
+        let mut senders = Vec::new();
         let tasks: Vec<_> = (0..a.connections)
-            .map(|i| tokio::spawn(connection(a.clone(), reqs.clone(), i, t0)))
+            .map(|i| {
+                let paced = a.rate.map(|_| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    senders.push(tx);
+                    rx
+                });
+                tokio::spawn(connection(a.clone(), reqs.clone(), i, t0, paced))
+            })
             .collect();
+        if let Some(rate) = a.rate {
+            std::thread::spawn(move || pace(rate, t0, until, senders));
+        }
         for task in tasks {
             total.merge(task.await?);
         }
         anyhow::Ok(())
     })?;
+    if let Some(path) = &a.latencies {
+        let mut lines = String::with_capacity(total.visit_us.len() * 16);
+        for (start, lat) in total.start_us.iter().zip(&total.visit_us) {
+            lines.push_str(&format!("{start} {lat}\n"));
+        }
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
     let visits = total.visit_us.len();
     let keepalives = total.keepalive_us.len();
     let out = serde_json::json!({
