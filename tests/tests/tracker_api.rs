@@ -237,6 +237,8 @@ async fn visits_leases_overflow_keepalive_cors_and_rows() {
     .await;
     assert_eq!(evil.status, 403);
     assert!(evil.body["error"].as_str().unwrap().contains("evil.test"));
+    // Other errors carry the CORS header (below); this refusal does not.
+    assert_eq!(evil.header("access-control-allow-origin"), None);
 
     // The router's view: routing record written for every pool number.
     let rec = send(
@@ -321,15 +323,39 @@ async fn bad_input_gets_clear_4xx() {
             "visitor_id",
         ),
     ];
+    // Sent from a page: a browser shows the page an error only with the
+    // CORS header on it.
+    let page = || vec![("origin", "https://shop.test".to_string())];
     for (path, body, code, needle) in cases {
-        let r = send("POST", t.url(path), vec![], Some(body.clone())).await;
+        let r = send("POST", t.url(path), page(), Some(body.clone())).await;
         assert_eq!(r.status, code, "{body}: {:?}", r.body);
         let msg = r.body["error"].as_str().unwrap_or_default();
         assert!(msg.contains(needle), "{body}: {msg}");
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("https://shop.test"),
+            "{body}"
+        );
     }
     let huge = json!({"site": site, "referrer": "r".repeat(10_000)}).to_string();
-    let r = send("POST", t.url("/v1/visits"), vec![], Some(huge)).await;
+    let r = send("POST", t.url("/v1/visits"), page(), Some(huge)).await;
     assert_eq!(r.status, 413, "oversized body");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.test")
+    );
+    let r = send(
+        "POST",
+        t.url("/v1/visits/nosuchsession/keepalive"),
+        page(),
+        Some("{not json".into()),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.test")
+    );
 
     // Admin API: no token, wrong token, bad numbers.
     let r = send("GET", t.url("/v1/admin/quarantine"), vec![], None).await;

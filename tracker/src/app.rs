@@ -122,10 +122,17 @@ pub fn router(state: AppState) -> Router {
         .route("/snippet.js", get(snippet))
         .route("/demo", get(demo))
         .route("/metrics", get(metrics))
-        .route("/v1/visits", post(visit::create).options(visit::preflight))
+        .route(
+            "/v1/visits",
+            post(visit::create)
+                .options(visit::preflight)
+                .layer(axum::middleware::from_fn(visit::readable_errors)),
+        )
         .route(
             "/v1/visits/{session}/keepalive",
-            post(visit::keepalive).options(visit::preflight),
+            post(visit::keepalive)
+                .options(visit::preflight)
+                .layer(axum::middleware::from_fn(visit::readable_errors)),
         )
         .merge(admin::router())
         .layer(DefaultBodyLimit::max(limit))

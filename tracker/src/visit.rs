@@ -194,6 +194,31 @@ fn with_cors(mut resp: Response, origin: Option<HeaderValue>) -> Response {
     resp
 }
 
+/// Error answers of the snippet's routes carry `Access-Control-Allow-Origin`
+/// too: without it a browser hides their status and reason from the page
+/// (and from the marketer's console, which shows only a CORS failure). An
+/// error holds nothing the caller did not send. Not the 403 of an origin
+/// the site does not list ([`cors_origin`]): that page learns nothing, as
+/// from any other site that does not grant it.
+pub async fn readable_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut resp = next.run(req).await;
+    let status = resp.status();
+    let failed =
+        (status.is_client_error() && status != StatusCode::FORBIDDEN) || status.is_server_error();
+    if let Some(o) = origin.filter(|_| failed) {
+        let h = resp.headers_mut();
+        if !h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+    resp
+}
+
 /// Preflight for clients that send `application/json`: the real request is
 /// still checked against the site's origins.
 pub async fn preflight(headers: HeaderMap) -> Response {
