@@ -31,13 +31,18 @@ dm_install() {
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
-  dm_log "installing: ${missing[*]}"
-  command -v apt-get >/dev/null || dm_die "apt-get not found; install ${missing[*]} by hand"
+  dm_apt_install "${missing[@]}"
+}
+
+# dm_apt_install PACKAGE...: apt-get install these (as root or via sudo).
+dm_apt_install() {
+  dm_log "installing: $*"
+  command -v apt-get >/dev/null || dm_die "apt-get not found; install $* by hand"
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq || dm_die "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || dm_die "apt-get install ${missing[*]} failed"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || dm_die "apt-get install $* failed"
 }
 
 # dm_pid_alive PIDFILE: the process in PIDFILE is running.
