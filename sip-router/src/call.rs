@@ -137,6 +137,9 @@ pub enum Action {
     Record(Box<CallRow>),
     /// A trunk did not answer in time (passive health).
     TrunkTimeout(String),
+    /// A trunk sent its first reply on an attempt: it is alive (passive
+    /// health weighs a later timeout against it).
+    TrunkReplied(String),
     /// The call can be forgotten.
     Forget,
 }
@@ -415,6 +418,10 @@ impl Call {
         let Some(idx) = self.attempts.iter().position(|a| a.n == n) else {
             return;
         };
+        let a = &self.attempts[idx];
+        if a.provisional_ms.is_none() && a.answered_ms.is_none() && a.final_code.is_none() {
+            out.push(Action::TrunkReplied(a.trunk.name.clone()));
+        }
         // A 2xx retransmission (or a late 2xx of a finished call): pass it on.
         if (200..300).contains(&code)
             && (self.attempts[idx].answered_ms.is_some() || self.phase == Phase::Finished)

@@ -2,6 +2,13 @@
 //! failures (OPTIONS probe timeouts or 503s, or real calls that got no
 //! provisional reply), then `down` until `up_after` consecutive probe
 //! successes. Pure: the caller feeds results and gets a transition back.
+//!
+//! A real call's timeout counts only when no other call got a reply from
+//! the trunk within the provisional timeout ([`Health::replied_within`]):
+//! at thousands of calls a second, a burst of lost packets (a full socket
+//! buffer on a busy box) times out a few calls in a row on a trunk that is
+//! answering every other call, and downing it would fail every call that
+//! needed it.
 
 use dialmark_schemas::rows::{TrunkCause, TrunkState};
 
@@ -23,6 +30,8 @@ pub struct Health {
     up_after: u32,
     /// Unix ms of the last state change.
     pub since_ms: u64,
+    /// Unix ms of the last reply a real call got from the trunk.
+    last_reply_ms: Option<u64>,
 }
 
 impl Health {
@@ -34,7 +43,20 @@ impl Health {
             down_after: down_after.max(1),
             up_after: up_after.max(1),
             since_ms: now_ms,
+            last_reply_ms: None,
         }
+    }
+
+    /// A real call got a reply (any status) from the trunk.
+    pub fn replied(&mut self, now_ms: u64) {
+        self.last_reply_ms = Some(now_ms);
+    }
+
+    /// A real call got a reply from the trunk in the `window_ms` before
+    /// `now_ms`: a call timing out now lost its packets; the trunk is alive.
+    pub fn replied_within(&self, now_ms: u64, window_ms: u64) -> bool {
+        self.last_reply_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < window_ms)
     }
 
     /// New thresholds (config reload); the state and counts stay.
@@ -142,6 +164,18 @@ mod tests {
         let t = h.success(TrunkCause::Probe, 11).unwrap();
         assert_eq!((t.from, t.to), (TrunkState::Down, TrunkState::Up));
         assert!(h.is_up());
+    }
+
+    #[test]
+    fn a_recent_reply_outweighs_a_timeout() {
+        let mut h = Health::new(3, 2, 0);
+        assert!(!h.replied_within(5_000, 2_000), "no reply yet");
+        h.replied(10_000);
+        assert!(h.replied_within(11_999, 2_000));
+        assert!(
+            !h.replied_within(12_000, 2_000),
+            "quiet for the whole window"
+        );
     }
 
     #[test]

@@ -834,13 +834,23 @@ impl Node {
                 }
                 Action::Record(row) => self.record(*row),
                 Action::TrunkTimeout(name) => {
+                    let window = self.cfg.router.provisional_timeout_ms;
                     if let Some(idx) = self.trunks.iter().position(|t| t.cfg.name == name) {
-                        self.trunk_result(
-                            idx,
-                            false,
-                            TrunkCause::Passive,
-                            "no provisional reply to a call",
-                        );
+                        // Lost packets, not a dead trunk, when another call
+                        // got a reply from it meanwhile (see `health`).
+                        if !self.trunks[idx].health.replied_within(now_ms(), window) {
+                            self.trunk_result(
+                                idx,
+                                false,
+                                TrunkCause::Passive,
+                                "no provisional reply to a call",
+                            );
+                        }
+                    }
+                }
+                Action::TrunkReplied(name) => {
+                    if let Some(t) = self.trunks.iter_mut().find(|t| t.cfg.name == name) {
+                        t.health.replied(now_ms());
                     }
                 }
                 Action::Forget => {

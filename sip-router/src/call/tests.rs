@@ -215,6 +215,10 @@ fn failover_on_503_then_answer() {
     );
     let (_, inv_a) = sent_invite(&out).unwrap();
     let out = respond(&mut call, 1, &inv_a, 503, "Service Unavailable", T0 + 50);
+    assert!(
+        out.contains(&Action::TrunkReplied("a".into())),
+        "a 503 is a reply"
+    );
     let acks = to_trunk(&out, "ACK");
     assert_eq!(acks.len(), 1, "non-2xx is ACKed hop by hop");
     let ack = String::from_utf8_lossy(&acks[0]);
@@ -234,8 +238,13 @@ fn failover_on_503_then_answer() {
         wire::parse(&inv_a).unwrap().branch(),
         wire::parse(&inv_b).unwrap().branch()
     );
-    respond(&mut call, 2, &inv_b, 180, "Ringing", T0 + 100);
-    respond(&mut call, 2, &inv_b, 200, "OK", T0 + 1_100);
+    let out = respond(&mut call, 2, &inv_b, 180, "Ringing", T0 + 100);
+    assert!(out.contains(&Action::TrunkReplied("b".into())));
+    let out = respond(&mut call, 2, &inv_b, 200, "OK", T0 + 1_100);
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::TrunkReplied(_))),
+        "once per attempt"
+    );
     let out = call.handle(Event::Bye, T0 + 11_100);
     let r = record(&out).unwrap();
     assert_eq!(
