@@ -15,12 +15,12 @@ rb = {os.path.basename(f)[:-5]: json.load(open(f)) for f in glob.glob(var + "/rb
 steps = {os.path.basename(f)[:-5]: json.load(open(f)) for f in glob.glob(var + "/steps/*.json")}
 json.dump({"redis_benchmark": rb, "steps": steps}, open(var + "/results.json", "w"), indent=1)
 
-closed = sorted((s for n, s in steps.items() if n.startswith("closed-")), key=lambda s: s["connections"])
-mixed = next(s for n, s in steps.items() if n.startswith("mixed-"))
+closed = sorted(((n, s) for n, s in steps.items() if n.startswith("closed-")), key=lambda x: x[1]["connections"])
+mixed_name, mixed = next((n, s) for n, s in steps.items() if n.startswith("mixed-"))
 
 
 def windows(kind):
-    """The latency windows of one kind (open-wN / paused-wN), in order."""
+    """The steps of one kind numbered -wN (pair-wN, open-wN, paused-wN), in order."""
     names = sorted((n for n in steps if n.startswith(kind + "-w")), key=lambda n: int(n.split("-w")[1]))
     return [(n, steps[n]) for n in names]
 
@@ -49,12 +49,12 @@ lat, lat_alone = pooled(opened), pooled(paused)
 rate = opened[0][1]["target_rate"]
 late50 = max(s["send_late_ms"]["p50"] for _, s in opened)
 late99 = max(s["send_late_ms"]["p99"] for _, s in opened)
-pairs = sorted((n for n in steps if n.startswith("pair-w")), key=lambda n: int(n.split("-w")[1]))
-best = max(closed + [steps[n] for n in pairs], key=lambda s: s["visit_rate"])
+pairs = windows("pair")
+best = max((s for _, s in closed + pairs), key=lambda s: s["visit_rate"])
 # Each pair is the tracker's best closed-loop step and redis-benchmark
 # right after it: the VM's speed drifts by up to 2x within minutes, so a
 # ratio is only taken within a pair, and the median pair is the result.
-pair_ratios = [(n, steps[n]["visit_rate"], rb["allocate_w" + n.split("-w")[1]]["rps"]) for n in pairs]
+pair_ratios = [(n, s["visit_rate"], rb["allocate_w" + n.split("-w")[1]]["rps"]) for n, s in pairs]
 pair_ratios = [(n, t, p, t / p) for n, t, p in pair_ratios]
 median_pair = sorted(pair_ratios, key=lambda x: x[3])[len(pair_ratios) // 2]
 alloc, ka = median_pair[2], rb["keepalive"]["rps"]
@@ -119,7 +119,7 @@ w("| command | calls/s | p50 / p99 ms | Redis CPU % | Redis CPU µs per call |")
 w("| --- | ---: | ---: | ---: | ---: |")
 names = [("allocate", "EVALSHA allocate.lua (a new lease per call)")]
 names += [("allocate_w" + n.split("-w")[1], "the same, right after the tracker's step of pair " + n.split("-w")[1])
-          for n in pairs]
+          for n, _ in pairs]
 names += [("allocate_pipelined", "EVALSHA allocate.lua, `-P 16`"),
          ("keepalive", "EVALSHA keepalive.lua (live leases)"), ("site_get", "GET dm:site:ID")]
 for key, label in names:
@@ -143,10 +143,9 @@ w("| step | connections | visits/s | requests/s | visit p50 / p99 / max ms | kee
   "| tracker CPU | Redis CPU | ClickHouse CPU | load gen CPU | tracker / Redis CPU µs per visit "
   "| Redis's own EVALSHA p50 µs | not 200 + pool |")
 w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-named = [("closed, visits only", n, s) for n, s in sorted(
-    ((n, s) for n, s in steps.items() if n.startswith("closed-")), key=lambda x: x[1]["connections"])]
-named += [("closed, visits only, pair " + n.split("-w")[1], n, steps[n]) for n in pairs]
-named.append(("closed, 1 visit + %d keep-alives" % k, next(n for n in steps if n.startswith("mixed-")), mixed))
+named = [("closed, visits only", n, s) for n, s in closed]
+named += [("closed, visits only, pair " + n.split("-w")[1], n, s) for n, s in pairs]
+named.append(("closed, 1 visit + %d keep-alives" % k, mixed_name, mixed))
 for (n, s), (pn, ps) in zip(opened, paused):
     named.append(("open, %.0f visits/s, window %s" % (rate, n.split("-w")[1]), n, s))
     named.append(("the same, ClickHouse paused", pn, ps))

@@ -4,7 +4,7 @@
 //! successes. Pure: the caller feeds results and gets a transition back.
 //!
 //! A real call's timeout counts only when no other call got a reply from
-//! the trunk within the provisional timeout ([`Health::replied_within`]):
+//! the trunk within the provisional timeout ([`Health::call_timed_out`]):
 //! at thousands of calls a second, a burst of lost packets (a full socket
 //! buffer on a busy box) times out a few calls in a row on a trunk that is
 //! answering every other call, and downing it would fail every call that
@@ -54,9 +54,23 @@ impl Health {
 
     /// A real call got a reply from the trunk in the `window_ms` before
     /// `now_ms`: a call timing out now lost its packets; the trunk is alive.
-    pub fn replied_within(&self, now_ms: u64, window_ms: u64) -> bool {
+    fn replied_within(&self, now_ms: u64, window_ms: u64) -> bool {
         self.last_reply_ms
             .is_some_and(|t| now_ms.saturating_sub(t) < window_ms)
+    }
+
+    /// A real call got no provisional reply within `window_ms` (the
+    /// provisional timeout): a failure, unless another call got a reply
+    /// from the trunk within that window.
+    pub fn call_timed_out(&mut self, window_ms: u64, now_ms: u64) -> Option<Transition> {
+        if self.replied_within(now_ms, window_ms) {
+            return None;
+        }
+        self.failure(
+            TrunkCause::Passive,
+            "no provisional reply to a call",
+            now_ms,
+        )
     }
 
     /// New thresholds (config reload); the state and counts stay.
@@ -176,6 +190,16 @@ mod tests {
             !h.replied_within(12_000, 2_000),
             "quiet for the whole window"
         );
+        // Timeouts while the trunk answers other calls do not count...
+        for t in [10_500, 11_000, 11_999] {
+            assert!(h.call_timed_out(2_000, t).is_none());
+        }
+        assert!(h.is_up());
+        // ...once it has been quiet for the window, they do.
+        assert!(h.call_timed_out(2_000, 12_000).is_none());
+        assert!(h.call_timed_out(2_000, 12_001).is_none());
+        let t = h.call_timed_out(2_000, 12_002).unwrap();
+        assert_eq!((t.to, t.cause), (TrunkState::Down, TrunkCause::Passive));
     }
 
     #[test]

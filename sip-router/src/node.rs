@@ -836,15 +836,8 @@ impl Node {
                 Action::TrunkTimeout(name) => {
                     let window = self.cfg.router.provisional_timeout_ms;
                     if let Some(idx) = self.trunks.iter().position(|t| t.cfg.name == name) {
-                        // Lost packets, not a dead trunk, when another call
-                        // got a reply from it meanwhile (see `health`).
-                        if !self.trunks[idx].health.replied_within(now_ms(), window) {
-                            self.trunk_result(
-                                idx,
-                                false,
-                                TrunkCause::Passive,
-                                "no provisional reply to a call",
-                            );
+                        if let Some(tr) = self.trunks[idx].health.call_timed_out(window, now_ms()) {
+                            self.trunk_changed(idx, tr);
                         }
                     }
                 }

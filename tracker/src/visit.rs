@@ -205,16 +205,16 @@ pub async fn readable_errors(
     next: axum::middleware::Next,
 ) -> Response {
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let mut resp = next.run(req).await;
+    let resp = next.run(req).await;
     let status = resp.status();
     let failed =
         (status.is_client_error() && status != StatusCode::FORBIDDEN) || status.is_server_error();
-    if let Some(o) = origin.filter(|_| failed) {
-        let h = resp.headers_mut();
-        if !h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-            h.append(header::VARY, HeaderValue::from_static("Origin"));
-        }
+    if failed
+        && !resp
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
+        return with_cors(resp, origin);
     }
     resp
 }
