@@ -1,6 +1,9 @@
 """Markdown for the tracker bench (benches/tracker/run) from its result files.
 
-    python3 benches/tracker/report.py VAR CONNS KEEPALIVES STEP_SECONDS LATENCY_SECONDS RUST_LOG
+    python3 benches/tracker/report.py VAR CONNS KEEPALIVES STEP_SECONDS LATENCY_SECONDS RUST_LOG LOADS
+
+LOADS: the open-loop loads in percent of the max ("25 50"); the target is
+at 50.
 
 Also writes VAR/results.json (everything in one file).
 """
@@ -10,7 +13,12 @@ import math
 import os
 import sys
 
-var, conns, keepalives, step_s, lat_s, rust_log = sys.argv[1:7]
+var, conns, keepalives, step_s, lat_s, rust_log, loads = sys.argv[1:8]
+layout = open(var + "/layout.txt").read().split()
+ncpu = int(layout[1])
+loads = [int(x) for x in loads.split()]
+if 50 not in loads:
+    raise SystemExit("LATENCY_LOADS must include 50 (the target's load)")
 rb = {os.path.basename(f)[:-5]: json.load(open(f)) for f in glob.glob(var + "/rb/*.json")}
 steps = {os.path.basename(f)[:-5]: json.load(open(f)) for f in glob.glob(var + "/steps/*.json")}
 json.dump({"redis_benchmark": rb, "steps": steps}, open(var + "/results.json", "w"), indent=1)
@@ -20,7 +28,7 @@ mixed_name, mixed = next((n, s) for n, s in steps.items() if n.startswith("mixed
 
 
 def windows(kind):
-    """The steps of one kind numbered -wN (pair-wN, open-wN, paused-wN), in order."""
+    """The steps of one kind numbered -wN (pair-wN, open50-wN, paused50-wN), in order."""
     names = sorted((n for n in steps if n.startswith(kind + "-w")), key=lambda n: int(n.split("-w")[1]))
     return [(n, steps[n]) for n in names]
 
@@ -44,7 +52,7 @@ def redis_p50(name):
     return "–"
 
 
-opened, paused = windows("open"), windows("paused")
+opened, paused = windows("open50"), windows("paused50")
 lat, lat_alone = pooled(opened), pooled(paused)
 rate = opened[0][1]["target_rate"]
 late50 = max(s["send_late_ms"]["p50"] for _, s in opened)
@@ -72,6 +80,19 @@ def pct(s, proc):
     return "%.0f" % (100 * s["cpu_s"][proc] / s["wall_s"])
 
 
+PROCS = ("tracker", "redis", "clickhouse", "load")
+
+
+def box_pct(ws):
+    """CPU of all four processes over the steps, in % of one core."""
+    return 100 * sum(s["cpu_s"][p] for _, s in ws for p in PROCS) / sum(s["wall_s"] for _, s in ws)
+
+
+def us_mean(ws, proc):
+    """CPU µs of `proc` per visit answered over the steps."""
+    return 1e6 * sum(s["cpu_s"][proc] for _, s in ws) / max(sum(s["all_ok_visits"] for _, s in ws), 1)
+
+
 def us_per_visit(s, proc):
     """CPU microseconds of `proc` per visit answered (its keep-alives included)."""
     return "%.0f" % (1e6 * s["cpu_s"][proc] / max(s["all_ok_visits"], 1))
@@ -86,13 +107,18 @@ def bad(s):
 
 out = []
 w = out.append
+if layout[0] == "split":
+    where = ("the tracker and Redis on CPUs %s; ClickHouse, redis-benchmark and the load generator "
+             "on CPUs %s of %d (taskset) " % (layout[2], layout[3], ncpu))
+else:
+    where = "all on the same %d cores as the load generator " % ncpu
 w("Real `dialmark-tracker` (release build, `RUST_LOG=%s`, as the systemd unit) on loopback, "
   "real Redis 7 and ClickHouse 18.16 (the visit and lease rows go through the sink as in "
-  "production), all on the same two cores as the load generator "
+  "production), " % rust_log + where +
   "([`tracker_load`](src/bin/tracker_load.rs): keep-alive HTTP/1.1 connections, one request in "
   "flight each, the snippet's JSON body as `text/plain` with the site's `Origin`). Every visit "
   "is a new session that leases a number; the pool holds more numbers than the run hands out "
-  "(no exhaustion, no lease expires during the run)." % rust_log)
+  "(no exhaustion, no lease expires during the run).")
 w("")
 w("| | result | target |")
 w("| --- | ---: | --- |")
@@ -107,6 +133,16 @@ w("| the load generator sent those visits late by p50 / p99, worst window (a thr
   % (late50, late99))
 w("| the same load with ClickHouse paused (tracker + Redis alone; %d windows interleaved with those above): p50 / p99 / max | **%.2f / %.2f** / %.2f ms | p99 < 5 ms: %s |"
   % (len(paused), lat_alone["p50"], p99_alone, lat_alone["max"], "met" if p99_alone < 5 else "not met"))
+best_step = [max(closed + pairs, key=lambda x: x[1]["visit_rate"])]
+w("| CPU of the whole box (tracker + Redis + ClickHouse + load generator, of %d %%): at the max / at 50 %% of max, open loop, ClickHouse running | %.0f %% / %.0f %% | |"
+  % (100 * ncpu, box_pct(best_step), box_pct(opened)))
+w("| CPU µs per visit at the max (closed loop) → at 50 %% of max (open loop: each visit wakes every process on its way): tracker, Redis, load generator | %s | |"
+  % ", ".join("%.0f → %.0f" % (us_mean(best_step, p), us_mean(opened, p)) for p in ("tracker", "redis", "load")))
+for load in sorted(x for x in loads if x != 50):
+    o, pz = windows("open%d" % load), windows("paused%d" % load)
+    lo, lp = pooled(o), pooled(pz)
+    w("| latency at %d %% of max (%.0f visits/s, %d + %d windows as above): p50 / p99 with ClickHouse running; paused; box CPU running | %.2f / %.2f ms; %.2f / %.2f ms; %.0f %% | |"
+      % (load, o[0][1]["target_rate"], len(o), len(pz), lo["p50"], lo["p99"], lp["p50"], lp["p99"], box_pct(o)))
 w("| 1 visit + %d keep-alives (closed loop, %d connections) | %.0f visits/s, %.0f requests/s | |"
   % (k, mixed["connections"], mixed["visit_rate"], mixed["request_rate"]))
 w("")
@@ -137,7 +173,7 @@ w("A visit costs Redis the allocate script, a keep-alive the keep-alive script (
   "by those rates Redis alone tops out at **%.0f visits/s** with %d keep-alives each. The tracker "
   "reached %.0f %% of that." % (mixed_limit, k, 100 * mixed["visit_rate"] / mixed_limit))
 w("")
-w("Per step (CPU in % of one core over the step; a two-core box has 200 %):")
+w("Per step (CPU in %% of one core over the step; this %d-core box has %d %%):" % (ncpu, 100 * ncpu))
 w("")
 w("| step | connections | visits/s | requests/s | visit p50 / p99 / max ms | keep-alive p50 / p99 ms "
   "| tracker CPU | Redis CPU | ClickHouse CPU | load gen CPU | tracker / Redis CPU µs per visit "
@@ -146,9 +182,10 @@ w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 named = [("closed, visits only", n, s) for n, s in closed]
 named += [("closed, visits only, pair " + n.split("-w")[1], n, s) for n, s in pairs]
 named.append(("closed, 1 visit + %d keep-alives" % k, mixed_name, mixed))
-for (n, s), (pn, ps) in zip(opened, paused):
-    named.append(("open, %.0f visits/s, window %s" % (rate, n.split("-w")[1]), n, s))
-    named.append(("the same, ClickHouse paused", pn, ps))
+for load in loads:
+    for (n, s), (pn, ps) in zip(windows("open%d" % load), windows("paused%d" % load)):
+        named.append(("open, %d %%: %.0f visits/s, window %s" % (load, s["target_rate"], n.split("-w")[1]), n, s))
+        named.append(("the same, ClickHouse paused", pn, ps))
 for label, n, s in named:
     ka_ms = "%.2f / %.2f" % (s["keepalive_ms"]["p50"], s["keepalive_ms"]["p99"]) if s["keepalives"] else "–"
     w("| %s | %d | %.0f | %.0f | %.2f / %.2f / %.2f | %s | %s | %s | %s | %s | %s / %s | %s | %d |" % (
@@ -166,11 +203,11 @@ w("Visits answered 200 over the run (warm-up included): %d; `visits` rows in Cli
 w("")
 w("Steps: %s s each (+1 s warm-up, not counted) at %s connections, then %d more at the best of them, "
   "each followed at once by redis-benchmark (the pairs); the open-loop windows run %s s each "
-  "(+1 s warm-up) at half the best closed-loop rate on as many connections, alternately with ClickHouse "
+  "(+1 s warm-up) at %s %% of the best closed-loop rate on as many connections, alternately with ClickHouse "
   "running and stopped by SIGSTOP (the sink spools meanwhile and catches up after); latency counted from "
   "when each visit was due. Redis's own EVALSHA p50 (its `INFO latencystats`, reset before each step) "
   "shows how fast the VM ran during each step: the same script, the same Redis."
-  % (step_s, conns, len(pairs), lat_s))
+  % (step_s, conns, len(pairs), lat_s, " and ".join(str(x) for x in loads)))
 notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
 if os.path.exists(notes):
     w(open(notes).read().strip())
