@@ -24,6 +24,7 @@
 pub mod background;
 pub mod ch;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod layout;
 pub mod migrate;

@@ -18,11 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dialmark_schemas::config::CallWebhookConfig;
+use dialmark_schemas::digest::hmac_sha256_hex;
 use dialmark_schemas::rows::Call;
 use dialmark_schemas::sink::Outbox;
 use dialmark_schemas::spool;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -56,16 +55,7 @@ pub fn backoff(failures: u32, max: Duration) -> Duration {
 
 /// `t=UNIX,v1=HEX` for `body` sent at `unix`.
 pub fn signature(secret: &[u8], unix: u64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(unix.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = hmac_sha256_hex(secret, &[unix.to_string().as_bytes(), b".", body]);
     format!("t={unix},v1={hex}")
 }
 

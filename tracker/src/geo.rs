@@ -8,10 +8,9 @@ use std::path::Path;
 
 use axum::http::HeaderMap;
 use dialmark_schemas::config::IpStorage;
-use hmac::{Hmac, Mac};
+use dialmark_schemas::digest::hmac_sha256_hex;
 use ipnet::IpNet;
 use maxminddb::{geoip2, Reader};
-use sha2::Sha256;
 
 use crate::error::TrackerError;
 
@@ -98,14 +97,8 @@ pub fn stored_ip(ip: IpAddr, mode: IpStorage, key: &str) -> String {
         IpStorage::Full => ip.to_string(),
         IpStorage::None => String::new(),
         IpStorage::Hashed => {
-            let mut mac =
-                Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
-            mac.update(ip.to_string().as_bytes());
-            let hex: String = mac.finalize().into_bytes()[..16]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            format!("h:{hex}")
+            let hex = hmac_sha256_hex(key.as_bytes(), &[ip.to_string().as_bytes()]);
+            format!("h:{}", &hex[..32])
         }
     }
 }
