@@ -107,13 +107,16 @@ pub async fn provision(t: &TestTracker, n: usize) -> (String, String, Vec<String
     })
     .await
     .expect("site");
-    inv.put_pool(PoolDef {
-        id: pool.clone(),
-        site: site.clone(),
-        overflow_number: None,
-        destinations: vec!["+74951234567".into()],
-        trunk_group: "default".into(),
-    })
+    inv.put_pool(
+        PoolDef {
+            id: pool.clone(),
+            site: site.clone(),
+            overflow_number: None,
+            destinations: vec!["+74951234567".into()],
+            trunk_group: "default".into(),
+        },
+        "test",
+    )
     .await
     .expect("pool");
     let numbers: Vec<String> = (0..n).map(|_| crate::env::unique_number()).collect();

@@ -629,3 +629,77 @@ async fn quarantine_release_needs_45_days_and_under_3_calls_in_90() {
     .await;
     assert_eq!(r.status, 409);
 }
+
+/// `admin apply` (the inventory file of ops/up and the benches): a site, a
+/// pool with a number range and an overflow number, a static number. Every
+/// number's `number_events` row names `apply` as the actor, and a second
+/// apply changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_provisions_an_inventory_file_once() {
+    let t = TestTracker::start(config("apply", single_redis(), "").await).await;
+    let inv = &t.state.inventory;
+    let (site, pool) = (unique("site"), unique("pool"));
+    let (overflow, start, fixed) = (unique_number(), unique_number(), unique_number());
+    let base: u64 = start[1..].parse().unwrap();
+    let range: Vec<String> = (0..3).map(|i| format!("+{}", base + i)).collect();
+    let file = json!({
+        "sites": [{"id": site, "origins": ["https://shop.example"], "replace": ["+74950000000"],
+                   "default_pool": pool}],
+        "pools": [{"id": pool, "site": site, "overflow_number": overflow,
+                   "destinations": ["+74951234567"], "range_start": start, "count": 3}],
+        "static_numbers": [{"numbers": [fixed], "site": site, "source_label": "billboard",
+                            "destinations": ["+74951234567"]}],
+    });
+    let file = &file;
+    let apply = |now| async move {
+        dialmark_tracker::admin::apply(inv, serde_json::from_value(file.clone()).unwrap(), now)
+            .await
+            .unwrap()
+    };
+    let now = dialmark_schemas::unix_now();
+    assert_eq!(
+        apply(now).await,
+        format!("site {site}; pool {pool} (3 numbers); static {fixed}")
+    );
+    let saved = inv.pool(&pool).await.expect("the pool is saved");
+    assert_eq!(saved.overflow_number.as_deref(), Some(overflow.as_str()));
+
+    let mut numbers = range.clone();
+    numbers.extend([overflow.clone(), fixed.clone()]);
+    #[derive(Row, Deserialize)]
+    struct ByActor {
+        actor: String,
+        n: u64,
+    }
+    let db = dialmark_schemas::ch::client(&t.config.clickhouse);
+    let by_actor = || async {
+        db.query(
+            "SELECT actor, count() AS n FROM number_events WHERE has(?, number) GROUP BY actor",
+        )
+        .bind(&numbers)
+        .fetch_all::<ByActor>()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.actor, r.n))
+        .collect::<Vec<_>>()
+    };
+    let want = vec![("apply".to_string(), 5u64)];
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got = by_actor().await;
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        got, want,
+        "3 range numbers, the overflow number and the static one"
+    );
+
+    // Applying the same file again adds nothing and records nothing.
+    apply(now + 60).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(by_actor().await, want);
+}

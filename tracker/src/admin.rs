@@ -84,7 +84,7 @@ async fn put_pool(
     authorize(&s, &headers)?;
     let mut def: PoolDef = body(&bytes)?;
     def.id = id;
-    Ok(Json(s.inventory.put_pool(def).await?))
+    Ok(Json(s.inventory.put_pool(def, "api").await?))
 }
 
 async fn get_pool(
@@ -256,7 +256,7 @@ pub async fn apply(inv: &Inventory, file: InventoryFile, now: u32) -> Result<Str
         summary.push(format!("site {}", s.id));
     }
     for entry in file.pools {
-        let def = inv.put_pool(entry.def).await?;
+        let def = inv.put_pool(entry.def, "apply").await?;
         let mut numbers = entry.numbers;
         if let Some(start) = entry.range_start {
             let start = inv

@@ -215,7 +215,9 @@ impl Inventory {
         Ok(site)
     }
 
-    pub async fn put_pool(&self, mut def: PoolDef) -> Result<PoolDef, TrackerError> {
+    /// Saves a pool; `actor` (`api`, `apply`) goes on the route event of
+    /// its overflow number.
+    pub async fn put_pool(&self, mut def: PoolDef, actor: &str) -> Result<PoolDef, TrackerError> {
         if !layout::is_id(&def.id) {
             return Err(TrackerError::BadRequest(
                 "pool id: letters, digits, '-' and '_' only".into(),
@@ -239,7 +241,7 @@ impl Inventory {
                     status_since: dialmark_schemas::unix_now(),
                 },
                 "pool overflow number",
-                "api",
+                actor,
             )
             .await?;
             def.overflow_number = Some(o);
