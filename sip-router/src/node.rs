@@ -141,7 +141,6 @@ pub struct Node {
     policy: Policy,
     plan: NumberingPlan,
     trusted: Vec<IpNet>,
-    advertise: String,
     udp: Arc<UdpSocket>,
     tcp_conns: HashMap<u64, mpsc::Sender<Vec<u8>>>,
     directory: Directory,
@@ -189,7 +188,6 @@ impl Node {
         inputs: mpsc::Sender<Input>,
     ) -> Node {
         let r = &cfg.router;
-        let advertise = r.advertised().to_string();
         // The table a reload would build from nothing: every trunk new and up.
         let (trunks, _) = crate::reload::trunks(Vec::new(), &r.trunks, &r.probe, now_ms());
         let (limit_untrusted, limit_trusted) = limiters(&r.rate_limit);
@@ -197,7 +195,6 @@ impl Node {
             policy: policy(r),
             plan: cfg.numbering.clone(),
             trusted: r.trusted_sources.clone(),
-            advertise,
             udp,
             tcp_conns: HashMap::new(),
             directory,
@@ -557,7 +554,7 @@ impl Node {
         if msg.max_forwards() == 0 {
             return self.reply(msg, from, 483, "Too Many Hops");
         }
-        let loop_marker = format!("{};branch=z9hG4bK-dm-", self.advertise);
+        let loop_marker = format!("{};branch=z9hG4bK-dm-", self.policy.advertise);
         if msg
             .headers
             .iter()
@@ -989,7 +986,7 @@ impl Node {
                 format!("{}|{}|{method}", msg.branch().unwrap_or(""), from.addr).as_bytes()
             )
         );
-        let via = format!("SIP/2.0/UDP {};branch={branch}", self.advertise);
+        let via = format!("SIP/2.0/UDP {};branch={branch}", self.policy.advertise);
         let bytes = Forward {
             msg,
             uri: None,
@@ -997,7 +994,7 @@ impl Node {
             record_route: None,
             drop_first_route: msg
                 .header("route")
-                .is_some_and(|r| r.contains(&self.advertise)),
+                .is_some_and(|r| r.contains(&self.policy.advertise)),
             max_forwards: msg.max_forwards() - 1,
             add: &[],
         }
@@ -1015,7 +1012,7 @@ impl Node {
             self.probe_seq += 1;
             let branch = format!("z9hG4bK-dmp-{idx}-{}", self.probe_seq);
             let t = &self.trunks[idx].cfg;
-            let bytes = options(&self.advertise, t.address, &branch, self.probe_seq);
+            let bytes = options(&self.policy.advertise, t.address, &branch, self.probe_seq);
             if self.send_udp(t.address, &bytes) {
                 self.probes.insert(branch.clone(), (idx, now));
                 self.arm(TimerKey::ProbeTimeout(branch), now + timeout);
