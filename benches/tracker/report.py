@@ -95,7 +95,7 @@ def us_mean(ws, proc):
 
 def us_per_visit(s, proc):
     """CPU microseconds of `proc` per visit answered (its keep-alives included)."""
-    return "%.0f" % (1e6 * s["cpu_s"][proc] / max(s["all_ok_visits"], 1))
+    return "%.0f" % us_mean([(None, s)], proc)
 
 
 def bad(s):

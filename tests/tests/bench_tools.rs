@@ -6,7 +6,7 @@
 //! `ops/test`: they take minutes and measure the whole machine.
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use dialmark_e2e::env::{clickhouse, scratch_dir};
 use dialmark_e2e::process::bin;
@@ -16,24 +16,31 @@ use serde_json::Value;
 
 const ORIGIN: &str = "http://shop.bench.test";
 
-/// Runs `tracker_load` against `t` for `site`; its JSON summary.
-fn tracker_load(t: &TestTracker, site: &str, args: &[&str]) -> Value {
-    let out = Command::new(bin("tracker_load"))
-        .args([
-            "--addr",
-            &t.addr.to_string(),
-            "--site",
-            site,
-            "--origin",
-            ORIGIN,
-        ])
-        .args(args)
-        .output()
-        .expect("run tracker_load");
+/// Runs one of the bench tools to its end; fails the test unless it succeeded.
+fn run(tool: &str, cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {tool}: {e}"));
     assert!(
         out.status.success(),
-        "tracker_load failed: {}",
+        "{tool} failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `tracker_load` against `t` for `site`; its JSON summary.
+fn tracker_load(t: &TestTracker, site: &str, args: &[&str]) -> Value {
+    let out = run(
+        "tracker_load",
+        Command::new(bin("tracker_load"))
+            .args([
+                "--addr",
+                &t.addr.to_string(),
+                "--site",
+                site,
+                "--origin",
+                ORIGIN,
+            ])
+            .args(args),
     );
     serde_json::from_slice(&out.stdout).expect("tracker_load prints one JSON object")
 }
@@ -134,19 +141,15 @@ fn sink_bench_gets_every_row_into_clickhouse() {
     let ch = clickhouse("bench_tools_sink");
     let dir = scratch_dir("sink-bench");
     let md = dir.join("result.md");
-    let out = Command::new(bin("sink"))
-        .args(["--clickhouse", &ch.url, "--database", &ch.database])
-        .args(["--rows", "3000", "--batches", "1000", "--fsync-rows", "20"])
-        .arg("--spool")
-        .arg(dir.join("spool"))
-        .arg("--markdown")
-        .arg(&md)
-        .output()
-        .expect("run the sink bench");
-    assert!(
-        out.status.success(),
-        "sink bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run(
+        "the sink bench",
+        Command::new(bin("sink"))
+            .args(["--clickhouse", &ch.url, "--database", &ch.database])
+            .args(["--rows", "3000", "--batches", "1000", "--fsync-rows", "20"])
+            .arg("--spool")
+            .arg(dir.join("spool"))
+            .arg("--markdown")
+            .arg(&md),
     );
     let md = std::fs::read_to_string(&md).expect("markdown written");
     assert!(

@@ -664,7 +664,7 @@ async fn apply_provisions_an_inventory_file_once() {
     let saved = inv.pool(&pool).await.expect("the pool is saved");
     assert_eq!(saved.overflow_number.as_deref(), Some(overflow.as_str()));
 
-    let mut numbers = range.clone();
+    let mut numbers = range;
     numbers.extend([overflow.clone(), fixed.clone()]);
     #[derive(Row, Deserialize)]
     struct ByActor {
