@@ -50,16 +50,20 @@ fn setup() -> Setup {
             "X-Dialmark-Source".into(),
             "attribution=live_lease; utm_source=google; utm_campaign=spring".into(),
         )],
+        carrier_reliable: false,
+        carrier_via: None,
     }
 }
 
 fn policy() -> Policy {
     Policy {
         provisional_timeout_ms: 2_000,
+        ringing_timeout_ms: 5_000,
         ring_timeout_ms: 20_000,
         overall_timeout_ms: 60_000,
         max_call_ms: 14_400_000,
         failover_codes: vec![408, 500, 502, 503, 504],
+        all_failed_code: 480,
         advertise: "127.0.0.1:5060".into(),
     }
 }

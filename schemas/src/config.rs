@@ -202,14 +202,43 @@ pub struct RouterConfig {
     pub reject_code: u16,
     /// Fail over when a trunk sent no provisional reply within this time.
     pub provisional_timeout_ms: u64,
+    /// Fail over when a trunk sent no 180/183/2xx within this time of the
+    /// INVITE (100 Trying, then silence); longer than the provisional
+    /// timeout. 0 turns it off.
+    pub ringing_timeout_ms: u64,
+    /// The carrier's reply when every trunk of the client failed: 480
+    /// (default), 500 or 503. Carrier SBCs read a 503 as "this node is
+    /// down" and may stop sending calls.
+    pub all_trunks_failed_code: u16,
     /// Final replies from a trunk that make us try the next trunk.
     pub failover_codes: Vec<u16>,
     /// Hunt to the next destination after ringing this long.
     pub ring_timeout_seconds: u64,
     /// The caller never waits longer than this for an answer.
     pub overall_timeout_seconds: u64,
-    /// An answered call's record is closed as `timeout` after this long.
+    /// An answered call is hung up (BYE both ways) and closed as
+    /// `timeout` after this long.
     pub max_call_seconds: u64,
+    /// On SIGTERM, calls in progress get this long to end; those still up
+    /// then are hung up (BYE both ways) and recorded.
+    pub drain_seconds: u64,
+    /// Routing shards (Call-ID hash → shard), each on its own task; 0 =
+    /// one per CPU core.
+    pub shards: usize,
+    /// Memory budget of call state (ringing calls, dialogs, tombstones) in
+    /// MiB: new calls over it are refused with 503 and recorded as
+    /// `overload`.
+    pub max_memory_mb: usize,
+    /// A shard whose messages wait longer than this before it handles them
+    /// is behind: new calls are refused (503 + Retry-After, recorded as
+    /// `overload`) until it catches up; replies and in-dialog requests
+    /// are still served first.
+    pub overload_delay_ms: u64,
+    /// Retry-After of the 503 to calls refused in overload.
+    pub retry_after_seconds: u32,
+    /// Receive buffer of the UDP socket (SO_RCVBUF), bytes; raised past
+    /// `net.core.rmem_max` when the process may (CAP_NET_ADMIN).
+    pub udp_recv_buffer_bytes: usize,
     /// Local route cache lifetime for DID records read from Redis.
     pub route_cache_ms: u64,
     /// HTTP listen address of `/metrics` and `/status`.
@@ -291,10 +320,18 @@ impl Default for RouterConfig {
             trusted_sources: vec!["127.0.0.1/32".parse().expect("literal")],
             reject_code: 404,
             provisional_timeout_ms: 2_000,
+            ringing_timeout_ms: 5_000,
+            all_trunks_failed_code: 480,
             failover_codes: vec![408, 500, 502, 503, 504],
             ring_timeout_seconds: 20,
             overall_timeout_seconds: 60,
             max_call_seconds: 4 * 3600,
+            drain_seconds: 30,
+            shards: 0,
+            max_memory_mb: 1024,
+            overload_delay_ms: 500,
+            retry_after_seconds: 5,
+            udp_recv_buffer_bytes: 16 << 20,
             route_cache_ms: 5_000,
             http: "127.0.0.1:9060".parse().expect("literal"),
             alert_webhook: None,
@@ -493,6 +530,30 @@ impl RawConfig {
                 "must be at least 1",
             ));
         }
+        if r.ringing_timeout_ms != 0 && r.ringing_timeout_ms <= r.provisional_timeout_ms {
+            return Err(Error::config(
+                "router.ringing_timeout_ms",
+                "must be longer than router.provisional_timeout_ms (or 0: off)",
+            ));
+        }
+        if ![480, 500, 503].contains(&r.all_trunks_failed_code) {
+            return Err(Error::config(
+                "router.all_trunks_failed_code",
+                "must be 480, 500 or 503",
+            ));
+        }
+        if r.max_memory_mb == 0 {
+            return Err(Error::config("router.max_memory_mb", "must be at least 1"));
+        }
+        if r.shards > 256 {
+            return Err(Error::config("router.shards", "must be at most 256"));
+        }
+        if r.overload_delay_ms < 10 {
+            return Err(Error::config(
+                "router.overload_delay_ms",
+                "must be at least 10",
+            ));
+        }
         if r.overall_timeout_seconds == 0 {
             return Err(Error::config(
                 "router.overall_timeout_seconds",
@@ -627,6 +688,9 @@ mod tests {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.tracker.hold_seconds, 900);
         assert_eq!(c.router.provisional_timeout_ms, 2_000);
+        assert_eq!(c.router.ringing_timeout_ms, 5_000);
+        assert_eq!(c.router.all_trunks_failed_code, 480);
+        assert_eq!((c.router.shards, c.router.max_memory_mb), (0, 1024));
         assert_eq!(c.router.failover_codes, vec![408, 500, 502, 503, 504]);
         assert_eq!(c.clickhouse.database, "dialmark");
         assert_eq!(c.router.advertised(), c.router.udp);
@@ -656,6 +720,9 @@ mod tests {
             ("[tracker]\nhold_seconds = 100\nmax_hold_seconds = 10\n", "tracker.max_hold_seconds"),
             ("[router]\nreject_code = 500\n", "router.reject_code"),
             ("[router]\nfailover_codes = [486]\n", "router.failover_codes[0]"),
+            ("[router]\nringing_timeout_ms = 1000\n", "router.ringing_timeout_ms"),
+            ("[router]\nall_trunks_failed_code = 404\n", "router.all_trunks_failed_code"),
+            ("[router]\nmax_memory_mb = 0\n", "router.max_memory_mb"),
             ("[router.probe]\ndown_after = 0\n", "router.probe.down_after"),
             ("[numbering]\ncountry_code = \"x\"\n", "numbering.country_code"),
             (

@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_number_event_order.sql",
         sql: include_str!("../migrations/0003_number_event_order.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_router_outcomes.sql",
+        sql: include_str!("../migrations/0004_router_outcomes.sql"),
+    },
 ];
 
 #[derive(Debug, Row, Serialize, Deserialize)]

@@ -130,6 +130,12 @@ pub enum Disposition {
     RejectedUnknown = 8,
     RejectedUntrusted = 9,
     Timeout = 10,
+    /// Refused unrouted because the node was over its memory budget or
+    /// behind on its queue (503 + Retry-After).
+    Overload = 11,
+    /// The node died while the call was up; closed at its restart with
+    /// what was known.
+    NodeLost = 12,
 }
 
 impl Disposition {
@@ -146,6 +152,8 @@ impl Disposition {
             Disposition::RejectedUnknown => "rejected_unknown",
             Disposition::RejectedUntrusted => "rejected_untrusted",
             Disposition::Timeout => "timeout",
+            Disposition::Overload => "overload",
+            Disposition::NodeLost => "node_lost",
         }
     }
 }
@@ -226,6 +234,12 @@ pub enum Outcome {
     Timeout = 5,
     TransportError = 6,
     Canceled = 7,
+    /// The node gave up on the attempt before any provisional reply; one
+    /// came later and got the CANCEL then.
+    CancelledLate = 8,
+    /// The node gave up on the attempt; its trunk answered later and got
+    /// ACK and BYE.
+    AnsweredLateReleased = 9,
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]

@@ -3,8 +3,10 @@
 //! provisional reply), then `down` until `up_after` consecutive probe
 //! successes. Pure: the caller feeds results and gets a transition back.
 //!
-//! A real call's timeout counts only when no other call got a reply from
-//! the trunk within the provisional timeout ([`Health::call_timed_out`]):
+//! Failures count when consecutive: a reply to a real call since the last
+//! failure starts the count again. A real call's timeout counts only when
+//! no call got a reply from the trunk within the provisional timeout
+//! ([`Health::call_timed_out`]):
 //! at thousands of calls a second, a burst of lost packets (a full socket
 //! buffer on a busy box) times out a few calls in a row on a trunk that is
 //! answering every other call, and downing it would fail every call that
@@ -30,8 +32,8 @@ pub struct Health {
     up_after: u32,
     /// Unix ms of the last state change.
     pub since_ms: u64,
-    /// Unix ms of the last reply a real call got from the trunk.
-    last_reply_ms: Option<u64>,
+    /// Unix ms of the last failure counted.
+    last_failure_ms: u64,
 }
 
 impl Health {
@@ -43,33 +45,28 @@ impl Health {
             down_after: down_after.max(1),
             up_after: up_after.max(1),
             since_ms: now_ms,
-            last_reply_ms: None,
+            last_failure_ms: 0,
         }
     }
 
-    /// A real call got a reply (any status) from the trunk.
-    pub fn replied(&mut self, now_ms: u64) {
-        self.last_reply_ms = Some(now_ms);
-    }
-
-    /// A real call got a reply from the trunk in the `window_ms` before
-    /// `now_ms`: a call timing out now lost its packets; the trunk is alive.
-    fn replied_within(&self, now_ms: u64, window_ms: u64) -> bool {
-        self.last_reply_ms
-            .is_some_and(|t| now_ms.saturating_sub(t) < window_ms)
-    }
-
     /// A real call got no provisional reply within `window_ms` (the
-    /// provisional timeout): a failure, unless another call got a reply
-    /// from the trunk within that window.
-    pub fn call_timed_out(&mut self, window_ms: u64, now_ms: u64) -> Option<Transition> {
-        if self.replied_within(now_ms, window_ms) {
+    /// provisional timeout): a failure, unless a call got a reply from the
+    /// trunk within that window (`last_reply_ms`, Unix ms, 0 = never): a
+    /// call timing out now lost its packets; the trunk is alive.
+    pub fn call_timed_out(
+        &mut self,
+        window_ms: u64,
+        now_ms: u64,
+        last_reply_ms: u64,
+    ) -> Option<Transition> {
+        if last_reply_ms > 0 && now_ms.saturating_sub(last_reply_ms) < window_ms {
             return None;
         }
         self.failure(
             TrunkCause::Passive,
             "no provisional reply to a call",
             now_ms,
+            last_reply_ms,
         )
     }
 
@@ -107,12 +104,24 @@ impl Health {
         }
     }
 
-    /// A probe failed, or a real call got no provisional reply in time.
-    pub fn failure(&mut self, cause: TrunkCause, reason: &str, now_ms: u64) -> Option<Transition> {
+    /// A probe failed, or a real call failed on the trunk; `last_reply_ms`
+    /// is when a real call last got a reply from it (a reply since the
+    /// last failure breaks the run).
+    pub fn failure(
+        &mut self,
+        cause: TrunkCause,
+        reason: &str,
+        now_ms: u64,
+        last_reply_ms: u64,
+    ) -> Option<Transition> {
         self.successes = 0;
         match self.state {
             TrunkState::Down => None,
             TrunkState::Up => {
+                if last_reply_ms > self.last_failure_ms {
+                    self.failures = 0;
+                }
+                self.last_failure_ms = now_ms;
                 self.failures += 1;
                 (self.failures >= self.down_after).then(|| {
                     self.set(
@@ -154,23 +163,21 @@ mod tests {
     #[test]
     fn down_after_n_failures_up_after_m_successes() {
         let mut h = Health::new(3, 2, 0);
-        assert!(h.failure(TrunkCause::Probe, "timeout", 1).is_none());
-        assert!(h.failure(TrunkCause::Probe, "timeout", 2).is_none());
+        let fail = |h: &mut Health, t| h.failure(TrunkCause::Probe, "timeout", t, 0);
+        assert!(fail(&mut h, 1).is_none());
+        assert!(fail(&mut h, 2).is_none());
         // A success in between resets the count.
         assert!(h.success(TrunkCause::Probe, 3).is_none());
-        assert!(h.failure(TrunkCause::Probe, "timeout", 4).is_none());
-        assert!(h.failure(TrunkCause::Probe, "timeout", 5).is_none());
-        let t = h.failure(TrunkCause::Probe, "timeout", 6).unwrap();
+        assert!(fail(&mut h, 4).is_none());
+        assert!(fail(&mut h, 5).is_none());
+        let t = fail(&mut h, 6).unwrap();
         assert_eq!((t.from, t.to), (TrunkState::Up, TrunkState::Down));
         assert!(t.reason.contains("3 consecutive"));
         assert!(!h.is_up());
         assert_eq!(h.since_ms, 6);
-        assert!(
-            h.failure(TrunkCause::Probe, "timeout", 7).is_none(),
-            "no repeated down"
-        );
+        assert!(fail(&mut h, 7).is_none(), "no repeated down");
         assert!(h.success(TrunkCause::Probe, 8).is_none());
-        assert!(h.failure(TrunkCause::Probe, "timeout", 9).is_none());
+        assert!(fail(&mut h, 9).is_none());
         assert!(
             h.success(TrunkCause::Probe, 10).is_none(),
             "a failure resets the success count"
@@ -183,32 +190,37 @@ mod tests {
     #[test]
     fn a_recent_reply_outweighs_a_timeout() {
         let mut h = Health::new(3, 2, 0);
-        assert!(!h.replied_within(5_000, 2_000), "no reply yet");
-        h.replied(10_000);
-        assert!(h.replied_within(11_999, 2_000));
-        assert!(
-            !h.replied_within(12_000, 2_000),
-            "quiet for the whole window"
-        );
         // Timeouts while the trunk answers other calls do not count...
         for t in [10_500, 11_000, 11_999] {
-            assert!(h.call_timed_out(2_000, t).is_none());
+            assert!(h.call_timed_out(2_000, t, 10_000).is_none());
         }
         assert!(h.is_up());
         // ...once it has been quiet for the window, they do.
-        assert!(h.call_timed_out(2_000, 12_000).is_none());
-        assert!(h.call_timed_out(2_000, 12_001).is_none());
-        let t = h.call_timed_out(2_000, 12_002).unwrap();
+        assert!(h.call_timed_out(2_000, 12_000, 10_000).is_none());
+        assert!(h.call_timed_out(2_000, 12_001, 10_000).is_none());
+        let t = h.call_timed_out(2_000, 12_002, 10_000).unwrap();
         assert_eq!((t.to, t.cause), (TrunkState::Down, TrunkCause::Passive));
+        let mut never = Health::new(1, 1, 0);
+        assert!(
+            never.call_timed_out(2_000, 1_000, 0).is_some(),
+            "no reply ever: the timeout counts"
+        );
     }
 
     #[test]
-    fn passive_failures_count_too() {
+    fn a_reply_between_failures_breaks_the_run() {
         let mut h = Health::new(2, 1, 0);
         assert!(h
-            .failure(TrunkCause::Passive, "no provisional", 1)
+            .failure(TrunkCause::Passive, "no ringing", 1_000, 0)
             .is_none());
-        let t = h.failure(TrunkCause::Passive, "no provisional", 2).unwrap();
+        // A call got a reply at 1_500: the next failure starts a new run.
+        assert!(h
+            .failure(TrunkCause::Passive, "no ringing", 2_000, 1_500)
+            .is_none());
+        let t = h
+            .failure(TrunkCause::Passive, "no ringing", 3_000, 1_500)
+            .unwrap();
         assert_eq!(t.cause, TrunkCause::Passive);
+        assert!(t.reason.contains("no ringing"));
     }
 }

@@ -11,11 +11,27 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::node::{now_ms, Status, TrunkStatus};
+use crate::now_ms;
+use crate::shared::Shared;
+
+/// What `/status` and `/status.json` show of a trunk.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TrunkStatus {
+    pub name: String,
+    pub group: String,
+    pub address: String,
+    pub up: bool,
+    pub since_unix: u64,
+    /// Attempts on the trunk now, counted live by the shards.
+    pub active_calls: u32,
+    pub attempts_15m: u64,
+    pub answered_15m: u64,
+    pub failovers_15m: u64,
+}
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub status: Arc<Status>,
+    pub shared: Arc<Shared>,
     pub metrics: Option<PrometheusHandle>,
     /// Sink counters by table, published at scrape time.
     pub sinks: Vec<(&'static str, Arc<dialmark_schemas::sink::SinkStats>)>,
@@ -34,6 +50,13 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     for (table, st) in &s.sinks {
         st.export(table);
     }
+    metrics::gauge!("dialmark_router_memory_budget_bytes").set(s.shared.budget.limit as f64);
+    metrics::gauge!("dialmark_router_memory_used_bytes").set(s.shared.budget.used() as f64);
+    metrics::gauge!("dialmark_router_refusing_new_calls").set(if s.shared.refusing() {
+        1.0
+    } else {
+        0.0
+    });
     match &s.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -44,11 +67,25 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     }
 }
 
-/// Trunks with their 15-minute attempt, answer and failover counts.
-pub fn snapshot(status: &Status) -> Vec<TrunkStatus> {
-    let mut trunks = status.trunks.lock().expect("status lock").clone();
+/// Trunks with their live call counts and 15-minute attempt, answer and
+/// failover counts.
+pub fn snapshot(shared: &Shared) -> Vec<TrunkStatus> {
+    let mut trunks: Vec<TrunkStatus> = shared
+        .snapshot()
+        .trunks
+        .iter()
+        .map(|t| TrunkStatus {
+            name: t.cfg.name.clone(),
+            group: t.cfg.group.clone(),
+            address: t.cfg.address.to_string(),
+            up: t.up,
+            since_unix: t.since_ms / 1000,
+            active_calls: t.live.active.load(Ordering::Relaxed),
+            ..TrunkStatus::default()
+        })
+        .collect();
     let now = now_ms();
-    let recent = status.recent.lock().expect("status lock");
+    let recent = shared.recent.lock().expect("status lock");
     for t in &mut trunks {
         for (at, name, answered, failover) in recent.iter() {
             if *name == t.name && now.saturating_sub(*at) <= 15 * 60 * 1000 {
@@ -62,9 +99,13 @@ pub fn snapshot(status: &Status) -> Vec<TrunkStatus> {
 }
 
 async fn status_json(State(s): State<HttpState>) -> Json<serde_json::Value> {
+    let c = &s.shared.counts;
     Json(serde_json::json!({
-        "active_calls": s.status.active_calls.load(Ordering::Relaxed),
-        "trunks": snapshot(&s.status),
+        "active_calls": c.calls.load(Ordering::Relaxed),
+        "tombstones": c.tombstones.load(Ordering::Relaxed),
+        "memory": {"budget_bytes": s.shared.budget.limit, "used_bytes": s.shared.budget.used()},
+        "refusing_new_calls": s.shared.refusing(),
+        "trunks": snapshot(&s.shared),
     }))
 }
 
@@ -76,7 +117,7 @@ fn esc(s: &str) -> String {
 }
 
 async fn status_page(State(s): State<HttpState>) -> Html<String> {
-    let trunks = snapshot(&s.status);
+    let trunks = snapshot(&s.shared);
     let mut rows = String::new();
     for t in &trunks {
         let asr = if t.attempts_15m > 0 {
@@ -101,13 +142,13 @@ async fn status_page(State(s): State<HttpState>) -> Html<String> {
         ));
     }
     let failovers: String = s
-        .status
+        .shared
         .recent_failovers
         .lock()
         .expect("status lock")
         .iter()
         .rev()
-        .map(|(at, trunk, _)| {
+        .map(|(at, trunk)| {
             format!(
                 "<li>{} — failover from {}</li>",
                 crate::alert::rfc3339(at / 1000),
@@ -124,6 +165,6 @@ tr.down td.state{{background:#f88;font-weight:bold}}tr.up td.state{{background:#
 <table><thead><tr><th>trunk</th><th>group</th><th>address</th><th>state</th><th>since (UTC)</th><th>calls now</th>\
 <th>attempts 15m</th><th>ASR 15m</th><th>failovers 15m</th></tr></thead><tbody>\n{rows}</tbody></table>\
 <h2>Recent failovers</h2><ul id=\"failovers\">{failovers}</ul></body></html>",
-        active = s.status.active_calls.load(Ordering::Relaxed),
+        active = s.shared.counts.calls.load(Ordering::Relaxed),
     ))
 }

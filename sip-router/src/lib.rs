@@ -2,13 +2,29 @@
 //! tracking numbers up in Redis, forwards calls over failover trunks, and
 //! records every attempt and call in ClickHouse.
 //!
+//! Work is sharded by Call-ID across `router.shards` tasks (one per core by
+//! default): receivers read the sockets and hand each message to the shard
+//! that owns its Call-ID; each shard owns its calls, timers and tombstones
+//! outright; the control task owns trunk health and publishes read-only
+//! snapshots of the trunk table. Capacity is a memory budget, not a call
+//! count.
+//!
 //! # Layout
 //! - [`wire`]: framing, header index and rewrites on raw SIP bytes.
+//! - [`originate`]: the requests the node sends itself (probes, CANCEL,
+//!   ACK, BYE), built with rsip.
 //! - [`call`]: one call as a pure state machine (attempts, failover,
-//!   hunting, CANCEL, dialog, rows).
+//!   hunting, CANCEL, abandoned branches, retransmissions, rows).
+//! - [`dialog`]: a confirmed dialog's legs, for the BYEs that release it.
+//! - [`timer`]: a shard's cancellable timers.
+//! - [`transport`]: sockets, receivers, TCP connections, the send path.
+//! - [`dispatch`]: from a received message to the shard that owns it.
+//! - [`shard`]: the routing loop of one shard.
+//! - [`journal`]: answered calls in progress, closed as `node_lost` after a crash.
+//! - [`control`]: trunk table, probes, passive health, alerts, reload.
+//! - [`shared`]: what the tasks share: snapshot, budget, flags.
 //! - [`health`]: the trunk up/down breaker.
 //! - [`directory`]: DID routing records (cached) and call attribution.
-//! - [`node`]: the I/O loop: sockets, timers, policy, probes.
 //! - [`ratelimit`]: per-source flood protection with a ban window.
 //! - [`reload`]: what a SIGHUP config reload takes over.
 //! - [`alert`]: the Alertmanager-compatible webhook.
@@ -18,12 +34,20 @@
 
 pub mod alert;
 pub mod call;
+pub mod control;
+pub mod dialog;
 pub mod directory;
+pub mod dispatch;
 pub mod health;
 pub mod http;
-pub mod node;
+pub mod journal;
+pub mod originate;
 pub mod ratelimit;
 pub mod reload;
+pub mod shard;
+pub mod shared;
+pub mod timer;
+pub mod transport;
 pub mod webhook;
 pub mod wire;
 
@@ -39,7 +63,24 @@ use dialmark_schemas::sink::Sink;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-/// Runs the node until SIGINT/SIGTERM, drains calls, flushes the sinks.
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Shards when `router.shards` is 0: one per core.
+fn shard_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs the node until SIGINT/SIGTERM, drains calls (hanging up those
+/// still up at `router.drain_seconds`), flushes the sinks.
 /// On SIGHUP, re-reads `config_path` (when given) and takes it over
 /// without dropping calls; a config that does not load is refused and the
 /// running one stays.
@@ -53,12 +94,11 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         .context("installing the metrics recorder")?;
     let config = Arc::new(config);
     let r = &config.router;
-    let udp = Arc::new(
-        tokio::net::UdpSocket::bind(r.udp)
-            .await
-            .with_context(|| format!("binding router.udp {}", r.udp))?,
-    );
+    let (udp, granted) = transport::bind_udp(r.udp, r.udp_recv_buffer_bytes)
+        .with_context(|| format!("binding router.udp {}", r.udp))?;
+    let udp = Arc::new(udp);
     info!(addr = %udp.local_addr()?, "router listening (udp)");
+    transport::report_recv_buffer(r.udp_recv_buffer_bytes, granted);
     let tcp = match r.tcp {
         Some(a) => {
             let l = tokio::net::TcpListener::bind(a)
@@ -92,12 +132,12 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let (attempts, t2) =
         Sink::<CallAttempt>::spawn(ch.clone(), &config.sink, "router", Duration::ZERO)?;
     let (trunk_events, t3) = Sink::<TrunkEvent>::spawn(ch, &config.sink, "router", Duration::ZERO)?;
-    let sink_stats = (
-        calls.stats().clone(),
-        attempts.stats().clone(),
-        trunk_events.stats().clone(),
-    );
-    let sinks = node::Sinks {
+    let sink_stats = vec![
+        ("calls", calls.stats().clone()),
+        ("call_attempts", attempts.stats().clone()),
+        ("trunk_events", trunk_events.stats().clone()),
+    ];
+    let sinks = shard::Sinks {
         calls,
         attempts,
         trunk_events,
@@ -107,51 +147,130 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         Duration::from_millis(r.route_cache_ms),
         config.tracker.attribution_window_seconds,
     );
-    let status = Arc::new(node::Status::default());
-    let (tx, rx) = mpsc::channel(65_536);
-    let node = node::Node::new(
+    // Calls a killed predecessor left up: closed as node_lost, on record.
+    let journal_dir = config.sink.spool_dir.join("router").join("journal");
+    let (lost, old) = journal::recover(&journal_dir).context("reading the call journal")?;
+    if !lost.is_empty() {
+        warn!(
+            calls = lost.len(),
+            "calls left up by the previous run recorded as node_lost"
+        );
+    }
+    for row in lost {
+        shard::record(&sinks, row);
+    }
+    for f in old {
+        std::fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
+    }
+    let n = shard_count(r.shards);
+    let shared = Arc::new(shared::Shared::new(
+        shared::Snapshot::new(config.clone(), Vec::new()),
+        n,
+        r.max_memory_mb << 20,
+    ));
+    let transport = Arc::new(transport::Transport::new(udp));
+    let (control_tx, control_rx) = mpsc::channel(65_536);
+    // Publishes the trunk table before any shard reads it.
+    let control = control::Control::new(
         config.clone(),
-        udp.clone(),
-        directory,
-        sinks,
-        alert::Alerter::new(
-            r.alert_webhook.clone(),
-            Duration::from_secs(r.alert_hold_down_seconds),
-        ),
-        status.clone(),
-        tx.clone(),
+        shared.clone(),
+        transport.clone(),
+        sinks.clone(),
     );
-    let reader = tokio::spawn(node::udp_reader(udp, tx.clone()));
-    let reloader = config_path.map(|p| tokio::spawn(reload_on_sighup(p, tx.clone())));
+    let mut queues = Vec::new();
+    let mut shard_ctl = Vec::new();
+    let mut shard_tasks = Vec::new();
+    for id in 0..n {
+        let (urgent_tx, urgent) = mpsc::channel(65_536);
+        let (fresh_tx, fresh) = mpsc::channel(4_096);
+        let (ctl_tx, ctl) = mpsc::channel(4);
+        let (shard, routed) = shard::Shard::new(
+            id,
+            shared.clone(),
+            transport.clone(),
+            directory.clone(),
+            sinks.clone(),
+            control_tx.clone(),
+            journal::Journal::open(&journal_dir, id).context("opening the call journal")?,
+        );
+        let inputs = shard::ShardInputs { urgent, fresh, ctl };
+        shard_tasks.push(tokio::spawn(shard.run(inputs, routed)));
+        queues.push(dispatch::ShardQueues {
+            urgent: urgent_tx,
+            fresh: fresh_tx,
+        });
+        shard_ctl.push(ctl_tx);
+    }
+    info!(
+        shards = n,
+        budget_mb = r.max_memory_mb,
+        "routing shards started"
+    );
+    let control_task = tokio::spawn(control.run(control_rx));
+    let dispatcher = dispatch::Dispatcher::new(
+        queues,
+        control_tx.clone(),
+        shared.clone(),
+        transport.clone(),
+        sinks.clone(),
+    );
+    let receivers: Vec<_> = (0..n.max(2))
+        .map(|_| {
+            tokio::spawn(transport::udp_receiver(
+                transport.clone(),
+                dispatcher.clone(),
+            ))
+        })
+        .collect();
+    let reloader = config_path.map(|p| tokio::spawn(reload_on_sighup(p, control_tx.clone())));
     let message_timeout = Duration::from_millis(r.tcp_message_timeout_ms);
-    let acceptor = tcp.map(|l| tokio::spawn(node::tcp_acceptor(l, tx.clone(), message_timeout)));
+    let acceptor = tcp.map(|l| {
+        tokio::spawn(transport::tcp_acceptor(
+            l,
+            transport.clone(),
+            dispatcher.clone(),
+            message_timeout,
+        ))
+    });
+    drop(dispatcher);
     let http_state = http::HttpState {
-        status,
+        shared: shared.clone(),
         metrics: Some(metrics),
-        sinks: vec![
-            ("calls", sink_stats.0),
-            ("call_attempts", sink_stats.1),
-            ("trunk_events", sink_stats.2),
-        ],
+        sinks: sink_stats,
     };
     let http_task = tokio::spawn(async move {
         let _ = axum::serve(http, http::router(http_state)).await;
     });
-    let loop_task = tokio::spawn(node.run(
-        rx,
-        Duration::from_secs(config.router.max_call_seconds.min(30)),
-    ));
+
     dialmark_schemas::runtime::shutdown_signal().await;
-    info!("shutting down: draining calls");
-    let _ = tx.send(node::Input::Shutdown).await;
-    drop(tx);
-    let _ = loop_task.await;
-    reader.abort();
-    for t in acceptor.into_iter().chain(reloader) {
+    let drain = Duration::from_secs(r.drain_seconds);
+    info!(
+        drain_seconds = r.drain_seconds,
+        "shutting down: draining calls (OPTIONS now answer 503)"
+    );
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in &shard_ctl {
+        let _ = c.send(shard::ShardCtl::Drain).await;
+    }
+    let mut all = std::pin::pin!(futures_join(shard_tasks));
+    if tokio::time::timeout(drain, &mut all).await.is_err() {
+        warn!("drain deadline: hanging up the calls still up (BYE both ways)");
+        for c in &shard_ctl {
+            let _ = c.send(shard::ShardCtl::Release).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut all).await;
+    }
+    info!("routing stopped");
+    for t in receivers.into_iter().chain(acceptor).chain(reloader) {
         t.abort();
     }
+    let _ = control_tx.send(control::ControlMsg::Shutdown).await;
+    let _ = control_task.await;
     http_task.abort();
-    // The node is gone and with it every sink handle: writers flush and end.
+    drop(sinks);
+    // Every sink handle is gone with the shards: writers flush and end.
     let flush = async {
         for t in [t1, t2, t3].into_iter().chain(hook_task) {
             let _ = t.await;
@@ -167,8 +286,15 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     Ok(())
 }
 
+/// Waits for every task.
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 /// Re-reads the config file on each SIGHUP and hands it to the node.
-async fn reload_on_sighup(path: PathBuf, tx: mpsc::Sender<node::Input>) {
+async fn reload_on_sighup(path: PathBuf, tx: mpsc::Sender<control::ControlMsg>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -181,7 +307,11 @@ async fn reload_on_sighup(path: PathBuf, tx: mpsc::Sender<node::Input>) {
         match Config::load(&path) {
             Ok(c) => {
                 info!(path = %path.display(), "SIGHUP: reloading the config");
-                if tx.send(node::Input::Reload(Box::new(c))).await.is_err() {
+                if tx
+                    .send(control::ControlMsg::Reload(Box::new(c)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -13,7 +13,9 @@
 use dialmark_schemas::config::{Config, ProbeConfig, TrunkConfig};
 
 use crate::health::Health;
-use crate::node::TrunkRuntime;
+use std::sync::Arc;
+
+use crate::control::TrunkRuntime;
 
 /// The config to run with after a reload, and what it could not take.
 #[derive(Debug)]
@@ -80,8 +82,9 @@ pub struct TrunkDiff {
 }
 
 /// The new trunk table: a trunk with the same name and address keeps its
-/// health and active calls (its other settings are the new ones); a moved
-/// or new trunk starts up with fresh health.
+/// health and live counters (its other settings are the new ones); a
+/// moved trunk keeps its counters but starts up with fresh health; a new
+/// trunk starts with both fresh.
 pub fn trunks(
     old: Vec<TrunkRuntime>,
     new: &[TrunkConfig],
@@ -98,25 +101,25 @@ pub fn trunks(
                 .find(|t| t.as_ref().is_some_and(|t| t.cfg.name == cfg.name))
                 .and_then(Option::take);
             let fresh = || Health::new(probe.down_after, probe.up_after, now_ms);
-            let (health, active) = match prev {
+            let (health, live) = match prev {
                 Some(p) if p.cfg.address == cfg.address => {
                     let mut h = p.health;
                     h.retune(probe.down_after, probe.up_after);
-                    (h, p.active)
+                    (h, p.live)
                 }
                 Some(p) => {
                     diff.moved.push(cfg.name.clone());
-                    (fresh(), p.active)
+                    (fresh(), p.live)
                 }
                 None => {
                     diff.added.push(cfg.name.clone());
-                    (fresh(), 0)
+                    (fresh(), Arc::default())
                 }
             };
             TrunkRuntime {
                 cfg: cfg.clone(),
                 health,
-                active,
+                live,
             }
         })
         .collect();
@@ -127,6 +130,7 @@ pub fn trunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::TrunkLive;
     use dialmark_schemas::rows::TrunkCause;
 
     fn config(extra: &str) -> Config {
@@ -164,22 +168,27 @@ mod tests {
     #[test]
     fn trunks_keep_health_by_name_and_address() {
         let probe = ProbeConfig::default();
+        let live = |n: u32| {
+            let l = TrunkLive::default();
+            l.active.store(n, std::sync::atomic::Ordering::Relaxed);
+            Arc::new(l)
+        };
         let mut a = TrunkRuntime {
             cfg: trunk("a", 5001),
             health: Health::new(1, 1, 0),
-            active: 3,
+            live: live(3),
         };
-        a.health.failure(TrunkCause::Probe, "timeout", 5);
+        a.health.failure(TrunkCause::Probe, "timeout", 5, 0);
         assert!(!a.health.is_up());
         let b = TrunkRuntime {
             cfg: trunk("b", 5002),
             health: Health::new(1, 1, 0),
-            active: 1,
+            live: live(1),
         };
         let gone = TrunkRuntime {
             cfg: trunk("gone", 5003),
             health: Health::new(1, 1, 0),
-            active: 0,
+            live: live(0),
         };
         let mut a2 = trunk("a", 5001);
         a2.priority = 7;
@@ -197,10 +206,16 @@ mod tests {
         assert_eq!(names, ["a", "b", "c"]);
         // a: still down (health kept), calls kept, new priority taken.
         assert!(!table[0].health.is_up());
-        assert_eq!((table[0].active, table[0].cfg.priority), (3, 7));
+        let active = |i: usize| {
+            table[i]
+                .live
+                .active
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!((active(0), table[0].cfg.priority), (3, 7));
         // b moved: fresh health, its calls in progress still counted.
         assert!(table[1].health.is_up());
-        assert_eq!(table[1].active, 1);
-        assert_eq!((table[2].active, table[2].health.since_ms), (0, 10));
+        assert_eq!(active(1), 1);
+        assert_eq!((active(2), table[2].health.since_ms), (0, 10));
     }
 }

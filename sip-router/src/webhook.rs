@@ -164,6 +164,9 @@ impl Delivery {
                 continue;
             };
             let verdict = match serde_json::from_slice::<Call>(record) {
+                // An answered call's first row (`ended` = 0) is not a
+                // completed call: its final row follows.
+                Ok(call) if call.ended == 0 => Verdict::Delivered,
                 Ok(call) => self.deliver(&call).await,
                 Err(e) => {
                     self.dead(record, &format!("undecodable: {e}"));

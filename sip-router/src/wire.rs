@@ -146,7 +146,6 @@ fn trim(raw: &[u8], mut r: Range<usize>) -> Range<usize> {
 /// For a TCP stream: the length of the first complete message in `buf`,
 /// `Ok(None)` when more bytes are needed.
 pub fn frame(buf: &[u8]) -> Result<Option<usize>, ParseError> {
-    // Keep-alive CRLFs between messages (RFC 5626) are skipped by the caller.
     let Some(end) = find(buf, b"\r\n\r\n") else {
         return if buf.len() > MAX_MESSAGE {
             Err(ParseError::TooLarge)
@@ -154,16 +153,92 @@ pub fn frame(buf: &[u8]) -> Result<Option<usize>, ParseError> {
             Ok(None)
         };
     };
-    let head_end = end + 4;
-    let msg = parse_head(&buf[..head_end])?;
-    let len = msg
+    let total = message_len(buf, end + 4)?;
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// The whole length of a TCP message whose head is `buf[..head_end]`.
+fn message_len(buf: &[u8], head_end: usize) -> Result<usize, ParseError> {
+    let head = parse_head(&buf[..head_end])?;
+    let len = head
         .content_length
         .ok_or(ParseError::Missing("Content-Length (required on TCP)"))?;
     let total = head_end + len;
     if total > MAX_MESSAGE {
         return Err(ParseError::TooLarge);
     }
-    Ok((buf.len() >= total).then_some(total))
+    Ok(total)
+}
+
+/// Frames a TCP stream by Content-Length in time linear in the bytes read:
+/// the search for the end of a head resumes where the last one stopped,
+/// each head is parsed once, and keep-alive CRLFs between messages
+/// (RFC 5626) are skipped.
+#[derive(Debug, Default)]
+pub struct Framer {
+    buf: Vec<u8>,
+    /// First byte of the message being framed.
+    start: usize,
+    /// Bytes of it already searched for the end of its head.
+    scanned: usize,
+    /// Its whole length, once its head is known.
+    total: Option<usize>,
+}
+
+impl Framer {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes of the message not framed yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// The next whole message, `Ok(None)` when more bytes are needed.
+    pub fn next_message(&mut self) -> Result<Option<Vec<u8>>, ParseError> {
+        if self.total.is_none() && self.scanned == 0 {
+            while self
+                .buf
+                .get(self.start)
+                .is_some_and(|b| matches!(b, b'\r' | b'\n'))
+            {
+                self.start += 1;
+            }
+        }
+        let cur = &self.buf[self.start..];
+        let total = match self.total {
+            Some(t) => t,
+            None => {
+                let from = self.scanned.saturating_sub(3);
+                let Some(i) = find(&cur[from..], b"\r\n\r\n") else {
+                    if cur.len() > MAX_MESSAGE {
+                        return Err(ParseError::TooLarge);
+                    }
+                    self.scanned = cur.len();
+                    return Ok(None);
+                };
+                let t = message_len(cur, from + i + 4)?;
+                self.total = Some(t);
+                t
+            }
+        };
+        if cur.len() < total {
+            return Ok(None);
+        }
+        let msg = cur[..total].to_vec();
+        self.start += total;
+        self.total = None;
+        self.scanned = 0;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start >= MAX_MESSAGE {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(Some(msg))
+    }
 }
 
 /// Parses one complete message (a UDP datagram or a TCP frame).
@@ -560,6 +635,9 @@ pub struct Forward<'m, 'a> {
     pub msg: &'m Message<'a>,
     pub uri: Option<&'m str>,
     pub via: &'m str,
+    /// The sender's (topmost received) Via rewritten with `received` /
+    /// `rport` ([`stamp_via`]); `None` keeps it byte-exact.
+    pub sender_via: Option<&'m str>,
     pub record_route: Option<&'m str>,
     pub drop_first_route: bool,
     pub max_forwards: u32,
@@ -582,8 +660,20 @@ impl Forward<'_, '_> {
         }
         out.extend_from_slice(format!("Max-Forwards: {}\r\n", self.max_forwards).as_bytes());
         let mut route_dropped = !self.drop_first_route;
+        let mut sender_via = self.sender_via;
         for h in &m.headers {
             if h.name == "max-forwards" {
+                continue;
+            }
+            if let (true, Some(top)) = (h.name == "via", sender_via.take()) {
+                let rest: Vec<&str> = split_list(m.value(h)).skip(1).collect();
+                let mut line = format!("Via: {top}");
+                if !rest.is_empty() {
+                    line.push(',');
+                    line.push_str(&rest.join(","));
+                }
+                line.push_str("\r\n");
+                out.extend_from_slice(line.as_bytes());
                 continue;
             }
             if let Some(other) = &h.other {
@@ -611,6 +701,103 @@ impl Forward<'_, '_> {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(m.body());
         out
+    }
+}
+
+/// The topmost Via of a request received from `from`, stamped per RFC
+/// 3261 §18.2.1 and RFC 3581: `received` when the sent-by host is not the
+/// source address (or the sender asked for `rport`), and a bare `rport`
+/// filled in with the source port. `None` when nothing changes.
+pub fn stamp_via(top_via: &str, from: std::net::SocketAddr) -> Option<String> {
+    let mut parts = top_via.split(';');
+    let head = parts.next().unwrap_or("").trim_end();
+    let params: Vec<&str> = parts.collect();
+    let sent_by = head.split_whitespace().last().unwrap_or("");
+    let host = match sent_by.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => sent_by.rsplit_once(':').map_or(sent_by, |(h, _)| h),
+    };
+    let wants_rport = params
+        .iter()
+        .any(|p| p.trim().eq_ignore_ascii_case("rport"));
+    let has_received = params.iter().any(|p| {
+        p.split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("received")
+    });
+    let add_received =
+        !has_received && (wants_rport || host.parse::<std::net::IpAddr>().ok() != Some(from.ip()));
+    if !add_received && !wants_rport {
+        return None;
+    }
+    let mut out = head.to_string();
+    for p in params {
+        if p.trim().eq_ignore_ascii_case("rport") {
+            out.push_str(&format!(";rport={}", from.port()));
+        } else {
+            out.push(';');
+            out.push_str(p);
+        }
+    }
+    if add_received {
+        out.push_str(&format!(";received={}", from.ip()));
+    }
+    Some(out)
+}
+
+/// Where a response goes by its (new) topmost Via: `received` or the
+/// sent-by host, `rport` or the sent-by port (5060 by default), and
+/// whether the transport is TCP.
+pub fn via_destination(via: &str) -> Option<(std::net::SocketAddr, bool)> {
+    let head = via.split(';').next()?;
+    let mut parts = head.split_whitespace();
+    let proto = parts.next()?;
+    let sent_by = parts.next()?;
+    let tcp = proto.to_ascii_uppercase().ends_with("/TCP");
+    let (host, port) = match sent_by.strip_prefix('[') {
+        Some(v6) => {
+            let (h, rest) = v6.split_once(']')?;
+            (h, rest.strip_prefix(':').and_then(|p| p.parse().ok()))
+        }
+        None => match sent_by.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()),
+            None => (sent_by, None),
+        },
+    };
+    let host = param(via, "received").unwrap_or(host);
+    let port = param(via, "rport")
+        .and_then(|p| p.parse().ok())
+        .or(port)
+        .unwrap_or(5060);
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    Some((std::net::SocketAddr::new(ip, port), tcp))
+}
+
+/// The standard reason phrase of a status code we send ourselves.
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        410 => "Gone",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        500 => "Server Internal Error",
+        503 => "Service Unavailable",
+        513 => "Message Too Large",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        _ => "Unknown",
     }
 }
 
@@ -737,33 +924,6 @@ pub fn error_reply(raw: &[u8], err: &ParseError) -> Option<Vec<u8>> {
         "From: {from}\r\nTo: {to}{tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nServer: dialmark\r\nContent-Length: 0\r\n\r\n"
     ));
     Some(out.into_bytes())
-}
-
-/// ACK or CANCEL for an INVITE we sent (RFC 3261 §17.1.1.3, §9.1): same
-/// request URI, our Via with the same branch, From, Call-ID, CSeq number;
-/// To from the response for ACK (it carries the tag).
-pub fn ack_or_cancel(invite: &Message<'_>, method: &str, to: Option<&str>) -> Vec<u8> {
-    let uri = invite.uri().unwrap_or("");
-    let (n, _) = invite.cseq().unwrap_or((1, String::new()));
-    let mut out = format!(
-        "{method} {uri} SIP/2.0\r\nVia: {}\r\n",
-        invite.top_via().unwrap_or("")
-    )
-    .into_bytes();
-    for h in &invite.headers {
-        match h.name {
-            "from" | "call-id" | "route" => out.extend_from_slice(&invite.raw[h.line.clone()]),
-            "to" => match to {
-                Some(t) => out.extend_from_slice(format!("To: {t}\r\n").as_bytes()),
-                None => out.extend_from_slice(&invite.raw[h.line.clone()]),
-            },
-            _ => {}
-        }
-    }
-    out.extend_from_slice(
-        format!("CSeq: {n} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").as_bytes(),
-    );
-    out
 }
 
 #[cfg(test)]

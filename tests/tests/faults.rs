@@ -32,7 +32,7 @@ async fn counts(cfg: &dialmark_schemas::config::ClickHouseConfig, number: &str) 
             .await;
     }
     let (rows, distinct): (u64, u64) = db
-        .query("SELECT count(), uniqExact(sip_call_id) FROM calls WHERE number = ? AND disposition = 'answered'")
+        .query("SELECT count(), uniqExact(sip_call_id) FROM calls WHERE number = ? AND disposition = 'answered' AND ended != 0")
         .bind(number)
         .fetch_one()
         .await
@@ -138,7 +138,7 @@ async fn router_killed_mid_load_loses_no_finished_call() {
             Scenario::Builtin("uac"),
             "127.0.0.1",
             120,
-            &["-r", "20", "-d", "300", "-recv_timeout", "4000"],
+            &["-r", "20", "-d", "1000", "-recv_timeout", "4000"],
         )
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -161,6 +161,24 @@ async fn router_killed_mid_load_loses_no_finished_call() {
         r.proc.output()
     );
     assert_eq!(rows, distinct, "and recorded once");
+    // Calls that were talking at the kill had a row from their answer;
+    // the restart closed them as node_lost: none is left open.
+    let db = dialmark_schemas::ch::client(&t.config.clickhouse);
+    let (lost, open): (u64, u64) = db
+        .query(
+            "SELECT countIf(disposition = 'node_lost' AND ended >= answered AND answered > 0), countIf(ended = 0) \
+             FROM calls FINAL WHERE number = ?",
+        )
+        .bind(&number)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(
+        lost >= 1,
+        "the calls up at the kill are on record as node_lost\n{}",
+        r.proc.output()
+    );
+    assert_eq!(open, 0, "no call is left open");
 }
 
 async fn visit(t: &TestTracker, site: &str) -> serde_json::Value {

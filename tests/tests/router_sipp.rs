@@ -629,14 +629,15 @@ async fn completed_call_webhook_is_signed_retried_and_sent_after_the_row() {
     const SECRET: &str = "test-secret-0123456789";
     let w = world("rhook").await;
     let ch = w.tracker.config.clickhouse.clone();
-    // Per delivery: calls rows with its call_id when it arrived.
+    // Per delivery: completed calls rows with its call_id when it arrived
+    // (the answer's own row, `ended` = 0, comes first).
     let rows_seen = Arc::new(Mutex::new(Vec::new()));
     let seen = rows_seen.clone();
     let (hook_port, hooks) = dialmark_e2e::webhook::receiver_with(move |req| {
         let doc: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
         let id = doc["call_id"].as_str().unwrap_or("").to_string();
         let query = format!(
-            "SELECT count() FROM {}.calls WHERE call_id = '{}'",
+            "SELECT count() FROM {}.calls WHERE call_id = '{}' AND ended != 0",
             ch.database,
             id.replace('\'', "")
         );

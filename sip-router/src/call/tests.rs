@@ -38,16 +38,20 @@ fn setup(destinations: &[&str], trunks: Vec<TrunkRef>) -> Setup {
             "X-Dialmark-Source".into(),
             "attribution=live_lease; utm_source=google".into(),
         )],
+        carrier_reliable: false,
+        carrier_via: None,
     }
 }
 
 fn policy() -> Policy {
     Policy {
         provisional_timeout_ms: 2_000,
+        ringing_timeout_ms: 5_000,
         ring_timeout_ms: 20_000,
         overall_timeout_ms: 60_000,
         max_call_ms: 3_600_000,
         failover_codes: vec![408, 500, 502, 503, 504],
+        all_failed_code: 480,
         advertise: "127.0.0.1:5060".into(),
     }
 }
@@ -57,7 +61,7 @@ const T0: u64 = 1_800_000_000_000;
 /// The INVITE sent to a trunk in these actions, if any.
 fn sent_invite(actions: &[Action]) -> Option<(SocketAddr, Vec<u8>)> {
     actions.iter().find_map(|a| match a {
-        Action::ToTrunk { addr, bytes } if bytes.starts_with(b"INVITE") => {
+        Action::ToTrunk { addr, bytes, .. } if bytes.starts_with(b"INVITE") => {
             Some((*addr, bytes.clone()))
         }
         _ => None,
@@ -105,6 +109,13 @@ fn attempts(actions: &[Action]) -> Vec<CallAttempt> {
 fn record(actions: &[Action]) -> Option<CallRow> {
     actions.iter().find_map(|a| match a {
         Action::Record(r) => Some((**r).clone()),
+        _ => None,
+    })
+}
+
+fn armed(actions: &[Action], timer: Timer) -> Option<u64> {
+    actions.iter().find_map(|a| match a {
+        Action::Arm { timer: t, at_ms } if *t == timer => Some(*at_ms),
         _ => None,
     })
 }
@@ -157,6 +168,17 @@ fn answered_call_forwards_and_records_talk_time() {
     assert_eq!(to_carrier(&out), vec!["SIP/2.0 180 Ringing"]);
     let out = respond(&mut call, 1, &inv, 200, "OK", T0 + 3_300);
     assert_eq!(to_carrier(&out), vec!["SIP/2.0 200 OK"]);
+    let early = record(&out).expect("on record from the answer");
+    assert_eq!(
+        (
+            early.disposition,
+            early.ended,
+            early.answered,
+            early.talk_ms
+        ),
+        (Disposition::Answered, 0, ((T0 + 3_300) / 1000) as u32, 0),
+        "in progress: ended = 0"
+    );
     let fwd = out
         .iter()
         .find_map(|a| {
@@ -203,6 +225,8 @@ fn answered_call_forwards_and_records_talk_time() {
     assert_eq!(r.attribution, Attribution::LiveLease);
     assert_eq!(r.utm_source, "google");
     assert!(call.is_finished());
+    assert!(call.is_done(), "nothing left but a tombstone");
+    assert_eq!(call.final_reply(), None, "answered: no reply to repeat");
 }
 
 #[test]
@@ -330,16 +354,41 @@ fn cancel_while_ringing() {
         "CANCEL matches the INVITE's branch"
     );
     assert_eq!(c.cseq(), Some((1, "CANCEL".into())));
-    let out = respond(&mut call, 1, &inv, 487, "Request Terminated", T0 + 5_050);
-    assert_eq!(to_trunk(&out, "ACK").len(), 1);
+    // The caller hears 487 at once; the trunk's own 487 ends its branch.
     assert_eq!(to_carrier(&out), vec!["SIP/2.0 487 Request Terminated"]);
     assert_eq!(attempts(&out)[0].outcome, Outcome::Canceled);
     let r = record(&out).unwrap();
-    assert_eq!((r.disposition, r.ring_ms), (Disposition::Abandoned, 4_850));
+    assert_eq!((r.disposition, r.ring_ms), (Disposition::Abandoned, 4_800));
+    assert!(
+        armed(&out, Timer::Resend(1)).is_some(),
+        "the CANCEL is retransmitted until answered"
+    );
+    let ok = wire::response(&c, 200, "OK", Some("trunktag"), &[]);
+    let out = call.handle(
+        Event::Response {
+            attempt: 1,
+            msg: &wire::parse(&ok).unwrap(),
+        },
+        T0 + 5_020,
+    );
+    assert!(
+        to_carrier(&out).is_empty(),
+        "a 200 to the CANCEL goes nowhere"
+    );
+    assert!(
+        out.contains(&Action::Disarm(Timer::Resend(1))),
+        "the CANCEL is answered"
+    );
+    let out = respond(&mut call, 1, &inv, 487, "Request Terminated", T0 + 5_050);
+    assert_eq!(to_trunk(&out, "ACK").len(), 1);
+    assert!(to_carrier(&out).is_empty());
+    assert!(!call.is_done(), "our 487 waits for the caller's ACK");
+    call.handle(Event::Ack, T0 + 5_060);
+    assert!(call.is_done());
 }
 
 #[test]
-fn cancel_without_trunk_reply_is_answered_by_the_guard() {
+fn cancel_before_any_provisional_waits_for_one() {
     let (mut call, out) = Call::start(
         INVITE.as_bytes().to_vec(),
         setup(&["+74951234567"], vec![trunk("a", 5091)]),
@@ -347,11 +396,209 @@ fn cancel_without_trunk_reply_is_answered_by_the_guard() {
         T0,
     );
     let (_, inv) = sent_invite(&out).unwrap();
-    respond(&mut call, 1, &inv, 180, "Ringing", T0 + 200);
-    call.handle(Event::Cancel, T0 + 1_000);
-    let out = call.handle(Event::Timer(Timer::CancelGuard(1)), T0 + 3_000);
+    let out = call.handle(Event::Cancel, T0 + 300);
+    assert!(
+        to_trunk(&out, "CANCEL").is_empty(),
+        "RFC 3261 §9.1: no CANCEL before a provisional"
+    );
     assert_eq!(to_carrier(&out), vec!["SIP/2.0 487 Request Terminated"]);
-    assert_eq!(record(&out).unwrap().disposition, Disposition::Abandoned);
+    assert!(
+        out.contains(&Action::Disarm(Timer::Retransmit(1))),
+        "the INVITE is not repeated"
+    );
+    // The trunk wakes up: now it gets its CANCEL, and the row says so.
+    let out = respond(&mut call, 1, &inv, 180, "Ringing", T0 + 2_500);
+    assert!(to_carrier(&out).is_empty());
+    assert_eq!(to_trunk(&out, "CANCEL").len(), 1);
+    let a = attempts(&out);
+    assert_eq!(
+        (a.len(), a[0].attempt, a[0].outcome),
+        (1, 1, Outcome::CancelledLate)
+    );
+    let out = respond(&mut call, 1, &inv, 487, "Request Terminated", T0 + 2_600);
+    assert_eq!(to_trunk(&out, "ACK").len(), 1);
+    call.handle(Event::Ack, T0 + 2_700);
+    assert!(call.is_done());
+}
+
+#[test]
+fn a_branch_given_up_on_is_cancelled_or_hung_up_when_it_wakes() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091), trunk("b", 5092)]),
+        policy(),
+        T0,
+    );
+    let (_, inv_a) = sent_invite(&out).unwrap();
+    let out = call.handle(Event::Timer(Timer::NoProvisional(1)), T0 + 2_000);
+    assert!(
+        to_trunk(&out, "CANCEL").is_empty(),
+        "trunk a said nothing: no CANCEL yet"
+    );
+    let (_, inv_b) = sent_invite(&out).unwrap();
+    // Trunk a rings late: CANCEL.
+    let out = respond(&mut call, 1, &inv_a, 180, "Ringing", T0 + 2_500);
+    assert_eq!(to_trunk(&out, "CANCEL").len(), 1);
+    assert!(
+        to_carrier(&out).is_empty(),
+        "the caller never hears the abandoned branch"
+    );
+    assert_eq!(attempts(&out)[0].outcome, Outcome::CancelledLate);
+    // ...and answers anyway (the CANCEL crossed its 200): ACK, then BYE.
+    let out = respond(&mut call, 1, &inv_a, 200, "OK", T0 + 2_600);
+    let ack = to_trunk(&out, "ACK");
+    let bye = to_trunk(&out, "BYE");
+    assert_eq!((ack.len(), bye.len()), (1, 1), "{out:?}");
+    let bye = wire::parse(&bye[0]).unwrap();
+    assert_eq!(
+        (bye.to_tag(), bye.cseq()),
+        (Some("trunktag"), Some((2, "BYE".into())))
+    );
+    assert!(to_carrier(&out).is_empty());
+    let a = attempts(&out);
+    assert_eq!(
+        (a[0].attempt, a[0].outcome, a[0].final_code, a[0].failover),
+        (1, Outcome::AnsweredLateReleased, 408, 1),
+        "the same row, rewritten"
+    );
+    // Its retransmitted 200 gets another ACK but no second BYE.
+    let out = respond(&mut call, 1, &inv_a, 200, "OK", T0 + 3_100);
+    assert_eq!(
+        (to_trunk(&out, "ACK").len(), to_trunk(&out, "BYE").len()),
+        (1, 0)
+    );
+    // Trunk b answers: the call is b's.
+    let out = respond(&mut call, 2, &inv_b, 200, "OK", T0 + 4_000);
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 200 OK"]);
+    let bye_ok = {
+        let b = crate::originate::bye_for_2xx(
+            &wire::parse(&reply(&inv_a, 200, "OK")).unwrap(),
+            "127.0.0.1:5060",
+            &branch(&call.id, 1, true),
+        );
+        let m = wire::parse(&b).unwrap();
+        wire::response(&m, 200, "OK", None, &[])
+    };
+    let out = call.handle(
+        Event::Response {
+            attempt: 1,
+            msg: &wire::parse(&bye_ok).unwrap(),
+        },
+        T0 + 4_100,
+    );
+    assert!(
+        out.contains(&Action::Disarm(Timer::Resend(1))),
+        "the BYE was answered"
+    );
+    call.handle(Event::Bye, T0 + 9_000);
+    assert!(call.is_done());
+}
+
+#[test]
+fn a_hundred_then_silence_fails_over_at_the_ringing_timeout() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091), trunk("b", 5092)]),
+        policy(),
+        T0,
+    );
+    assert_eq!(armed(&out, Timer::Ringing(1)), Some(T0 + 5_000));
+    let (_, inv) = sent_invite(&out).unwrap();
+    let out = respond(&mut call, 1, &inv, 100, "Trying", T0 + 50);
+    assert!(out.contains(&Action::Disarm(Timer::NoProvisional(1))));
+    assert!(
+        !out.contains(&Action::Disarm(Timer::Ringing(1))),
+        "100 is not ringing"
+    );
+    let out = call.handle(Event::Timer(Timer::Ringing(1)), T0 + 5_000);
+    assert!(
+        out.iter().any(|a| matches!(a, Action::TrunkFailed { trunk, reason } if trunk == "a" && reason.contains("no ringing"))),
+        "counts against the trunk: {out:?}"
+    );
+    assert_eq!(
+        to_trunk(&out, "CANCEL").len(),
+        1,
+        "it sent 100: CANCEL it now"
+    );
+    let a = attempts(&out);
+    assert_eq!(
+        (a[0].outcome, a[0].failover, a[0].final_code),
+        (Outcome::Timeout, 1, 408)
+    );
+    assert!(
+        a[0].reason.contains("no ringing within 5000 ms"),
+        "{}",
+        a[0].reason
+    );
+    assert_eq!(sent_invite(&out).unwrap().0.port(), 5092);
+    // Ringing in time disarms it.
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091)]),
+        policy(),
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    let out = respond(&mut call, 1, &inv, 183, "Session Progress", T0 + 400);
+    assert!(out.contains(&Action::Disarm(Timer::Ringing(1))));
+    assert!(call
+        .handle(Event::Timer(Timer::Ringing(1)), T0 + 5_000)
+        .is_empty());
+}
+
+#[test]
+fn final_replies_are_retransmitted_until_the_ack() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091)]),
+        policy(),
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    let out = respond(&mut call, 1, &inv, 486, "Busy Here", T0 + 100);
+    assert_eq!(armed(&out, Timer::ReplyRetransmit), Some(T0 + 600));
+    assert_eq!(armed(&out, Timer::ReplyTimeout), Some(T0 + 100 + 32_000));
+    let out = call.handle(Event::Timer(Timer::ReplyRetransmit), T0 + 600);
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 486 Busy Here"]);
+    assert_eq!(
+        armed(&out, Timer::ReplyRetransmit),
+        Some(T0 + 1_600),
+        "doubling (Timer G)"
+    );
+    assert!(!call.is_done());
+    let out = call.handle(Event::Ack, T0 + 700);
+    assert!(out.contains(&Action::Disarm(Timer::ReplyRetransmit)));
+    assert!(call.is_done());
+    assert_eq!(
+        call.final_reply(),
+        Some((486, "trunktag")),
+        "what a tombstone repeats"
+    );
+    // Over TCP nothing is retransmitted.
+    let mut s = setup(&["+74951234567"], vec![trunk("a", 5091)]);
+    s.carrier_reliable = true;
+    let (mut call, out) = Call::start(INVITE.as_bytes().to_vec(), s, policy(), T0);
+    let (_, inv) = sent_invite(&out).unwrap();
+    let out = respond(&mut call, 1, &inv, 486, "Busy Here", T0 + 100);
+    assert_eq!(armed(&out, Timer::ReplyRetransmit), None);
+    assert!(call.is_done());
+}
+
+#[test]
+fn without_an_ack_timer_h_ends_the_wait() {
+    let (mut call, _) = Call::refuse(
+        INVITE.as_bytes().to_vec(),
+        setup(&[], vec![]),
+        policy(),
+        404,
+        Disposition::RejectedQuarantine,
+        T0,
+    );
+    assert!(!call.is_done());
+    let out = call.handle(Event::Timer(Timer::ReplyTimeout), T0 + 32_000);
+    assert!(out.contains(&Action::Disarm(Timer::ReplyRetransmit)));
+    assert!(call.is_done());
+    assert_eq!(call.final_reply().map(|(c, _)| c), Some(404));
 }
 
 #[test]
@@ -392,7 +639,7 @@ fn ring_timeout_hunts_to_the_next_destination() {
 }
 
 #[test]
-fn every_trunk_failing_gives_503_and_a_failed_call() {
+fn every_trunk_failing_gives_480_and_a_failed_call() {
     let (mut call, out) = Call::start(
         INVITE.as_bytes().to_vec(),
         setup(&["+74951234567"], vec![trunk("a", 5091), trunk("b", 5092)]),
@@ -405,17 +652,19 @@ fn every_trunk_failing_gives_503_and_a_failed_call() {
     let out = call.handle(Event::TransportError { attempt: 2 }, T0 + 20);
     let a = attempts(&out);
     assert_eq!((a[0].outcome, a[0].failover), (Outcome::TransportError, 0));
-    assert_eq!(to_carrier(&out), vec!["SIP/2.0 503 Service Unavailable"]);
+    assert_eq!(
+        to_carrier(&out),
+        vec!["SIP/2.0 480 Temporarily Unavailable"],
+        "not 503: carriers read it as the node being down"
+    );
     let r = record(&out).unwrap();
     assert_eq!((r.disposition, r.attempts), (Disposition::Failed, 2));
     // A late reply of a given-up attempt is ACKed and dropped.
     let out = respond(&mut call, 2, &inv_b, 500, "Oops", T0 + 30);
     assert_eq!(to_trunk(&out, "ACK").len(), 1);
     assert!(to_carrier(&out).is_empty());
-    assert_eq!(
-        call.handle(Event::Timer(Timer::Linger), T0 + 40_000),
-        vec![Action::Forget]
-    );
+    call.handle(Event::Ack, T0 + 40);
+    assert!(call.is_done());
 }
 
 #[test]
@@ -452,17 +701,62 @@ fn max_duration_closes_an_answered_call_as_timeout() {
         (r.disposition, r.talk_ms),
         (Disposition::Timeout, 3_600_000)
     );
+    // Both legs are hung up, and each BYE is retransmitted until answered.
+    let to_caller: Vec<_> = to_carrier(&out)
+        .into_iter()
+        .filter(|l| l.starts_with("BYE "))
+        .collect();
+    assert_eq!(to_caller, vec!["BYE sip:caller@127.0.0.1:5070 SIP/2.0"]);
+    assert_eq!(to_trunk(&out, "BYE").len(), 1);
+    assert!(armed(&out, Timer::Resend(0)).is_some() && armed(&out, Timer::Resend(1)).is_some());
+    assert!(!call.is_done(), "until the BYEs are answered or time out");
+    call.handle(Event::Timer(Timer::Resend(0)), T0 + 3_601_000 + 32_000);
+    call.handle(Event::Timer(Timer::Resend(1)), T0 + 3_601_000 + 32_000);
+    assert!(call.is_done());
 }
 
 #[test]
-fn no_trunks_means_503() {
+fn release_hangs_up_an_answered_call_and_fails_a_ringing_one() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091)]),
+        policy(),
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    respond(&mut call, 1, &inv, 200, "OK", T0 + 1_000);
+    let out = call.handle(Event::Release, T0 + 11_000);
+    assert_eq!(to_trunk(&out, "BYE").len(), 1);
+    assert!(to_carrier(&out).iter().any(|l| l.starts_with("BYE ")));
+    let r = record(&out).unwrap();
+    assert_eq!((r.disposition, r.talk_ms), (Disposition::Answered, 10_000));
+
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091)]),
+        policy(),
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    respond(&mut call, 1, &inv, 180, "Ringing", T0 + 100);
+    let out = call.handle(Event::Release, T0 + 1_000);
+    assert_eq!(to_trunk(&out, "CANCEL").len(), 1);
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 503 Service Unavailable"]);
+    assert_eq!(record(&out).unwrap().disposition, Disposition::Failed);
+}
+
+#[test]
+fn no_trunks_means_480() {
     let (_call, out) = Call::start(
         INVITE.as_bytes().to_vec(),
         setup(&["+74951234567"], vec![]),
         policy(),
         T0,
     );
-    assert_eq!(to_carrier(&out), vec!["SIP/2.0 503 Service Unavailable"]);
+    assert_eq!(
+        to_carrier(&out),
+        vec!["SIP/2.0 480 Temporarily Unavailable"]
+    );
     assert_eq!(record(&out).unwrap().disposition, Disposition::Failed);
 }
 
@@ -471,14 +765,7 @@ fn rejected_calls_are_recorded() {
     let m = wire::parse(INVITE.as_bytes()).unwrap();
     let mut s = setup(&[], vec![]);
     s.status = NumberStatus::Quarantine;
-    let (bytes, row) = Call::reject(
-        &m,
-        &s,
-        404,
-        "Not Found",
-        Disposition::RejectedQuarantine,
-        T0,
-    );
+    let (bytes, row) = Call::reject(&m, &s, 404, &[], Disposition::RejectedQuarantine, T0);
     assert!(bytes.starts_with(b"SIP/2.0 404 Not Found\r\n"));
     assert!(String::from_utf8_lossy(&bytes).contains("To: <sip:84950000001@127.0.0.1:5060>;tag="));
     assert_eq!(

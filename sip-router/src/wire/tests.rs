@@ -51,6 +51,7 @@ fn forward_rewrites_only_what_it_must() {
         msg: &m,
         uri: Some("sip:+74951234567@127.0.0.1:5091"),
         via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-me",
+        sender_via: Some("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-a;received=10.9.9.9"),
         record_route: Some("<sip:127.0.0.1:5060;lr>"),
         drop_first_route: true,
         max_forwards: 69,
@@ -65,9 +66,12 @@ fn forward_rewrites_only_what_it_must() {
         text.contains("X-Custom: keep me  exactly\r\n"),
         "unknown headers byte-exact"
     );
-    assert!(text.contains(
-        "v: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-a,SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-b\r\n"
-    ));
+    assert!(
+        text.contains(
+            "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-a;received=10.9.9.9,SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-b\r\n"
+        ),
+        "the sender's Via stamped, the rest kept: {text}"
+    );
     assert_eq!(text.matches("Max-Forwards").count(), 1);
     let again = parse(&out).unwrap();
     assert_eq!(again.branch(), Some("z9hG4bK-me"));
@@ -103,6 +107,28 @@ fn tcp_framing() {
         frame(&vec![b'a'; MAX_MESSAGE + 1]),
         Err(ParseError::TooLarge)
     );
+}
+
+#[test]
+fn framer_splits_a_stream_and_resumes_its_search() {
+    let mut f = Framer::default();
+    let stream = [b"\r\n\r\n".as_slice(), INVITE, INVITE].concat();
+    // Byte by byte: each byte is searched once, and both messages come out.
+    let mut out = Vec::new();
+    for b in &stream {
+        f.push(std::slice::from_ref(b));
+        while let Some(m) = f.next_message().unwrap() {
+            out.push(m);
+        }
+    }
+    assert_eq!(out, vec![INVITE.to_vec(), INVITE.to_vec()]);
+    assert!(f.buffered().is_empty());
+    let mut f = Framer::default();
+    f.push(b"OPTIONS sip:x@h SIP/2.0\r\nContent-Length: 99999999\r\n\r\n");
+    assert_eq!(f.next_message(), Err(ParseError::TooLarge));
+    let mut f = Framer::default();
+    f.push(&vec![b'a'; MAX_MESSAGE + 1]);
+    assert_eq!(f.next_message(), Err(ParseError::TooLarge));
 }
 
 #[test]
@@ -205,4 +231,35 @@ fn unparseable_requests_get_an_error_reply() {
         None
     );
     assert_eq!(error_reply(&[0xff; 64], &ParseError::StartLine), None);
+}
+
+#[test]
+fn sender_via_is_stamped_per_rfc_3581() {
+    let from: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    assert_eq!(
+        stamp_via("SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bK1", from),
+        None,
+        "sent-by is the source and no rport asked: untouched"
+    );
+    assert_eq!(
+        stamp_via("SIP/2.0/UDP sbc.example:5060;branch=z9hG4bK1", from).as_deref(),
+        Some("SIP/2.0/UDP sbc.example:5060;branch=z9hG4bK1;received=192.0.2.7")
+    );
+    assert_eq!(
+        stamp_via("SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bK1", from).as_deref(),
+        Some("SIP/2.0/UDP 10.0.0.1:5060;rport=40000;branch=z9hG4bK1;received=192.0.2.7")
+    );
+    // Responses then go where the stamps say.
+    assert_eq!(
+        via_destination("SIP/2.0/UDP 10.0.0.1:5060;rport=40000;branch=z9hG4bK1;received=192.0.2.7"),
+        Some((from, false))
+    );
+    assert_eq!(
+        via_destination("SIP/2.0/TCP 192.0.2.9;branch=z9hG4bK1"),
+        Some(("192.0.2.9:5060".parse().unwrap(), true))
+    );
+    assert_eq!(
+        via_destination("SIP/2.0/UDP sbc.example;branch=z9hG4bK1"),
+        None
+    );
 }
