@@ -38,8 +38,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 4,
-        name: "0004_router_outcomes.sql",
-        sql: include_str!("../migrations/0004_router_outcomes.sql"),
+        name: "0004_versioned_calls.sql",
+        sql: include_str!("../migrations/0004_versioned_calls.sql"),
     },
 ];
 
@@ -88,7 +88,9 @@ pub async fn apply(server: &Client, database: &str) -> Result<Report, Error> {
     apply_list(server, database, MIGRATIONS).await
 }
 
-pub(crate) async fn apply_list(
+/// Applies `migrations` (a prefix of [`MIGRATIONS`]; upgrade tests start
+/// from an older schema with it).
+pub async fn apply_list(
     server: &Client,
     database: &str,
     migrations: &[Migration],

@@ -218,6 +218,10 @@ pub struct Call {
     pub country: String,
     pub region: String,
     pub city: String,
+    /// The writer's clock (ms) when the row was made: of two rows of one
+    /// call, the newer wins (an answered call's first row has `ended` = 0).
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Table for Call {
@@ -259,6 +263,10 @@ pub struct CallAttempt {
     pub reason: String,
     pub outcome: Outcome,
     pub failover: u8,
+    /// The writer's clock (ms) when the row was made: a rewrite after a
+    /// late reply wins over the first row.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Table for CallAttempt {

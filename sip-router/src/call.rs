@@ -468,6 +468,14 @@ impl Call {
             .map_or(0, |a| a.n)
     }
 
+    /// The To tag of the answered attempt's trunk.
+    pub fn answered_tag(&self) -> Option<&str> {
+        self.attempts
+            .iter()
+            .find(|a| a.answered_ms.is_some())
+            .and_then(|a| a.remote_tag.as_deref())
+    }
+
     /// The trunk of the answered attempt.
     pub fn answered_trunk(&self) -> Option<SocketAddr> {
         self.attempts
@@ -948,6 +956,7 @@ impl Call {
                     idx,
                     Outcome::CancelledLate,
                     &format!("late {code} after the node gave up; CANCEL sent"),
+                    now_ms,
                     out,
                 );
             }
@@ -974,7 +983,12 @@ impl Call {
         out.push(Action::ToTrunk {
             attempt: n,
             addr,
-            bytes: originate::ack_for_2xx(ok, &self.policy.advertise, &branch(&self.id, n, false)),
+            // The ACK of a 2xx is a transaction of its own: a branch of its own.
+            bytes: originate::ack_for_2xx(
+                ok,
+                &self.policy.advertise,
+                &format!("{}-ack", branch(&self.id, n, false)),
+            ),
         });
         if !first {
             return; // a 2xx retransmission: the BYE is on its way already
@@ -1003,15 +1017,24 @@ impl Call {
             idx,
             Outcome::AnsweredLateReleased,
             "late 2xx after the node gave up; ACK and BYE sent",
+            now_ms,
             out,
         );
     }
 
     /// Rewrites an abandoned attempt's row with what happened after.
-    fn late_outcome(&mut self, idx: usize, outcome: Outcome, reason: &str, out: &mut Vec<Action>) {
+    fn late_outcome(
+        &mut self,
+        idx: usize,
+        outcome: Outcome,
+        reason: &str,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) {
         if let Some(row) = self.attempts[idx].row.as_mut() {
             row.outcome = outcome;
             row.reason = reason.to_string();
+            row.version = row.version.max(now_ms.saturating_sub(1)) + 1;
             out.push(Action::Attempt(row.clone()));
         }
     }
@@ -1347,6 +1370,7 @@ impl Call {
             reason: reason.to_string(),
             outcome,
             failover: u8::from(failover),
+            version: now_ms,
         });
         out.push(Action::Attempt(row.clone()));
         Some(row)
@@ -1465,6 +1489,7 @@ impl Call {
                 reason: String::new(),
                 outcome: Outcome::Answered,
                 failover: 0,
+                version: now_ms,
             };
             out.push(Action::Attempt(Box::new(row)));
         }
@@ -1572,6 +1597,7 @@ fn row(
         country: s.country.clone(),
         region: s.region.clone(),
         city: s.city.clone(),
+        version: ended_ms,
     }
 }
 

@@ -90,6 +90,7 @@ pub fn recover(dir: &Path) -> io::Result<(Vec<CallRow>, Vec<PathBuf>)> {
             let ended = ended.max(row.answered);
             row.disposition = Disposition::NodeLost;
             row.ended = ended;
+            row.version = row.version.max(u64::from(ended) * 1000) + 1;
             row.talk_ms = (ended - row.answered).saturating_mul(1000);
             row
         })
@@ -200,6 +201,7 @@ mod tests {
             country: String::new(),
             region: String::new(),
             city: String::new(),
+            version: u64::from(answered) * 1000,
         }
     }
 

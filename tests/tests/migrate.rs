@@ -85,3 +85,78 @@ async fn refuses_a_database_name_that_is_not_an_identifier() {
         .unwrap_err();
     assert!(err.to_string().contains("identifier"), "{err}");
 }
+
+/// Migration 4 rebuilds `calls` and `call_attempts` with a version: rows
+/// stored before it stay, the newest of two rows of a call wins even in
+/// one INSERT, and the rollup views follow the new tables.
+#[tokio::test]
+async fn versioned_rebuild_keeps_rows_and_views() {
+    let cfg = env::clickhouse("migrate4");
+    let server = ch::server_client(&cfg);
+    migrate::apply_list(&server, &cfg.database, &migrate::MIGRATIONS[..3])
+        .await
+        .unwrap();
+    let db = ch::client(&cfg);
+    let old = "00000000-0000-4000-8000-000000000001";
+    for sql in [
+        format!("INSERT INTO calls (call_id, sip_call_id, received, answered, ended, disposition, number, site, caller) \
+                 VALUES (toUUID('{old}'), 'old-1', 1700000000, 1700000003, 1700000063, 'answered', '+74950000001', 'shop', '+79161234567')"),
+        format!("INSERT INTO call_attempts (call_id, attempt, trunk, started, ended, outcome, final_code) \
+                 VALUES (toUUID('{old}'), 1, 'a', 1700000000, 1700000063, 'answered', 200)"),
+    ] {
+        db.query(&sql).execute().await.unwrap();
+    }
+    let report = migrate::apply(&server, &cfg.database).await.unwrap();
+    assert_eq!(report.applied, vec![4]);
+    let kept: Vec<(String, u64)> = db
+        .query("SELECT sip_call_id, version FROM calls")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(kept, [("old-1".to_string(), 1_700_000_063_000)]);
+    let kept: u64 = db
+        .query("SELECT count() FROM call_attempts WHERE trunk = 'a' AND version = 1700000063000")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+    // Two rows of one call in one INSERT: the higher version wins.
+    let new = "00000000-0000-4000-8000-000000000002";
+    db.query(&format!(
+        "INSERT INTO calls (call_id, sip_call_id, received, answered, ended, disposition, site, version) VALUES \
+         (toUUID('{new}'), 'new-1', 1700001000, 1700001002, 1700001090, 'node_lost', 'shop', 1700001090001), \
+         (toUUID('{new}'), 'new-1', 1700001000, 1700001002, 0, 'answered', 'shop', 1700001002000)"
+    ))
+    .execute()
+    .await
+    .unwrap();
+    let d: String = db
+        .query("SELECT toString(disposition) FROM calls FINAL WHERE sip_call_id = 'new-1'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(d, "node_lost");
+    // The views feed from the new tables.
+    db.query(&format!(
+        "INSERT INTO call_attempts (call_id, attempt, trunk, started, ended, outcome, final_code, version) \
+         VALUES (toUUID('{new}'), 1, 'b', 1700001000, 1700001090, 'answered_late_released', 408, 1)"
+    ))
+    .execute()
+    .await
+    .unwrap();
+    let n: u64 = db
+        .query("SELECT uniqExactMerge(attempts) FROM trunk_hourly WHERE trunk = 'b'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(
+        n, 1,
+        "trunk_hourly_mv is attached to the rebuilt call_attempts"
+    );
+    let callers: u64 = db
+        .query("SELECT count() FROM caller_first_seen WHERE caller = '+79161234567'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(callers, 1, "the backfilled rollup is kept");
+}

@@ -508,6 +508,7 @@ fn call(number: &str, received: u32) -> Call {
         country: String::new(),
         region: String::new(),
         city: String::new(),
+        version: u64::from(received) * 1000,
     }
 }
 
