@@ -87,8 +87,10 @@ pub struct Tombstone {
     carrier: Peer,
     /// The answered trunk, for a BYE retransmitted by the caller.
     trunk: Option<SocketAddr>,
-    /// Hash of the caller's tag: tells in-dialog requests' direction.
+    /// Hashes of the caller's and the answering callee's tags: the dialog
+    /// a late in-dialog request must name.
     carrier_tag: u64,
+    trunk_tag: u64,
     /// The final status the carrier got and its To tag (unanswered calls).
     reply: Option<(u16, Box<str>)>,
     /// The attempt that answered (its 2xx retransmissions go upstream).
@@ -581,6 +583,7 @@ impl Shard {
                 carrier: from,
                 trunk: None,
                 carrier_tag: hash(msg.from_tag().unwrap_or("")),
+                trunk_tag: 0,
                 reply: Some((503, tag.into())),
                 answered: 0,
                 call_id: id,
@@ -927,6 +930,7 @@ impl Shard {
             carrier: e.carrier,
             trunk: call.answered_trunk(),
             carrier_tag: hash(call.carrier_tag()),
+            trunk_tag: call.answered_tag().map_or(0, hash),
             reply: call.final_reply().map(|(c, t)| (c, t.into())),
             answered: call.answered_attempt(),
             call_id: call.id,
@@ -1128,9 +1132,12 @@ impl Shard {
                 }
             }
             _ => self.tombstones.get(&key).and_then(|t| {
-                if hash(from_tag) == t.carrier_tag {
+                let (f, to) = (hash(from_tag), hash(to_tag));
+                if t.trunk_tag == 0 {
+                    None
+                } else if (f, to) == (t.carrier_tag, t.trunk_tag) {
                     t.trunk.map(|a| (Peer::udp(a), true))
-                } else if hash(to_tag) == t.carrier_tag {
+                } else if (f, to) == (t.trunk_tag, t.carrier_tag) {
                     Some((t.carrier, false))
                 } else {
                     None

@@ -5,9 +5,11 @@
 
 pub mod env;
 pub mod process;
+pub mod rawsip;
 pub mod router;
 pub mod services;
 pub mod sipp;
 pub mod stack;
 pub mod tracker;
 pub mod webhook;
+pub mod world;

@@ -9,162 +9,11 @@
 use std::time::Duration;
 
 use clickhouse::Row;
-use dialmark_e2e::env::unique_number;
 use dialmark_e2e::process::free_port;
 use dialmark_e2e::router::{RouterOptions, TestRouter};
-use dialmark_e2e::sipp::{self, Scenario, Uas};
-use dialmark_e2e::tracker::{config, single_redis, TestTracker};
+use dialmark_e2e::sipp::{Scenario, Uas};
+use dialmark_e2e::world::{attempts, call, calls, expect, reject, spawn_call, wait_for, world};
 use serde::Deserialize;
-
-/// A tracker with one site, a pool of one number leased to a visit from
-/// google/spring, a quarantine number and an unknown number.
-struct World {
-    tracker: TestTracker,
-    number: String,
-    session: String,
-    quarantine: String,
-    unknown: String,
-}
-
-async fn world(test: &str) -> World {
-    let tracker = TestTracker::start(config(test, single_redis(), "").await).await;
-    let (site, _, numbers) = dialmark_e2e::tracker::provision(&tracker, 2).await;
-    let (number, quarantine) = (numbers[0].clone(), numbers[1].clone());
-    tracker
-        .state
-        .inventory
-        .retire(&quarantine, "test", "test", dialmark_schemas::unix_now())
-        .await
-        .unwrap();
-    let body = serde_json::json!({"site": site, "url": "https://shop.test/?utm_source=google&utm_campaign=spring&gclid=TEST",
-        "utm_source": "google", "utm_campaign": "spring", "gclid": "TEST"})
-    .to_string();
-    let url = tracker.url("/v1/visits");
-    let resp: serde_json::Value = tokio::task::spawn_blocking(move || {
-        ureq::post(&url)
-            .send(body)
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert_eq!(resp["number"], number.as_str(), "{resp}");
-    World {
-        number,
-        session: resp["session_id"].as_str().unwrap().to_string(),
-        quarantine,
-        unknown: unique_number(),
-        tracker,
-    }
-}
-
-#[derive(Row, Deserialize, Debug)]
-struct AttemptRow {
-    attempt: u8,
-    trunk: String,
-    final_code: u16,
-    outcome: String,
-    failover: u8,
-    talk_ms: u32,
-}
-
-#[derive(Row, Deserialize, Debug)]
-struct CallRow {
-    disposition: String,
-    number_status: String,
-    attempts: u8,
-    final_trunk: String,
-    talk_ms: u32,
-    attribution: String,
-    session_id: String,
-    utm_source: String,
-    utm_campaign: String,
-    gclid: String,
-    final_code: u16,
-}
-
-async fn calls(w: &World, number: &str, expect: usize) -> Vec<CallRow> {
-    let db = dialmark_schemas::ch::client(&w.tracker.config.clickhouse);
-    let mut rows = Vec::new();
-    for _ in 0..100 {
-        rows = db
-            .query(
-                "SELECT toString(disposition), toString(number_status), attempts, final_trunk, talk_ms, toString(attribution), \
-                 session_id, utm_source, utm_campaign, gclid, final_code FROM calls FINAL WHERE number = ? ORDER BY received",
-            )
-            .bind(number)
-            .fetch_all()
-            .await
-            .unwrap();
-        if rows.len() >= expect {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(rows.len(), expect, "calls rows for {number}: {rows:?}");
-    rows
-}
-
-async fn attempts(w: &World, number: &str, expect: usize) -> Vec<AttemptRow> {
-    let db = dialmark_schemas::ch::client(&w.tracker.config.clickhouse);
-    let mut rows = Vec::new();
-    for _ in 0..100 {
-        rows = db
-            .query(
-                "SELECT attempt, trunk, final_code, toString(outcome), failover, talk_ms FROM call_attempts FINAL \
-                 WHERE call_id IN (SELECT call_id FROM calls WHERE number = ?) ORDER BY started, attempt",
-            )
-            .bind(number)
-            .fetch_all()
-            .await
-            .unwrap();
-        if rows.len() >= expect {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(rows.len() <= expect, "attempt rows for {number}: {rows:?}");
-    assert_eq!(rows.len(), expect, "attempt rows for {number}: {rows:?}");
-    rows
-}
-
-/// One SIPp call, running in the background (e.g. while the router is
-/// signalled).
-fn spawn_call(
-    router: u16,
-    number: &str,
-    scenario: Scenario,
-    local_ip: &'static str,
-    extra: &'static [&'static str],
-) -> tokio::task::JoinHandle<sipp::UacRun> {
-    let number = number.to_string();
-    tokio::task::spawn_blocking(move || sipp::uac(router, &number, scenario, local_ip, 1, extra))
-}
-
-async fn call(
-    router: u16,
-    number: &str,
-    scenario: Scenario,
-    local_ip: &'static str,
-    extra: &'static [&'static str],
-) -> sipp::UacRun {
-    spawn_call(router, number, scenario, local_ip, extra)
-        .await
-        .unwrap()
-}
-
-fn reject(code: u16, reason: &str) -> Scenario {
-    Scenario::File(
-        "uas_reject.xml",
-        vec![("CODE", code.to_string()), ("REASON", reason.to_string())],
-    )
-}
-
-fn expect(code: u16) -> Scenario {
-    Scenario::File("uac_expect.xml", vec![("CODE", code.to_string())])
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn trunk_a_503_fails_over_to_b_and_both_attempts_are_recorded() {
@@ -427,16 +276,6 @@ async fn quarantine_unknown_and_untrusted_calls_are_rejected_and_recorded() {
         (c[0].disposition.as_str(), c[0].attempts),
         ("rejected_untrusted", 0)
     );
-}
-
-async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    for _ in 0..secs * 10 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,739 @@
+//! The routing node's SIP edges end to end: the real router binary between
+//! scripted peers (raw UDP sockets that play carrier SBCs and trunks with
+//! exact timing) and SIPp, with the rows checked in ClickHouse. Abandoned
+//! branches (late ringing CANCELled, late answers hung up, never a CANCEL
+//! before a provisional), "100 Trying then silence", early and confirmed
+//! dialogs routed by their tags whoever sends (PRACK, UPDATE, INFO, a BYE
+//! from the carrier's other SBC, CANCEL and ACK of a re-INVITE), final
+//! replies retransmitted until the ACK and recorded once, replies that
+//! must come from where the request went, 480/482/483, the drain deadline
+//! and the maximum call duration hanging up both legs.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dialmark_e2e::process::free_port;
+use dialmark_e2e::rawsip::{self, in_dialog, Invite, Msg, Peer};
+use dialmark_e2e::router::{RouterOptions, TestRouter};
+use dialmark_e2e::sipp::{Scenario, Uas};
+use dialmark_e2e::world::{attempts, attempts_until, call, calls, expect, reject, world, World};
+
+const S: Duration = Duration::from_secs(1);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn router_addr(r: &TestRouter) -> SocketAddr {
+    format!("127.0.0.1:{}", r.sip_port).parse().unwrap()
+}
+
+fn start(w: &World, trunks: &[(&str, u16)], router: &str, probe: &str) -> TestRouter {
+    TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks,
+            router,
+            probe,
+        },
+    )
+}
+
+/// A carrier call from a raw peer: INVITE sent, 100 Trying seen.
+fn invite(carrier: &Peer, router: SocketAddr, number: &str, call_id: &str) -> String {
+    let branch = rawsip::branch();
+    let text = Invite {
+        number,
+        call_id,
+        branch: &branch,
+        from_tag: "ctag",
+        max_forwards: 70,
+        extra: &["Supported: 100rel"],
+    }
+    .text(carrier, router);
+    carrier.send(router, &text);
+    carrier.expect(3 * S, "100 Trying", |m| m.is_reply(100, "INVITE"));
+    text
+}
+
+/// The ACK a carrier sends for a 2xx, through the router.
+fn ack_2xx(carrier: &Peer, router: SocketAddr, ok: &Msg, call_id: &str) {
+    let ack = in_dialog(
+        "ACK",
+        &contact(ok),
+        carrier,
+        router,
+        &format!("<sip:+79161234567@{}>;tag=ctag", carrier.addr),
+        &ok.header("to").unwrap(),
+        call_id,
+        1,
+        &rawsip::branch(),
+        &[],
+    );
+    carrier.send(router, &ack);
+}
+
+fn contact(m: &Msg) -> String {
+    let c = m.header("contact").unwrap_or_default();
+    c.trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trunk_that_wakes_after_failover_is_cancelled_and_its_late_answer_hung_up() {
+    let w = world("ewake").await;
+    let a = Peer::bind();
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = start(&w, &[("a", a.port()), ("b", pb)], "", "");
+    let carrier = tokio::task::spawn_blocking({
+        let (port, number) = (r.sip_port, w.number.clone());
+        move || {
+            dialmark_e2e::sipp::uac(
+                port,
+                &number,
+                Scenario::Builtin("uac"),
+                "127.0.0.1",
+                1,
+                &["-d", "3000"],
+            )
+        }
+    });
+    let inv = a.expect(5 * S, "INVITE at trunk a", |m| m.is_request("INVITE"));
+    let tag = "late-a";
+    // Silent past the 1 s failover (only our INVITE and its retransmissions
+    // arrive: never a CANCEL before a provisional), then it rings.
+    let (cancel, seen) = a.wait(ms(2500), |m| m.is_request("CANCEL"));
+    assert!(cancel.is_none(), "CANCEL before any provisional: {seen:?}");
+    assert!(seen.iter().all(|m| m.is_request("INVITE")), "{seen:?}");
+    a.send(inv.from, &inv.reply(180, tag, &[]));
+    let cancel = a.expect(2 * S, "CANCEL after the late 180", |m| {
+        m.is_request("CANCEL")
+    });
+    assert_eq!(
+        cancel.branch(),
+        inv.branch(),
+        "the CANCEL names the INVITE's branch"
+    );
+    // Its 200 crossed the CANCEL: the node ACKs it and hangs up.
+    a.send(inv.from, &cancel.reply(200, tag, &[]));
+    a.send(
+        inv.from,
+        &inv.reply(200, tag, &[("Contact", format!("<sip:pbx@{}>", a.addr))]),
+    );
+    let ack = a.expect(2 * S, "ACK of the late 200", |m| m.is_request("ACK"));
+    let bye = a.expect(2 * S, "BYE of the late 200", |m| m.is_request("BYE"));
+    assert_eq!(
+        ack.parsed().uri(),
+        Some(format!("sip:pbx@{}", a.addr).as_str())
+    );
+    assert_eq!(bye.parsed().to_tag(), Some(tag));
+    a.send(bye.from, &bye.reply(200, "", &[]));
+    // Nothing more: the BYE was answered, no retransmission follows.
+    let more = a.drain(ms(1200));
+    assert!(!more.iter().any(|m| m.is_request("BYE")), "{more:?}");
+    let run = carrier.await.unwrap();
+    assert!(
+        run.success,
+        "the caller talked to trunk b\n{}\n{}",
+        run.output,
+        r.proc.output()
+    );
+    let rows = attempts_until(&w, &w.number, 2, |r| r[0].outcome != "timeout").await;
+    assert_eq!(
+        (
+            rows[0].trunk.as_str(),
+            rows[0].outcome.as_str(),
+            rows[0].failover
+        ),
+        ("a", "answered_late_released", 1)
+    );
+    assert_eq!(
+        (rows[1].trunk.as_str(), rows[1].outcome.as_str()),
+        ("b", "answered")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_callers_cancel_before_any_provisional_waits_for_one() {
+    let w = world("ecancel").await;
+    let a = Peer::bind();
+    let r = start(&w, &[("a", a.port())], "", "");
+    let carrier = Peer::bind();
+    let rt = router_addr(&r);
+    let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
+    let text = invite(&carrier, rt, &w.number, &call_id);
+    let inv = a.expect(3 * S, "INVITE at trunk a", |m| m.is_request("INVITE"));
+    // The caller hangs up at once: 200 for the CANCEL, 487 for the INVITE.
+    let cancel = text
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    carrier.send(rt, &cancel);
+    carrier.expect(2 * S, "200 for the CANCEL", |m| m.is_reply(200, "CANCEL"));
+    let r487 = carrier.expect(2 * S, "487", |m| m.is_reply(487, "INVITE"));
+    // ACK it (hop by hop, same branch as the INVITE).
+    let ack = text
+        .replacen("INVITE sip:", "ACK sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+        .replace(
+            &format!("To: <sip:{}@{rt}>", w.number),
+            &format!("To: {}", r487.header("to").unwrap()),
+        );
+    carrier.send(rt, &ack);
+    // Trunk a said nothing yet: no CANCEL may come until it does.
+    let (early, seen) = a.wait(ms(800), |m| m.is_request("CANCEL"));
+    assert!(early.is_none(), "CANCEL before a provisional: {seen:?}");
+    a.send(inv.from, &inv.reply(180, "ta", &[]));
+    let c = a.expect(2 * S, "CANCEL after the 180", |m| m.is_request("CANCEL"));
+    a.send(c.from, &c.reply(200, "ta", &[]));
+    a.send(inv.from, &inv.reply(487, "ta", &[]));
+    a.expect(2 * S, "ACK of the 487", |m| m.is_request("ACK"));
+    let rows = attempts_until(&w, &w.number, 1, |r| r[0].outcome != "canceled").await;
+    assert_eq!(
+        (rows[0].outcome.as_str(), rows[0].final_code),
+        ("cancelled_late", 487)
+    );
+    let c = calls(&w, &w.number, 1).await;
+    assert_eq!(
+        (c[0].disposition.as_str(), c[0].final_code),
+        ("abandoned", 487)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_then_silence_fails_over_at_the_ringing_timeout_and_downs_the_trunk() {
+    let w = world("esilence").await;
+    let a = Peer::bind();
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    // Probes off; one passive failure downs a trunk.
+    let r = start(
+        &w,
+        &[("a", a.port()), ("b", pb)],
+        "ringing_timeout_ms = 2000",
+        "interval_seconds = 0\ndown_after = 1",
+    );
+    let carrier = tokio::task::spawn_blocking({
+        let (port, number) = (r.sip_port, w.number.clone());
+        move || {
+            dialmark_e2e::sipp::uac(
+                port,
+                &number,
+                Scenario::Builtin("uac"),
+                "127.0.0.1",
+                1,
+                &["-d", "200"],
+            )
+        }
+    });
+    let inv = a.expect(5 * S, "INVITE at trunk a", |m| m.is_request("INVITE"));
+    a.send(inv.from, &inv.reply(100, "", &[]));
+    let cancel = a.expect(4 * S, "CANCEL at the ringing timeout", |m| {
+        m.is_request("CANCEL")
+    });
+    let after = cancel.at - inv.at;
+    assert!(
+        after >= Duration::from_millis(1950) && after <= Duration::from_millis(2500),
+        "failed over {after:?} after the INVITE; the timer is 2000 ms"
+    );
+    a.send(cancel.from, &cancel.reply(200, "", &[]));
+    a.send(inv.from, &inv.reply(487, "ta", &[]));
+    a.expect(2 * S, "ACK of the 487", |m| m.is_request("ACK"));
+    let run = carrier.await.unwrap();
+    assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    let rows = attempts(&w, &w.number, 2).await;
+    assert_eq!(
+        (
+            rows[0].trunk.as_str(),
+            rows[0].outcome.as_str(),
+            rows[0].final_code,
+            rows[0].failover
+        ),
+        ("a", "timeout", 408, 1)
+    );
+    assert_eq!(rows[1].trunk.as_str(), "b");
+    // It counted against trunk a: down, with the reason, on record.
+    let db = dialmark_schemas::ch::client(&w.tracker.config.clickhouse);
+    let mut events: Vec<(String, String, String)> = Vec::new();
+    for _ in 0..50 {
+        events = db
+            .query("SELECT trunk, toString(state), reason FROM trunk_events FINAL ORDER BY ts")
+            .fetch_all()
+            .await
+            .unwrap();
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].0.as_str(), events[0].1.as_str()), ("a", "down"));
+    assert!(events[0].2.contains("no ringing"), "{events:?}");
+}
+
+/// An early dialog with 100rel: PRACK and INFO from the caller, UPDATE
+/// from the callee, all through the node by their tags; then the answer,
+/// and the BYE from the carrier's other SBC.
+#[tokio::test(flavor = "multi_thread")]
+async fn early_and_confirmed_dialogs_route_by_tags_whoever_sends() {
+    let w = world("eearly").await;
+    let trunk = Peer::bind();
+    let r = start(&w, &[("a", trunk.port())], "", "");
+    let (carrier, sbc2) = (Peer::bind(), Peer::bind());
+    let rt = router_addr(&r);
+    let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
+    invite(&carrier, rt, &w.number, &call_id);
+    let inv = trunk.expect(3 * S, "INVITE", |m| m.is_request("INVITE"));
+    let rr = inv.header("record-route").expect("the node record-routes");
+    let caller = format!("<sip:+79161234567@{}>;tag=ctag", carrier.addr);
+    let callee_contact = format!("<sip:pbx@{}>", trunk.addr);
+    let early = [
+        ("Require", "100rel".to_string()),
+        ("RSeq", "1".to_string()),
+        ("Contact", callee_contact.clone()),
+        ("Record-Route", rr.clone()),
+    ];
+    trunk.send(inv.from, &inv.reply(183, "tt", &early));
+    let p183 = carrier.expect(2 * S, "183", |m| m.is_reply(183, "INVITE"));
+    let callee = p183.header("to").unwrap();
+    assert!(callee.contains("tag=tt"));
+
+    // Caller -> callee in the early dialog: PRACK, INFO.
+    for (method, cseq, extra) in [
+        ("PRACK", 2, &["RAck: 1 1 INVITE"][..]),
+        ("INFO", 3, &[][..]),
+    ] {
+        let req = in_dialog(
+            method,
+            &contact(&p183),
+            &carrier,
+            rt,
+            &caller,
+            &callee,
+            &call_id,
+            cseq,
+            &rawsip::branch(),
+            extra,
+        );
+        carrier.send(rt, &req);
+        let got = trunk.expect(2 * S, method, |m| m.is_request(method));
+        assert!(
+            got.parsed().header("route").is_none(),
+            "{method}: our Route is popped"
+        );
+        trunk.send(got.from, &got.reply(200, "", &[]));
+        carrier.expect(2 * S, &format!("200 for {method}"), |m| {
+            m.is_reply(200, method)
+        });
+    }
+    // Callee -> caller: UPDATE.
+    let update = in_dialog(
+        "UPDATE",
+        &format!("sip:caller@{}", carrier.addr),
+        &trunk,
+        rt,
+        &callee,
+        &caller,
+        &call_id,
+        1,
+        &rawsip::branch(),
+        &[],
+    );
+    trunk.send(rt, &update);
+    let got = carrier.expect(2 * S, "UPDATE", |m| m.is_request("UPDATE"));
+    carrier.send(got.from, &got.reply(200, "", &[]));
+    trunk.expect(2 * S, "200 for UPDATE", |m| m.is_reply(200, "UPDATE"));
+
+    // Answer, ACK end to end.
+    trunk.send(
+        inv.from,
+        &inv.reply(
+            200,
+            "tt",
+            &[("Contact", callee_contact), ("Record-Route", rr)],
+        ),
+    );
+    let ok = carrier.expect(2 * S, "200 OK", |m| m.is_reply(200, "INVITE"));
+    ack_2xx(&carrier, rt, &ok, &call_id);
+    trunk.expect(2 * S, "ACK", |m| m.is_request("ACK"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // The BYE comes from the carrier's other SBC: matched by its tags.
+    let bye = in_dialog(
+        "BYE",
+        &contact(&ok),
+        &sbc2,
+        rt,
+        &caller,
+        &callee,
+        &call_id,
+        4,
+        &rawsip::branch(),
+        &[],
+    );
+    sbc2.send(rt, &bye);
+    let got = trunk.expect(2 * S, "BYE", |m| m.is_request("BYE"));
+    trunk.send(got.from, &got.reply(200, "", &[]));
+    sbc2.expect(2 * S, "200 for the BYE at the SBC that sent it", |m| {
+        m.is_reply(200, "BYE")
+    });
+    let c = calls(&w, &w.number, 1).await;
+    assert_eq!(c[0].disposition, "answered");
+    assert!(c[0].talk_ms >= 1_000, "{:?}", c[0]);
+    // Not one of our dialogs: 481, never relayed.
+    let stray = in_dialog(
+        "BYE",
+        &contact(&ok),
+        &sbc2,
+        rt,
+        &caller,
+        "<sip:x@y>;tag=nope",
+        &call_id,
+        5,
+        &rawsip::branch(),
+        &[],
+    );
+    sbc2.send(rt, &stray);
+    sbc2.expect(2 * S, "481", |m| m.is_reply(481, "BYE"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_and_ack_of_a_reinvite_follow_its_branch() {
+    let w = world("ereinv").await;
+    let trunk = Peer::bind();
+    let r = start(&w, &[("a", trunk.port())], "", "");
+    let carrier = Peer::bind();
+    let rt = router_addr(&r);
+    let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
+    invite(&carrier, rt, &w.number, &call_id);
+    let inv = trunk.expect(3 * S, "INVITE", |m| m.is_request("INVITE"));
+    trunk.send(
+        inv.from,
+        &inv.reply(
+            200,
+            "tt",
+            &[("Contact", format!("<sip:pbx@{}>", trunk.addr))],
+        ),
+    );
+    let ok = carrier.expect(2 * S, "200 OK", |m| m.is_reply(200, "INVITE"));
+    ack_2xx(&carrier, rt, &ok, &call_id);
+    trunk.expect(2 * S, "ACK", |m| m.is_request("ACK"));
+    let (caller, callee) = (
+        format!("<sip:+79161234567@{}>;tag=ctag", carrier.addr),
+        ok.header("to").unwrap(),
+    );
+    // re-INVITE, then its CANCEL, with one branch.
+    let b = rawsip::branch();
+    let reinvite = in_dialog(
+        "INVITE",
+        &contact(&ok),
+        &carrier,
+        rt,
+        &caller,
+        &callee,
+        &call_id,
+        2,
+        &b,
+        &[],
+    );
+    carrier.send(rt, &reinvite);
+    let fwd = trunk.expect(2 * S, "re-INVITE", |m| m.is_request("INVITE"));
+    let cancel = reinvite
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 2 INVITE", "CSeq: 2 CANCEL");
+    carrier.send(rt, &cancel);
+    let fc = trunk.expect(2 * S, "CANCEL of the re-INVITE", |m| m.is_request("CANCEL"));
+    assert_eq!(
+        fc.branch(),
+        fwd.branch(),
+        "one branch for the re-INVITE and its CANCEL"
+    );
+    trunk.send(fc.from, &fc.reply(200, "", &[]));
+    carrier.expect(2 * S, "200 for the CANCEL", |m| m.is_reply(200, "CANCEL"));
+    trunk.send(fwd.from, &fwd.reply(487, "", &[]));
+    carrier.expect(2 * S, "487 for the re-INVITE", |m| {
+        m.is_reply(487, "INVITE")
+    });
+    let ack = reinvite
+        .replacen("INVITE sip:", "ACK sip:", 1)
+        .replace("CSeq: 2 INVITE", "CSeq: 2 ACK");
+    carrier.send(rt, &ack);
+    let fa = trunk.expect(2 * S, "ACK of the 487", |m| m.is_request("ACK"));
+    assert_eq!(
+        fa.branch(),
+        fwd.branch(),
+        "the failure ACK follows the re-INVITE's branch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn final_error_replies_are_retransmitted_until_the_ack_and_recorded_once() {
+    let w = world("eretx").await;
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = start(&w, &[("b", pb)], "", "");
+    let carrier = Peer::bind();
+    let rt = router_addr(&r);
+    let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
+    let text = invite(&carrier, rt, &w.quarantine, &call_id);
+    let first = carrier.expect(3 * S, "404", |m| m.is_reply(404, "INVITE"));
+    // No ACK: Timer G repeats it at 0.5 s, then 1 s.
+    let again = carrier.expect(2 * S, "404 again", |m| m.is_reply(404, "INVITE"));
+    let third = carrier.expect(3 * S, "404 a third time", |m| m.is_reply(404, "INVITE"));
+    let (g1, g2) = (again.at - first.at, third.at - again.at);
+    assert!(
+        g1 >= Duration::from_millis(400) && g1 <= Duration::from_millis(800),
+        "{g1:?}"
+    );
+    assert!(
+        g2 >= Duration::from_millis(900) && g2 <= Duration::from_millis(1400),
+        "{g2:?}"
+    );
+    // The carrier retransmits its INVITE: the same reply, no new call.
+    carrier.send(rt, &text);
+    let dup = carrier.expect(2 * S, "404 to the retransmitted INVITE", |m| {
+        m.is_reply(404, "INVITE")
+    });
+    assert_eq!(
+        dup.header("to"),
+        first.header("to"),
+        "the same reply, same tag"
+    );
+    let ack = text
+        .replacen("INVITE sip:", "ACK sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+        .replace(
+            &format!("To: <sip:{}@{rt}>", w.quarantine),
+            &format!("To: {}", first.header("to").unwrap()),
+        );
+    carrier.send(rt, &ack);
+    let after = carrier.drain(ms(2500));
+    assert!(after.is_empty(), "nothing after the ACK: {after:?}");
+    // One row, not one per INVITE (no FINAL: duplicates must not exist).
+    let db = dialmark_schemas::ch::client(&w.tracker.config.clickhouse);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let n: u64 = db
+        .query("SELECT count() FROM calls WHERE sip_call_id = ?")
+        .bind(&call_id)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let c = calls(&w, &w.quarantine, 1).await;
+    assert_eq!(c[0].disposition, "rejected_quarantine");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_trunk_failing_gives_480_and_hop_and_loop_refusals_are_recorded() {
+    let w = world("e480").await;
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Uas::start(pa, reject(503, "Service Unavailable"));
+    let _b = Uas::start(pb, reject(503, "Service Unavailable"));
+    let r = start(&w, &[("a", pa), ("b", pb)], "", "");
+    let run = call(r.sip_port, &w.number, expect(480), "127.0.0.1", &[]).await;
+    assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    let carrier = Peer::bind();
+    let rt = router_addr(&r);
+    for (code, mf, via) in [
+        (483, 0, String::new()),
+        (
+            482,
+            70,
+            format!("Via: SIP/2.0/UDP {rt};branch=z9hG4bK-dm-looped-1"),
+        ),
+    ] {
+        let text = Invite {
+            number: &w.number,
+            call_id: &format!("{}@edge", uuid::Uuid::new_v4().simple()),
+            branch: &rawsip::branch(),
+            from_tag: "ctag",
+            max_forwards: mf,
+            extra: &[],
+        }
+        .text(&carrier, rt);
+        let text = if via.is_empty() {
+            text
+        } else {
+            text.replacen("Max-Forwards", &format!("{via}\r\nMax-Forwards"), 1)
+        };
+        carrier.send(rt, &text);
+        carrier.expect(2 * S, &format!("{code}"), |m| m.is_reply(code, "INVITE"));
+    }
+    let c = calls(&w, &w.number, 3).await;
+    let mut codes: Vec<(String, u16, u8)> = c
+        .iter()
+        .map(|c| (c.disposition.clone(), c.final_code, c.attempts))
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            ("failed".into(), 480, 2),
+            ("failed".into(), 482, 0),
+            ("failed".into(), 483, 0)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_from_elsewhere_neither_fails_the_call_over_nor_ends_it() {
+    let w = world("espoof").await;
+    let (a, spoofer) = (Peer::bind(), Peer::bind());
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = start(&w, &[("a", a.port()), ("b", pb)], "", "");
+    let carrier = Peer::bind();
+    let rt = router_addr(&r);
+    let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
+    invite(&carrier, rt, &w.number, &call_id);
+    let inv = a.expect(3 * S, "INVITE", |m| m.is_request("INVITE"));
+    a.send(inv.from, &inv.reply(180, "ta", &[]));
+    carrier.expect(2 * S, "180", |m| m.is_reply(180, "INVITE"));
+    // Someone else sends a 503 with trunk a's branch: ignored.
+    spoofer.send(rt, &inv.reply(503, "evil", &[]));
+    let (fo, _) = carrier.wait(ms(1500), |m| !m.is_reply(180, "INVITE"));
+    assert!(fo.is_none(), "the spoofed 503 changed the call: {fo:?}");
+    a.send(
+        inv.from,
+        &inv.reply(200, "ta", &[("Contact", format!("<sip:pbx@{}>", a.addr))]),
+    );
+    let ok = carrier.expect(2 * S, "200 from trunk a", |m| m.is_reply(200, "INVITE"));
+    ack_2xx(&carrier, rt, &ok, &call_id);
+    let rows = attempts(&w, &w.number, 0).await;
+    assert!(rows.is_empty(), "still talking: no attempt row yet");
+    let bye = in_dialog(
+        "BYE",
+        &contact(&ok),
+        &carrier,
+        rt,
+        &format!("<sip:+79161234567@{}>;tag=ctag", carrier.addr),
+        &ok.header("to").unwrap(),
+        &call_id,
+        2,
+        &rawsip::branch(),
+        &[],
+    );
+    carrier.send(rt, &bye);
+    let got = a.expect(2 * S, "BYE", |m| m.is_request("BYE"));
+    a.send(got.from, &got.reply(200, "", &[]));
+    let rows = attempts(&w, &w.number, 1).await;
+    assert_eq!(
+        (rows[0].trunk.as_str(), rows[0].outcome.as_str()),
+        ("a", "answered")
+    );
+}
+
+/// SIGTERM: OPTIONS answer 503 while draining; the call still up at the
+/// drain deadline is hung up both ways and recorded whole; the node exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drain_deadline_hangs_up_both_legs_and_records_the_call() {
+    let w = world("edrain").await;
+    let trunk = Peer::bind();
+    let mut r = start(&w, &[("a", trunk.port())], "drain_seconds = 2", "");
+    let carrier = Peer::bind();
+    let rt = router_addr(&r);
+    let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
+    invite(&carrier, rt, &w.number, &call_id);
+    let inv = trunk.expect(3 * S, "INVITE", |m| m.is_request("INVITE"));
+    trunk.send(
+        inv.from,
+        &inv.reply(
+            200,
+            "tt",
+            &[("Contact", format!("<sip:pbx@{}>", trunk.addr))],
+        ),
+    );
+    let ok = carrier.expect(2 * S, "200 OK", |m| m.is_reply(200, "INVITE"));
+    ack_2xx(&carrier, rt, &ok, &call_id);
+    trunk.expect(2 * S, "ACK", |m| m.is_request("ACK"));
+    let options = |peer: &Peer| {
+        let text = in_dialog(
+            "OPTIONS",
+            &format!("sip:{rt}"),
+            peer,
+            rt,
+            "<sip:ping@carrier>;tag=p",
+            "<sip:node@dialmark>",
+            &format!("{}@ping", uuid::Uuid::new_v4().simple()),
+            1,
+            &rawsip::branch(),
+            &[],
+        )
+        .replace("Route: ", "X-No-Route: ");
+        peer.send(rt, &text);
+        peer.expect(2 * S, "OPTIONS reply", |m| {
+            m.parsed().cseq().is_some_and(|(_, x)| x == "OPTIONS")
+        })
+    };
+    let pinger = Peer::bind();
+    assert!(options(&pinger).is_reply(200, "OPTIONS"));
+    let signalled = Instant::now();
+    r.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let o = options(&pinger);
+    assert!(o.is_reply(503, "OPTIONS"), "draining: {}", o.start_line());
+    // At the deadline both legs get a BYE.
+    let to_caller = carrier.expect(4 * S, "BYE to the caller", |m| m.is_request("BYE"));
+    let to_callee = trunk.expect(2 * S, "BYE to the callee", |m| m.is_request("BYE"));
+    let at = signalled.elapsed();
+    assert!(
+        at >= Duration::from_millis(1900),
+        "hung up before the deadline: {at:?}"
+    );
+    assert_eq!(to_caller.parsed().to_tag(), Some("ctag"));
+    assert_eq!(to_callee.parsed().to_tag(), Some("tt"));
+    carrier.send(to_caller.from, &to_caller.reply(200, "", &[]));
+    trunk.send(to_callee.from, &to_callee.reply(200, "", &[]));
+    let status = r
+        .proc
+        .terminate(Duration::from_secs(10))
+        .expect("router exits");
+    assert!(status.success(), "{}", r.proc.output());
+    let c = calls(&w, &w.number, 1).await;
+    assert_eq!(c[0].disposition, "answered");
+    assert!(c[0].talk_ms >= 1_500, "{:?}", c[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_maximum_call_duration_hangs_up_both_legs() {
+    let w = world("emaxdur").await;
+    let trunk = Peer::bind();
+    let r = start(&w, &[("a", trunk.port())], "max_call_seconds = 2", "");
+    let carrier = Peer::bind();
+    let rt = router_addr(&r);
+    let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
+    invite(&carrier, rt, &w.number, &call_id);
+    let inv = trunk.expect(3 * S, "INVITE", |m| m.is_request("INVITE"));
+    trunk.send(
+        inv.from,
+        &inv.reply(
+            200,
+            "tt",
+            &[("Contact", format!("<sip:pbx@{}>", trunk.addr))],
+        ),
+    );
+    let ok = carrier.expect(3 * S, "200 OK", |m| m.is_reply(200, "INVITE"));
+    ack_2xx(&carrier, rt, &ok, &call_id);
+    trunk.expect(2 * S, "ACK", |m| m.is_request("ACK"));
+    let bye = carrier.expect(4 * S, "BYE to the caller at the maximum duration", |m| {
+        m.is_request("BYE")
+    });
+    let after = bye.at - ok.at;
+    assert!(after >= ms(1900) && after <= ms(2600), "{after:?}");
+    let to_trunk = trunk.expect(2 * S, "BYE to the callee", |m| m.is_request("BYE"));
+    assert_eq!(
+        to_trunk.parsed().uri(),
+        Some(format!("sip:pbx@{}", trunk.addr).as_str())
+    );
+    // The caller answers; the trunk does not at first: its BYE is repeated.
+    carrier.send(bye.from, &bye.reply(200, "", &[]));
+    let again = trunk.expect(2 * S, "the BYE retransmitted", |m| m.is_request("BYE"));
+    trunk.send(again.from, &again.reply(200, "", &[]));
+    let c = calls(&w, &w.number, 1).await;
+    assert_eq!(c[0].disposition, "timeout");
+    let rows = attempts(&w, &w.number, 1).await;
+    assert_eq!(rows[0].outcome, "answered");
+}
