@@ -50,14 +50,14 @@ dm_pid_alive() {
   [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
 }
 
-# dm_stop_pid NAME PIDFILE: TERM, wait up to 10 s, then KILL.
+# dm_stop_pid NAME PIDFILE [SECONDS]: TERM, wait up to SECONDS (10), then KILL.
 dm_stop_pid() {
-  local name=$1 pidfile=$2 pid i
+  local name=$1 pidfile=$2 secs=${3:-10} pid i
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do
+    for i in $(seq 1 $((secs * 10))); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
