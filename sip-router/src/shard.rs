@@ -98,7 +98,9 @@ pub struct Tombstone {
     call_id: uuid::Uuid,
 }
 
+/// A tombstone's map slot, its reply tag and its expiry entry.
 const TOMBSTONE_BYTES: usize = std::mem::size_of::<(u64, Tombstone)>() + 16 + 32;
+const _: () = assert!(TOMBSTONE_BYTES <= 256, "a tombstone stays under 256 bytes");
 
 enum State {
     /// Waiting for the number lookup.
@@ -785,6 +787,8 @@ impl Shard {
         let _g = span.enter();
         info!(attribution = ?setup.source.attribution, trunks = setup.trunks.len(), "routing call");
         let now = crate::now_ms().max(received_ms);
+        metrics::counter!("dialmark_router_calls_routed_total", "shard" => self.id.to_string())
+            .increment(1);
         let (call, actions) = Call::start(bytes, setup, snap.policy.clone(), now);
         if let Some(e) = self.calls.get_mut(&r.key) {
             e.state = State::Live(Box::new(call));
@@ -1292,5 +1296,140 @@ pub fn record(sinks: &Sinks, row: CallRow) {
     }
     if sinks.calls.push(row).is_err() {
         tracing::error!("call row refused by the sink");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::{Policy, TrunkRef};
+    use dialmark_schemas::rows::Attribution;
+
+    /// A carrier INVITE as SIPp sends it, with an SDP body.
+    fn invite() -> Vec<u8> {
+        let sdp = "v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                   m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+        format!(
+            "INVITE sip:84950000001@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{b}\r\n\
+             From: sipp <sip:+79161234567@127.0.0.1:5070>;tag=1234SIPpTag001\r\nTo: <sip:84950000001@127.0.0.1:5060>\r\n\
+             Call-ID: 1-1234@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: sip:sipp@127.0.0.1:5070\r\nMax-Forwards: 70\r\n\
+             Subject: Performance Test\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len(),
+            b = "x".repeat(20),
+        )
+        .into_bytes()
+    }
+
+    fn setup() -> Setup {
+        Setup {
+            number: "+74950000001".into(),
+            caller: "+79161234567".into(),
+            site: "shop".into(),
+            pool: "shop-main".into(),
+            status: NumberStatus::Active,
+            destinations: vec!["+74951234567".into()],
+            trunks: vec![TrunkRef {
+                name: "trunk-a".into(),
+                addr: "127.0.0.1:5091".parse().unwrap(),
+            }],
+            source: Source {
+                attribution: Attribution::LiveLease,
+                session_id: "4b1f0c2d9e8a4f6b8c7d6e5f4a3b2c1d".into(),
+                visitor_id: "9e8a4f6b8c7d6e5f4a3b2c1d4b1f0c2d".into(),
+                utm_source: "google".into(),
+                utm_medium: "cpc".into(),
+                utm_campaign: "spring".into(),
+                gclid: "EAIaIQobChMI".into(),
+                landing_url: "https://shop.example/landing?utm_source=google&utm_campaign=spring"
+                    .into(),
+                referrer: "https://www.google.com/".into(),
+                ..Source::default()
+            },
+            headers: vec![(
+                "X-Dialmark-Source".into(),
+                "attribution=live_lease; utm_source=google; utm_campaign=spring".into(),
+            )],
+            carrier_reliable: false,
+            carrier_via: None,
+        }
+    }
+
+    fn policy() -> Policy {
+        crate::shared::policy(&dialmark_schemas::config::Config::from_toml("").unwrap())
+    }
+
+    fn entry(state: State) -> Entry {
+        let mut e = Entry {
+            call_id: "1-1234@127.0.0.1".into(),
+            carrier: Peer::udp("127.0.0.1:5070".parse().unwrap()),
+            inv_branch: 1,
+            state,
+            timers: Vec::with_capacity(4),
+            bytes: 0,
+        };
+        e.bytes = e.footprint();
+        e
+    }
+
+    /// What a call holds in each state, against the budget's per-call
+    /// estimate (benches/README.md quotes these).
+    #[test]
+    fn footprints_fit_the_budget_estimate() {
+        let routing = entry(State::Routing {
+            bytes: invite(),
+            received_ms: 0,
+            number: "+74950000001".into(),
+            caller: "+79161234567".into(),
+            canceled: false,
+        });
+        let (mut call, out) = Call::start(invite(), setup(), policy(), 1_000);
+        let inv = out
+            .iter()
+            .find_map(|a| match a {
+                Action::ToTrunk { bytes, .. } => Some(bytes.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let inv = wire::parse(&inv).unwrap();
+        let ring = wire::response(&inv, 180, "Ringing", Some("trunktag"), &[]);
+        call.handle(
+            Event::Response {
+                attempt: 1,
+                msg: &wire::parse(&ring).unwrap(),
+            },
+            1_100,
+        );
+        let ringing = entry(State::Live(Box::new(call)));
+        let (mut call, _) = Call::start(invite(), setup(), policy(), 1_000);
+        let ok = wire::response(
+            &inv,
+            200,
+            "OK",
+            Some("trunktag"),
+            &[("Contact", "<sip:pbx@127.0.0.1:5091>".into())],
+        );
+        call.handle(
+            Event::Response {
+                attempt: 1,
+                msg: &wire::parse(&ok).unwrap(),
+            },
+            2_000,
+        );
+        assert!(call.is_answered());
+        let dialog = entry(State::Live(Box::new(call)));
+        eprintln!(
+            "bytes: routing {} ringing {} dialog {} tombstone {}",
+            routing.bytes, ringing.bytes, dialog.bytes, TOMBSTONE_BYTES
+        );
+        assert!(routing.bytes < ringing.bytes);
+        assert!(
+            ringing.bytes <= NEW_CALL_BYTES,
+            "a ringing call fits the estimate the budget checks"
+        );
+        assert!(
+            dialog.bytes < ringing.bytes,
+            "an answered call drops its INVITE copies"
+        );
+        assert!(dialog.bytes <= 4 * 1024, "{}", dialog.bytes);
     }
 }

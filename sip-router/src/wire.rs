@@ -427,11 +427,12 @@ impl<'a> Message<'a> {
         std::str::from_utf8(&self.raw[h.value.clone()]).unwrap_or("")
     }
 
-    /// The first header of that canonical name.
+    /// The first header of that name (lowercase; compact forms of known
+    /// headers are found by their full name).
     pub fn header(&self, name: &str) -> Option<&'a str> {
         self.headers
             .iter()
-            .find(|h| h.name == name)
+            .find(|h| h.name == name || h.other.as_deref() == Some(name))
             .map(|h| self.value(h))
     }
 

@@ -1,0 +1,218 @@
+//! The routing node's capacity behaviour end to end: calls spread over
+//! two shards keep every in-dialog request on its call (INVITE, 180, 200,
+//! ACK, re-INVITE, BYE), and a node over its memory budget refuses new
+//! calls with 503 + Retry-After, answers OPTIONS 503, records every
+//! refused call as `overload`, and takes calls again once load drops.
+
+use std::time::Duration;
+
+use dialmark_e2e::process::free_port;
+use dialmark_e2e::rawsip::{self, in_dialog, Peer};
+use dialmark_e2e::router::{RouterOptions, TestRouter};
+use dialmark_e2e::sipp::{self, Scenario, Uas};
+use dialmark_e2e::world::world;
+
+/// Completed calls of a number by disposition.
+async fn dispositions(w: &dialmark_e2e::world::World, want: u64) -> Vec<(String, u64)> {
+    let db = dialmark_schemas::ch::client(&w.tracker.config.clickhouse);
+    let mut rows: Vec<(String, u64)> = Vec::new();
+    for _ in 0..150 {
+        rows = db
+            .query(
+                "SELECT toString(disposition) AS d, count() FROM calls FINAL \
+                 WHERE number = ? AND ended != 0 GROUP BY d ORDER BY d",
+            )
+            .bind(&w.number)
+            .fetch_all()
+            .await
+            .unwrap();
+        if rows.iter().map(|r| r.1).sum::<u64>() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    rows
+}
+
+fn metric(r: &TestRouter, name: &str) -> Vec<(String, f64)> {
+    let text = ureq::get(&format!("http://127.0.0.1:{}/metrics", r.http_port))
+        .call()
+        .expect("router /metrics")
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_shards_route_every_request_of_many_calls() {
+    let w = world("cshards").await;
+    let pa = free_port();
+    let _a = Uas::start(pa, Scenario::File("uas_reinvite.xml", vec![]));
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("a", pa)],
+            router: "shards = 2",
+            probe: "",
+        },
+    );
+    let calls = 200;
+    let run = tokio::task::spawn_blocking({
+        let (port, number) = (r.sip_port, w.number.clone());
+        move || {
+            sipp::uac(
+                port,
+                &number,
+                Scenario::File("uac_reinvite.xml", vec![("HOLD", "300".into())]),
+                "127.0.0.1",
+                calls,
+                &["-r", "50"],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    assert_eq!(run.successful(), u64::from(calls));
+    let rows = dispositions(&w, u64::from(calls)).await;
+    assert_eq!(rows, [("answered".to_string(), u64::from(calls))]);
+    // Both shards carried calls.
+    let per_shard = metric(&r, "dialmark_router_calls_routed_total");
+    assert_eq!(per_shard.len(), 2, "{per_shard:?}");
+    assert!(per_shard.iter().all(|(_, n)| *n >= 40.0), "{per_shard:?}");
+    assert_eq!(
+        per_shard.iter().map(|(_, n)| *n).sum::<f64>(),
+        f64::from(calls)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_its_memory_budget_the_node_sheds_new_calls_and_recovers() {
+    let w = world("cbudget").await;
+    let pa = free_port();
+    // Each call rings 4 s: held calls pile up past a 1 MiB budget.
+    let _a = Uas::start(
+        pa,
+        Scenario::File("uas_ring_answer.xml", vec![("PAUSE", "4000".into())]),
+    );
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("a", pa)],
+            router: "max_memory_mb = 1\nretry_after_seconds = 7",
+            probe: "",
+        },
+    );
+    let placed = 600u32;
+    let load = tokio::task::spawn_blocking({
+        let (port, number) = (r.sip_port, w.number.clone());
+        move || {
+            sipp::uac(
+                port,
+                &number,
+                Scenario::File("uac_or_503.xml", vec![("HOLD", "200".into())]),
+                "127.0.0.1",
+                placed,
+                &["-r", "150", "-l", "1000"],
+            )
+        }
+    });
+    // While the budget is full: a raw INVITE sees 503 + Retry-After and
+    // an OPTIONS ping sees 503.
+    let (carrier, pinger) = (Peer::bind(), Peer::bind());
+    let rt: std::net::SocketAddr = format!("127.0.0.1:{}", r.sip_port).parse().unwrap();
+    let mut refused = None;
+    let mut options_503 = false;
+    for _ in 0..80 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ping = in_dialog(
+            "OPTIONS",
+            &format!("sip:{rt}"),
+            &pinger,
+            rt,
+            "<sip:ping@carrier>;tag=p",
+            "<sip:node@dialmark>",
+            &format!("{}@ping", uuid::Uuid::new_v4().simple()),
+            1,
+            &rawsip::branch(),
+            &[],
+        )
+        .replace("Route: ", "X-No-Route: ");
+        pinger.send(rt, &ping);
+        if let Some(m) = pinger.recv(Duration::from_secs(1)) {
+            options_503 |= m.is_reply(503, "OPTIONS");
+        }
+        if refused.is_none() {
+            let text = rawsip::Invite {
+                number: &w.number,
+                call_id: &format!("{}@shed", uuid::Uuid::new_v4().simple()),
+                branch: &rawsip::branch(),
+                from_tag: "ctag",
+                max_forwards: 70,
+                extra: &[],
+            }
+            .text(&carrier, rt);
+            carrier.send(rt, &text);
+            let (m, _) = carrier.wait(Duration::from_secs(1), |m| {
+                m.parsed().status().is_some_and(|c| c >= 180)
+            });
+            refused = m.filter(|m| m.is_reply(503, "INVITE"));
+        }
+        if refused.is_some() && options_503 {
+            break;
+        }
+    }
+    let refused = refused.expect("a new call was refused while the budget was full");
+    assert_eq!(refused.header("retry-after").as_deref(), Some("7"));
+    assert!(options_503, "OPTIONS answered 503 while refusing calls");
+    let run = load.await.unwrap();
+    assert!(
+        run.success,
+        "every call answered or refused with 503:\n{}",
+        run.output
+    );
+    let rows = dispositions(&w, u64::from(placed) + 1).await;
+    let count = |d: &str| rows.iter().find(|r| r.0 == d).map_or(0, |r| r.1);
+    assert_eq!(
+        count("answered") + count("overload"),
+        u64::from(placed) + 1,
+        "every call is on record, answered or refused: {rows:?}"
+    );
+    assert!(
+        count("overload") >= 50,
+        "the budget refused calls: {rows:?}"
+    );
+    assert!(
+        count("answered") >= 200,
+        "the budget's worth was served: {rows:?}"
+    );
+    // Load gone: the node takes calls again.
+    let after = tokio::task::spawn_blocking({
+        let (port, number) = (r.sip_port, w.number.clone());
+        move || {
+            sipp::uac(
+                port,
+                &number,
+                Scenario::File("uac_or_503.xml", vec![("HOLD", "100".into())]),
+                "127.0.0.1",
+                5,
+                &[],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(after.success, "{}", after.output);
+    let rows = dispositions(&w, u64::from(placed) + 6).await;
+    let answered_after = rows.iter().find(|r| r.0 == "answered").map_or(0, |r| r.1);
+    assert_eq!(answered_after, count("answered") + 5, "{rows:?}");
+    let status = r.status();
+    assert_eq!(status["refusing_new_calls"], false, "{status}");
+}
