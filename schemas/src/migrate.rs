@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_versioned_calls.sql",
         sql: include_str!("../migrations/0004_versioned_calls.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_untrusted_sources.sql",
+        sql: include_str!("../migrations/0005_untrusted_sources.sql"),
+    },
 ];
 
 #[derive(Debug, Row, Serialize, Deserialize)]

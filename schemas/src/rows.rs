@@ -273,6 +273,25 @@ impl Table for CallAttempt {
     const TABLE: &'static str = "call_attempts";
 }
 
+/// INVITEs from one untrusted source in one minute.
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+pub struct UntrustedSource {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+    pub minute: u32,
+    pub source: String,
+    pub requests: u32,
+    /// The `calls` row of the minute's first INVITE from the source.
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub sample_call_id: Uuid,
+    pub last_number: String,
+    pub last_caller: String,
+}
+
+impl Table for UntrustedSource {
+    const TABLE: &'static str = "untrusted_sources";
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
 #[repr(i8)]
 pub enum TrunkState {

@@ -14,6 +14,8 @@ use dialmark_schemas::config::RateLimitConfig;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::abuse::{Abuse, Verdict as AbuseVerdict};
+use crate::call::Call;
 use crate::control::ControlMsg;
 use crate::ratelimit::{Limiter, Verdict};
 use crate::shard::{self, Inbound, Sinks};
@@ -59,6 +61,7 @@ struct Inner {
     shared: Arc<Shared>,
     transport: Arc<Transport>,
     limits: Mutex<Limits>,
+    abuse: Mutex<Abuse>,
     sinks: Sinks,
 }
 
@@ -86,6 +89,7 @@ impl Dispatcher {
             shared,
             transport,
             limits: Mutex::new(limits),
+            abuse: Mutex::default(),
             sinks,
         }))
     }
@@ -130,6 +134,10 @@ impl Dispatcher {
                 self.options(&snap, &msg, from);
                 return true;
             }
+            Some("INVITE") if msg.to_tag().is_none() && !snap.is_trusted(from.addr.ip()) => {
+                self.untrusted_invite(&snap, &msg, from, received_ms);
+                return true;
+            }
             Some("INVITE") => msg.to_tag().is_none(),
             Some(_) => false,
         };
@@ -160,6 +168,51 @@ impl Dispatcher {
         warn!(shard = owner, "new-call queue full: call refused (503)");
         shard::shed(shed, from, &snap, &d.sinks, &d.transport, received_ms);
         true
+    }
+
+    /// Never an open relay: 403, counted per source and minute, the
+    /// source's first INVITE of the minute recorded as a call.
+    fn untrusted_invite(
+        &self,
+        snap: &crate::shared::Snapshot,
+        msg: &Message<'_>,
+        from: Peer,
+        now_ms: u64,
+    ) {
+        let d = &self.0;
+        metrics::counter!("dialmark_untrusted_requests_total").increment(1);
+        let setup = shard::reject_setup(msg, snap, dialmark_schemas::rows::NumberStatus::Unknown);
+        let (verdict, done) = d.abuse.lock().expect("abuse lock").count(
+            from.addr.ip(),
+            &setup.number,
+            &setup.caller,
+            (now_ms / 1000) as u32,
+        );
+        self.write_abuse(done);
+        let disposition = dialmark_schemas::rows::Disposition::RejectedUntrusted;
+        let (reply, mut row) = Call::reject(msg, &setup, 403, &[], disposition, now_ms);
+        d.transport.send(from, reply);
+        if let AbuseVerdict::Sample(id) = verdict {
+            warn!(from = %from.addr, number = %setup.number, "INVITE from an untrusted source refused (the rest of this minute's are counted)");
+            row.call_id = id;
+            shard::record(&d.sinks, row);
+        }
+    }
+
+    /// Writes the untrusted-source counts of minutes that ended (with
+    /// `all`, of the current one too: the node is stopping).
+    pub fn flush_abuse(&self, all: bool) {
+        let now = dialmark_schemas::unix_now() + if all { 60 } else { 0 };
+        let done = self.0.abuse.lock().expect("abuse lock").flush(now);
+        self.write_abuse(done);
+    }
+
+    fn write_abuse(&self, rows: Vec<dialmark_schemas::rows::UntrustedSource>) {
+        for r in rows {
+            if self.0.sinks.untrusted.push(r).is_err() {
+                tracing::error!("untrusted-source row refused by the sink");
+            }
+        }
     }
 
     /// Flood limits: carriers and our trunks have their own (by default

@@ -26,12 +26,14 @@
 //! - [`health`]: the trunk up/down breaker.
 //! - [`directory`]: DID routing records (cached) and call attribution.
 //! - [`ratelimit`]: per-source flood protection with a ban window.
+//! - [`abuse`]: untrusted INVITEs counted per source and minute, sampled.
 //! - [`reload`]: what a SIGHUP config reload takes over.
 //! - [`alert`]: the Alertmanager-compatible webhook.
 //! - [`webhook`]: the signed completed-call webhook (durable outbox).
 //! - [`http`]: `/healthz`, `/metrics`, `/status` for the NOC.
 #![forbid(unsafe_code)]
 
+pub mod abuse;
 pub mod alert;
 pub mod call;
 pub mod control;
@@ -58,7 +60,7 @@ use std::time::Duration;
 use anyhow::Context;
 use dialmark_schemas::config::Config;
 use dialmark_schemas::migrate;
-use dialmark_schemas::rows::{Call, CallAttempt, TrunkEvent};
+use dialmark_schemas::rows::{Call, CallAttempt, TrunkEvent, UntrustedSource};
 use dialmark_schemas::sink::Sink;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -131,16 +133,21 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     )?;
     let (attempts, t2) =
         Sink::<CallAttempt>::spawn(ch.clone(), &config.sink, "router", Duration::ZERO)?;
-    let (trunk_events, t3) = Sink::<TrunkEvent>::spawn(ch, &config.sink, "router", Duration::ZERO)?;
+    let (trunk_events, t3) =
+        Sink::<TrunkEvent>::spawn(ch.clone(), &config.sink, "router", Duration::ZERO)?;
+    let (untrusted, t4) =
+        Sink::<UntrustedSource>::spawn(ch, &config.sink, "router", Duration::ZERO)?;
     let sink_stats = vec![
         ("calls", calls.stats().clone()),
         ("call_attempts", attempts.stats().clone()),
         ("trunk_events", trunk_events.stats().clone()),
+        ("untrusted_sources", untrusted.stats().clone()),
     ];
     let sinks = shard::Sinks {
         calls,
         attempts,
         trunk_events,
+        untrusted,
     };
     let directory = directory::Directory::new(
         config.redis.clone(),
@@ -232,7 +239,15 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             message_timeout,
         ))
     });
-    drop(dispatcher);
+    let abuse_flush = tokio::spawn({
+        let d = dispatcher.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                d.flush_abuse(false);
+            }
+        }
+    });
     let http_state = http::HttpState {
         shared: shared.clone(),
         metrics: Some(metrics),
@@ -263,16 +278,23 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut all).await;
     }
     info!("routing stopped");
-    for t in receivers.into_iter().chain(acceptor).chain(reloader) {
+    for t in receivers
+        .into_iter()
+        .chain(acceptor)
+        .chain(reloader)
+        .chain([abuse_flush])
+    {
         t.abort();
     }
+    dispatcher.flush_abuse(true);
+    drop(dispatcher);
     let _ = control_tx.send(control::ControlMsg::Shutdown).await;
     let _ = control_task.await;
     http_task.abort();
     drop(sinks);
     // Every sink handle is gone with the shards: writers flush and end.
     let flush = async {
-        for t in [t1, t2, t3].into_iter().chain(hook_task) {
+        for t in [t1, t2, t3, t4].into_iter().chain(hook_task) {
             let _ = t.await;
         }
     };

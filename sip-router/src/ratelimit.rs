@@ -55,6 +55,11 @@ impl Limiter {
                 b.banned_until > now_ms
                     || b.tokens + (now_ms.saturating_sub(b.at_ms) as f64 / 1000.0) * rate < burst
             });
+            if self.sources.len() >= MAX_SOURCES {
+                // Every tracked source is active (a flood from many
+                // addresses): memory stays bounded, newcomers wait.
+                return Verdict::Drop;
+            }
         }
         let b = self.sources.entry(ip).or_insert(Bucket {
             tokens: self.burst,
@@ -107,6 +112,25 @@ mod tests {
             t += 100;
             assert_eq!(l.check(ip, t), Verdict::Pass);
         }
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_flood_from_many_sources() {
+        let mut l = Limiter::new(10, 20, 5);
+        let ip = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        for n in 0..MAX_SOURCES as u32 {
+            assert_eq!(l.check(ip(n), 0), Verdict::Pass);
+        }
+        assert_eq!(
+            l.check(ip(u32::MAX >> 8), 0),
+            Verdict::Drop,
+            "no room for a newcomer"
+        );
+        assert_eq!(l.sources.len(), MAX_SOURCES);
+        assert_eq!(l.check(ip(7), 0), Verdict::Pass, "known sources go on");
+        // Once the flooders went quiet (buckets full again), room is made.
+        assert_eq!(l.check(ip(u32::MAX >> 8), 60_000), Verdict::Pass);
+        assert!(l.sources.len() <= MAX_SOURCES);
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub struct Sinks {
     pub calls: Sink<CallRow>,
     pub attempts: Sink<CallAttempt>,
     pub trunk_events: Sink<dialmark_schemas::rows::TrunkEvent>,
+    pub untrusted: Sink<dialmark_schemas::rows::UntrustedSource>,
 }
 
 /// A received message on its way to a shard.
@@ -594,23 +595,7 @@ impl Shard {
     }
 
     fn new_invite(&mut self, msg: &Message<'_>, from: Peer, now: u64) {
-        if !self.snap.is_trusted(from.addr.ip()) {
-            warn!(from = %from.addr, "INVITE from an untrusted source refused");
-            metrics::counter!("dialmark_untrusted_requests_total").increment(1);
-            let setup = reject_setup(msg, &self.snap, NumberStatus::Unknown);
-            reject(
-                msg,
-                from,
-                &setup,
-                403,
-                &[],
-                Disposition::RejectedUntrusted,
-                now,
-                &self.sinks,
-                &self.transport,
-            );
-            return;
-        }
+        // Untrusted sources never get here: the dispatcher refuses them.
         if msg.max_forwards() == 0 {
             return self.refuse(msg, from, 483, Disposition::Failed, now);
         }
@@ -1200,7 +1185,7 @@ impl Shard {
 }
 
 /// The setup of a call refused before routing.
-fn reject_setup(msg: &Message<'_>, snap: &Snapshot, status: NumberStatus) -> Setup {
+pub(crate) fn reject_setup(msg: &Message<'_>, snap: &Snapshot, status: NumberStatus) -> Setup {
     let raw_user = wire::uri_user(msg.uri().unwrap_or("")).unwrap_or("");
     let number = snap
         .config

@@ -161,7 +161,11 @@ pub async fn tcp_acceptor(
 ) {
     let mut next_id = 1u64;
     let open = Arc::new(AtomicUsize::new(0));
+    // Aborting the acceptor drops the set, which aborts every connection
+    // (and with them their handles on the sinks: the node can flush).
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let Ok((stream, addr)) = listener.accept().await else {
             continue;
         };
@@ -176,10 +180,13 @@ pub async fn tcp_acceptor(
         }
         let id = next_id;
         next_id += 1;
+        // Registered before the next accept, so the per-source count is exact.
+        let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(256);
+        t.open(id, addr, out_tx.clone());
         let (t, d, open) = (t.clone(), d.clone(), open.clone());
         open.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            tcp_conn(stream, addr, id, &t, &d, message_timeout).await;
+        conns.spawn(async move {
+            tcp_conn(stream, addr, id, (out_tx, out_rx), &d, message_timeout).await;
             t.close(id);
             open.fetch_sub(1, Ordering::Relaxed);
         });
@@ -190,13 +197,11 @@ async fn tcp_conn(
     stream: tokio::net::TcpStream,
     addr: SocketAddr,
     id: u64,
-    t: &Transport,
+    (out_tx, mut out_rx): (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>),
     d: &Dispatcher,
     message_timeout: Duration,
 ) {
     let (mut rd, mut wr) = stream.into_split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
-    t.open(id, addr, out_tx.clone());
     // An empty buffer asks the writer to flush and close.
     let writer = tokio::spawn(async move {
         while let Some(b) = out_rx.recv().await {

@@ -75,7 +75,13 @@ impl Default for Peer {
 
 impl Peer {
     pub fn bind() -> Peer {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        Self::bind_on("127.0.0.1")
+    }
+
+    /// A peer on another loopback address (127.0.0.2 is not a trusted
+    /// carrier in the tests' configs).
+    pub fn bind_on(ip: &str) -> Peer {
+        let sock = UdpSocket::bind((ip, 0)).expect("bind udp");
         let addr = sock.local_addr().expect("local addr");
         Peer { sock, addr }
     }

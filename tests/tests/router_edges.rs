@@ -737,3 +737,104 @@ async fn the_maximum_call_duration_hangs_up_both_legs() {
     let rows = attempts(&w, &w.number, 1).await;
     assert_eq!(rows[0].outcome, "answered");
 }
+
+/// Untrusted INVITEs (UDP or TCP): 403 each, but one `calls` row per
+/// source and minute and a count per source; TCP connections per source
+/// are capped.
+#[tokio::test(flavor = "multi_thread")]
+async fn untrusted_invites_are_counted_and_sampled_and_tcp_per_source_is_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world("eabuse").await;
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let mut r = start(&w, &[("b", pb)], "", "");
+    let rt = router_addr(&r);
+    let flood = Peer::bind_on("127.0.0.2");
+    for _ in 0..40 {
+        let text = Invite {
+            number: &w.number,
+            call_id: &format!("{}@flood", uuid::Uuid::new_v4().simple()),
+            branch: &rawsip::branch(),
+            from_tag: "f",
+            max_forwards: 70,
+            extra: &[],
+        }
+        .text(&flood, rt);
+        flood.send(rt, &text);
+        flood.expect(2 * S, "403", |m| m.is_reply(403, "INVITE"));
+    }
+    // Over TCP from another untrusted address: 403 on its connection.
+    let connect = || async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        s.connect(rt).await.unwrap()
+    };
+    let mut conn = connect().await;
+    let me = conn.local_addr().unwrap();
+    let text = format!(
+        "INVITE sip:{n}@{rt} SIP/2.0\r\nVia: SIP/2.0/TCP {me};branch={b}\r\nMax-Forwards: 70\r\n\
+         From: <sip:+79160000000@{me}>;tag=t\r\nTo: <sip:{n}@{rt}>\r\nCall-ID: {c}@tcp\r\nCSeq: 1 INVITE\r\n\
+         Content-Length: 0\r\n\r\n",
+        n = w.number,
+        b = rawsip::branch(),
+        c = uuid::Uuid::new_v4().simple(),
+    );
+    conn.write_all(text.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(2 * S, conn.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("SIP/2.0 403 "));
+    // 70 more connections from that address: past 64 the node closes them.
+    let mut held = Vec::new();
+    for _ in 0..70 {
+        held.push(connect().await);
+    }
+    tokio::time::sleep(ms(500)).await;
+    let mut closed = 0;
+    for c in &mut held {
+        let mut one = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(ms(20), c.read(&mut one)).await {
+            closed += 1;
+        }
+    }
+    assert!(
+        (6..=8).contains(&closed),
+        "{closed} of 70 refused; the cap is 64 per source"
+    );
+    drop(held);
+    r.signal("TERM");
+    let status = r
+        .proc
+        .terminate(Duration::from_secs(15))
+        .expect("router exits");
+    assert!(status.success(), "{}", r.proc.output());
+    let db = dialmark_schemas::ch::client(&w.tracker.config.clickhouse);
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    for _ in 0..50 {
+        counts = db
+            .query("SELECT source, sum(requests) FROM untrusted_sources FINAL GROUP BY source ORDER BY source")
+            .fetch_all()
+            .await
+            .unwrap();
+        if counts.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        counts,
+        [("127.0.0.2".to_string(), 40), ("127.0.0.3".to_string(), 1)]
+    );
+    let sampled: u64 = db
+        .query("SELECT count() FROM calls FINAL WHERE number = ? AND disposition = 'rejected_untrusted'")
+        .bind(&w.number)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(
+        (2..=3).contains(&sampled),
+        "one calls row per source and minute, not 41: {sampled}"
+    );
+}
