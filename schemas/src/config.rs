@@ -351,6 +351,16 @@ impl RouterConfig {
     pub fn advertised(&self) -> SocketAddr {
         self.advertise.unwrap_or(self.udp)
     }
+
+    /// The address we put in Via and Record-Route for TCP: the advertised
+    /// host with `router.tcp`'s port (the UDP one when TCP is off).
+    pub fn advertised_tcp(&self) -> SocketAddr {
+        let mut a = self.advertised();
+        if let Some(t) = self.tcp {
+            a.set_port(t.port());
+        }
+        a
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -398,6 +408,33 @@ pub struct TrunkConfig {
     /// New calls per second at most; 0 = unlimited.
     #[serde(default)]
     pub max_cps: u32,
+    /// How requests reach the trunk: `udp` (default), `tcp` (one
+    /// connection, reused while calls use it, reopened when it is gone),
+    /// or `auto` (UDP, but a request over 1,300 bytes goes over TCP,
+    /// RFC 3261 §18.1.1: the trunk must listen on both).
+    #[serde(default)]
+    pub transport: TrunkTransport,
+}
+
+/// A trunk's transport (see [`TrunkConfig::transport`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkTransport {
+    #[default]
+    Udp,
+    Tcp,
+    Auto,
+}
+
+impl TrunkTransport {
+    /// Whether a request of `len` bytes goes over TCP.
+    pub fn tcp_for(self, len: usize) -> bool {
+        match self {
+            TrunkTransport::Udp => false,
+            TrunkTransport::Tcp => true,
+            TrunkTransport::Auto => len > 1_300,
+        }
+    }
 }
 
 fn default_group() -> String {

@@ -15,6 +15,8 @@ use dialmark_schemas::rows::{
 };
 use uuid::Uuid;
 
+use dialmark_schemas::config::TrunkTransport;
+
 use crate::dialog::Dialog;
 use crate::originate;
 use crate::wire::{self, Forward, Message};
@@ -41,8 +43,59 @@ pub struct Policy {
     /// The carrier's reply when every trunk failed (480 by default: a 503
     /// reads as "this node is down" to carrier SBCs).
     pub all_failed_code: u16,
-    /// `host:port` we put in Via and Record-Route.
-    pub advertise: String,
+    /// Where we are, per transport, for Via and Record-Route.
+    pub me: Me,
+}
+
+/// The node's own `host:port` per transport (`router.advertise` for UDP,
+/// `router.tcp` or the same for TCP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Me {
+    pub udp: String,
+    pub tcp: String,
+}
+
+impl Me {
+    pub fn host(&self, tcp: bool) -> &str {
+        if tcp {
+            &self.tcp
+        } else {
+            &self.udp
+        }
+    }
+
+    /// Our Via for a request sent over UDP or TCP.
+    pub fn via(&self, tcp: bool, branch: &str) -> String {
+        let proto = if tcp { "TCP" } else { "UDP" };
+        format!("SIP/2.0/{proto} {};branch={branch}", self.host(tcp))
+    }
+
+    /// Our Record-Route for a call from a carrier on one transport to a
+    /// trunk on another: one entry, or two when they differ (RFC 5658),
+    /// the one facing the trunk first.
+    pub fn record_route(&self, carrier_tcp: bool, trunk_tcp: bool) -> String {
+        let rr = |tcp: bool| {
+            if tcp {
+                format!("<sip:{};transport=tcp;lr>", self.tcp)
+            } else {
+                format!("<sip:{};lr>", self.udp)
+            }
+        };
+        if carrier_tcp == trunk_tcp {
+            rr(trunk_tcp)
+        } else {
+            format!("{}, {}", rr(trunk_tcp), rr(carrier_tcp))
+        }
+    }
+
+    /// Both addresses: Route entries naming one of them are ours.
+    pub fn own(&self) -> [&str; 2] {
+        [&self.udp, &self.tcp]
+    }
+
+    pub fn is_ours(&self, hostport: &str) -> bool {
+        hostport == self.udp || hostport == self.tcp
+    }
 }
 
 /// A trunk an attempt may use.
@@ -50,6 +103,7 @@ pub struct Policy {
 pub struct TrunkRef {
     pub name: String,
     pub addr: SocketAddr,
+    pub transport: TrunkTransport,
 }
 
 /// What the call is attributed to, stamped at arrival.
@@ -151,7 +205,7 @@ pub enum Event<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dest {
     Carrier,
-    Trunk(SocketAddr),
+    Trunk(SocketAddr, bool),
 }
 
 /// Outputs: what the shard must do.
@@ -159,10 +213,11 @@ pub enum Dest {
 pub enum Action {
     /// Send to the carrier that sent the INVITE.
     ToCarrier(Vec<u8>),
-    /// Send to a trunk on behalf of attempt `attempt`.
+    /// Send to a trunk on behalf of attempt `attempt`, over TCP or UDP.
     ToTrunk {
         attempt: u8,
         addr: SocketAddr,
+        tcp: bool,
         bytes: Vec<u8>,
     },
     /// Arm a timer at an absolute time (ms); replaces an armed equal timer.
@@ -233,6 +288,8 @@ struct Attempt {
     /// Our INVITE to the trunk while it may be needed (retransmission,
     /// CANCEL, ACK); dropped once the attempt is settled.
     invite: Option<Vec<u8>>,
+    /// The attempt's requests go over TCP.
+    tcp: bool,
     started_ms: u64,
     provisional_ms: Option<u64>,
     ringing: bool,
@@ -476,24 +533,24 @@ impl Call {
             .and_then(|a| a.remote_tag.as_deref())
     }
 
-    /// The trunk of the answered attempt.
-    pub fn answered_trunk(&self) -> Option<SocketAddr> {
+    /// The trunk of the answered attempt, and whether it is reached over TCP.
+    pub fn answered_trunk(&self) -> Option<(SocketAddr, bool)> {
         self.attempts
             .iter()
             .find(|a| a.answered_ms.is_some())
-            .map(|a| a.trunk.addr)
+            .map(|a| (a.trunk.addr, a.tcp))
     }
 
     /// The trunk an in-dialog request from the caller goes to: the
     /// attempt whose (early or confirmed) dialog carries `to_tag`, while
     /// it is live. `None`: no such dialog (481).
-    pub fn trunk_for_tag(&self, to_tag: &str) -> Option<SocketAddr> {
+    pub fn trunk_for_tag(&self, to_tag: &str) -> Option<(SocketAddr, bool)> {
         self.attempts
             .iter()
             .find(|a| a.remote_tag.as_deref() == Some(to_tag))
             .filter(|a| matches!(a.state, State::Proceeding | State::Answered))
             .filter(|a| self.phase == Phase::Trying || a.state == State::Answered)
-            .map(|a| a.trunk.addr)
+            .map(|a| (a.trunk.addr, a.tcp))
     }
 
     /// Whether a request from the callee's side with `from_tag` belongs to
@@ -703,28 +760,34 @@ impl Call {
             return;
         };
         let branch = branch(&self.id, n, false);
-        let via = format!("SIP/2.0/UDP {};branch={branch}", self.policy.advertise);
         let uri = format!("sip:{destination}@{}", trunk.addr);
-        let rr = format!("<sip:{};lr>", self.policy.advertise);
         let add: Vec<(&str, String)> = self
             .setup
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.clone()))
             .collect();
-        let bytes = Forward {
-            msg: &inv,
-            uri: Some(&uri),
-            via: &via,
-            sender_via: self.setup.carrier_via.as_deref(),
-            record_route: Some(&rr),
-            drop_first_route: inv
-                .header("route")
-                .is_some_and(|r| r.contains(&self.policy.advertise)),
-            max_forwards: inv.max_forwards().saturating_sub(1),
-            add: &add,
+        let me = &self.policy.me;
+        let build = |tcp: bool| {
+            Forward {
+                msg: &inv,
+                uri: Some(&uri),
+                via: &me.via(tcp, &branch),
+                sender_via: self.setup.carrier_via.as_deref(),
+                record_route: Some(&me.record_route(self.setup.carrier_reliable, tcp)),
+                own: &me.own(),
+                max_forwards: inv.max_forwards().saturating_sub(1),
+                add: &add,
+            }
+            .build()
+        };
+        // UDP unless the trunk is TCP, or "auto" and the request is large.
+        let mut tcp = trunk.transport == TrunkTransport::Tcp;
+        let mut bytes = build(tcp);
+        if !tcp && trunk.transport.tcp_for(bytes.len()) {
+            tcp = true;
+            bytes = build(true);
         }
-        .build();
         out.push(Action::AttemptStarted {
             attempt: n,
             trunk: trunk.name.clone(),
@@ -732,12 +795,15 @@ impl Call {
         out.push(Action::ToTrunk {
             attempt: n,
             addr: trunk.addr,
+            tcp,
             bytes: bytes.clone(),
         });
-        out.push(Action::Arm {
-            timer: Timer::Retransmit(n),
-            at_ms: now_ms + T1_MS,
-        });
+        if !tcp {
+            out.push(Action::Arm {
+                timer: Timer::Retransmit(n),
+                at_ms: now_ms + T1_MS,
+            });
+        }
         out.push(Action::Arm {
             timer: Timer::NoProvisional(n),
             at_ms: now_ms + self.policy.provisional_timeout_ms,
@@ -753,6 +819,7 @@ impl Call {
             trunk,
             destination,
             invite: Some(bytes),
+            tcp,
             started_ms: now_ms,
             provisional_ms: None,
             ringing: false,
@@ -861,7 +928,7 @@ impl Call {
     fn answered(&mut self, idx: usize, msg: &Message<'_>, now_ms: u64, out: &mut Vec<Action>) {
         let code = msg.status().unwrap_or(200);
         let a = &mut self.attempts[idx];
-        let n = a.n;
+        let (n, tcp) = (a.n, a.tcp);
         a.answered_ms = Some(now_ms);
         a.state = State::Answered;
         a.invite = None;
@@ -882,7 +949,9 @@ impl Call {
                 self.dialog = Some(Box::new(Dialog::confirmed(
                     &inv,
                     msg,
-                    &self.policy.advertise,
+                    &self.policy.me,
+                    self.setup.carrier_reliable,
+                    tcp,
                 )));
             }
         }
@@ -978,31 +1047,35 @@ impl Call {
         out: &mut Vec<Action>,
     ) {
         let a = &self.attempts[idx];
-        let (n, addr) = (a.n, a.trunk.addr);
+        let (n, addr, tcp) = (a.n, a.trunk.addr, a.tcp);
         let first = !matches!(&a.resend, Some(r) if r.bytes.starts_with(b"BYE"));
+        let me = &self.policy.me;
         out.push(Action::ToTrunk {
             attempt: n,
             addr,
+            tcp,
             // The ACK of a 2xx is a transaction of its own: a branch of its own.
             bytes: originate::ack_for_2xx(
                 ok,
-                &self.policy.advertise,
+                me,
+                tcp,
                 &format!("{}-ack", branch(&self.id, n, false)),
             ),
         });
         if !first {
             return; // a 2xx retransmission: the BYE is on its way already
         }
-        let bye = originate::bye_for_2xx(ok, &self.policy.advertise, &branch(&self.id, n, true));
+        let bye = originate::bye_for_2xx(ok, me, tcp, &branch(&self.id, n, true));
         out.push(Action::ToTrunk {
             attempt: n,
             addr,
+            tcp,
             bytes: bye.clone(),
         });
         self.attempts[idx].resend = Some(Resend {
             bytes: bye,
-            to: Dest::Trunk(addr),
-            every_ms: T1_MS,
+            to: Dest::Trunk(addr, tcp),
+            every_ms: if tcp { TRANSACTION_MS } else { T1_MS },
             until_ms: now_ms + TRANSACTION_MS,
         });
         out.push(Action::Disarm(Timer::Abandoned(n)));
@@ -1048,17 +1121,19 @@ impl Call {
         out.push(Action::ToTrunk {
             attempt: a.n,
             addr: a.trunk.addr,
+            tcp: a.tcp,
             bytes: bytes.clone(),
         });
+        // Over TCP the transport delivers: only Timer F's wait remains.
         a.resend = Some(Resend {
             bytes,
-            to: Dest::Trunk(a.trunk.addr),
-            every_ms: T1_MS,
+            to: Dest::Trunk(a.trunk.addr, a.tcp),
+            every_ms: if a.tcp { TRANSACTION_MS } else { T1_MS },
             until_ms: now_ms + TRANSACTION_MS,
         });
         out.push(Action::Arm {
             timer: Timer::Resend(a.n),
-            at_ms: now_ms + T1_MS,
+            at_ms: now_ms + if a.tcp { TRANSACTION_MS } else { T1_MS },
         });
     }
 
@@ -1108,6 +1183,7 @@ impl Call {
                     out.push(Action::ToTrunk {
                         attempt: n,
                         addr: a.trunk.addr,
+                        tcp: a.tcp,
                         bytes: inv.clone(),
                     });
                 }
@@ -1217,9 +1293,10 @@ impl Call {
                 r.every_ms = (r.every_ms * 2).min(T2_MS);
                 out.push(match r.to {
                     Dest::Carrier => Action::ToCarrier(r.bytes.clone()),
-                    Dest::Trunk(addr) => Action::ToTrunk {
+                    Dest::Trunk(addr, tcp) => Action::ToTrunk {
                         attempt: n,
                         addr,
+                        tcp,
                         bytes: r.bytes.clone(),
                     },
                 });
@@ -1423,28 +1500,26 @@ impl Call {
         let Some(d) = self.dialog.as_mut() else {
             return;
         };
+        let answered = self
+            .attempts
+            .iter()
+            .find(|a| a.state == State::Answered)
+            .map_or(0, |a| a.n);
         let to_carrier = d.bye_to_caller(&branch(&self.id, 0, true));
-        let to_trunk = d.bye_to_callee(&branch(
-            &self.id,
-            self.attempts
-                .iter()
-                .find(|a| a.state == State::Answered)
-                .map_or(0, |a| a.n),
-            true,
-        ));
+        let to_trunk = d.bye_to_callee(&branch(&self.id, answered, true));
+        let every = |tcp: bool| if tcp { TRANSACTION_MS } else { T1_MS };
         out.push(Action::ToCarrier(to_carrier.clone()));
-        if !self.setup.carrier_reliable {
-            self.carrier_bye = Some(Resend {
-                bytes: to_carrier,
-                to: Dest::Carrier,
-                every_ms: T1_MS,
-                until_ms: now_ms + TRANSACTION_MS,
-            });
-            out.push(Action::Arm {
-                timer: Timer::Resend(0),
-                at_ms: now_ms + T1_MS,
-            });
-        }
+        let carrier_tcp = self.setup.carrier_reliable;
+        self.carrier_bye = Some(Resend {
+            bytes: to_carrier,
+            to: Dest::Carrier,
+            every_ms: every(carrier_tcp),
+            until_ms: now_ms + TRANSACTION_MS,
+        });
+        out.push(Action::Arm {
+            timer: Timer::Resend(0),
+            at_ms: now_ms + every(carrier_tcp),
+        });
         if let Some(a) = self
             .attempts
             .iter_mut()
@@ -1453,17 +1528,18 @@ impl Call {
             out.push(Action::ToTrunk {
                 attempt: a.n,
                 addr: a.trunk.addr,
+                tcp: a.tcp,
                 bytes: to_trunk.clone(),
             });
             a.resend = Some(Resend {
                 bytes: to_trunk,
-                to: Dest::Trunk(a.trunk.addr),
-                every_ms: T1_MS,
+                to: Dest::Trunk(a.trunk.addr, a.tcp),
+                every_ms: every(a.tcp),
                 until_ms: now_ms + TRANSACTION_MS,
             });
             out.push(Action::Arm {
                 timer: Timer::Resend(a.n),
-                at_ms: now_ms + T1_MS,
+                at_ms: now_ms + every(a.tcp),
             });
         }
     }
@@ -1543,6 +1619,7 @@ fn ack(a: &Attempt, resp: &Message<'_>) -> Action {
     Action::ToTrunk {
         attempt: a.n,
         addr: a.trunk.addr,
+        tcp: a.tcp,
         bytes,
     }
 }

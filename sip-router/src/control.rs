@@ -213,12 +213,12 @@ impl Control {
 
     fn probe_all(&mut self, now: u64) {
         let timeout = self.cfg.router.probe.timeout_ms;
-        let advertise = self.cfg.router.advertised().to_string();
+        let me = crate::shared::policy(&self.cfg).me;
         for idx in 0..self.trunks.len() {
             self.probe_seq = self.probe_seq.wrapping_add(1);
             let branch = format!("{PROBE_BRANCH}{}", uuid::Uuid::new_v4().simple());
             let to = self.trunks[idx].cfg.address;
-            let bytes = crate::originate::options(&advertise, to, &branch, self.probe_seq);
+            let bytes = crate::originate::options(&me, to, &branch, self.probe_seq);
             if self.transport.send_udp(to, &bytes) {
                 self.probes.insert(branch.clone(), (idx, to));
                 self.timers.arm(now + timeout, Tick::ProbeTimeout(branch));

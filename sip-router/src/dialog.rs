@@ -5,6 +5,7 @@
 //! maximum call duration or the drain deadline; the carrier INVITE itself
 //! is not kept, so an established call holds a few hundred bytes.
 
+use crate::call::Me;
 use crate::originate;
 use crate::wire::{self, Message};
 
@@ -21,12 +22,14 @@ pub struct Leg {
     pub to: String,
     /// Highest CSeq seen in requests from the other side.
     pub cseq: u32,
+    /// This side is reached over TCP.
+    pub tcp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dialog {
     pub call_id: String,
-    pub advertise: String,
+    pub me: Me,
     /// The caller's side (towards the carrier).
     pub caller: Leg,
     /// The callee's side (towards the trunk).
@@ -51,13 +54,13 @@ fn record_route(m: &Message<'_>) -> Vec<String> {
 }
 
 /// The route set from the node towards the callee of a 2xx whose
-/// Record-Route holds ours (`<sip:{advertise};lr>`): the entries above
-/// ours lie between us and the callee, nearest to the callee first.
-pub fn callee_route(ok: &Message<'_>, advertise: &str) -> Vec<String> {
+/// Record-Route holds ours: the entries above ours lie between us and the
+/// callee, nearest to the callee first.
+pub fn callee_route(ok: &Message<'_>, me: &Me) -> Vec<String> {
     let rr = record_route(ok);
     let mine = rr
         .iter()
-        .position(|r| wire::uri_hostport(r) == Some(advertise))
+        .position(|r| wire::uri_hostport(r).is_some_and(|h| me.is_ours(h)))
         .unwrap_or(rr.len());
     rr[..mine].iter().rev().cloned().collect()
 }
@@ -68,22 +71,29 @@ pub fn contact_uri<'a>(m: &Message<'a>) -> Option<&'a str> {
 }
 
 impl Dialog {
-    /// The dialog of the carrier's `invite` answered by the trunk's `ok`
-    /// (whose Record-Route holds ours, `<sip:{advertise};lr>`).
-    pub fn confirmed(invite: &Message<'_>, ok: &Message<'_>, advertise: &str) -> Dialog {
-        let towards_callee = callee_route(ok, advertise);
+    /// The dialog of the carrier's `invite` (over TCP: `caller_tcp`)
+    /// answered by the trunk's `ok` (`callee_tcp`), whose Record-Route
+    /// holds ours.
+    pub fn confirmed(
+        invite: &Message<'_>,
+        ok: &Message<'_>,
+        me: &Me,
+        caller_tcp: bool,
+        callee_tcp: bool,
+    ) -> Dialog {
+        let towards_callee = callee_route(ok, me);
         // The INVITE's Record-Route lists the proxies between the carrier
         // and us, nearest to us first.
         let towards_caller: Vec<String> = record_route(invite)
             .into_iter()
-            .filter(|r| wire::uri_hostport(r) != Some(advertise))
+            .filter(|r| !wire::uri_hostport(r).is_some_and(|h| me.is_ours(h)))
             .collect();
         let caller_uri = invite.header("from").unwrap_or("").to_string();
         let callee_uri = ok.header("to").unwrap_or("").to_string();
         let invite_cseq = invite.cseq().map_or(1, |(n, _)| n);
         Dialog {
             call_id: invite.call_id().to_string(),
-            advertise: advertise.to_string(),
+            me: me.clone(),
             caller: Leg {
                 target: contact_uri(invite)
                     .unwrap_or(addr_spec(&caller_uri))
@@ -92,6 +102,7 @@ impl Dialog {
                 from: callee_uri.clone(),
                 to: caller_uri.clone(),
                 cseq: 0,
+                tcp: caller_tcp,
             },
             callee: Leg {
                 target: contact_uri(ok)
@@ -101,6 +112,7 @@ impl Dialog {
                 from: caller_uri,
                 to: callee_uri,
                 cseq: invite_cseq,
+                tcp: callee_tcp,
             },
         }
     }
@@ -118,13 +130,13 @@ impl Dialog {
     /// A BYE to the caller (the node hangs up on the callee's behalf).
     pub fn bye_to_caller(&mut self, branch: &str) -> Vec<u8> {
         self.caller.cseq += 1;
-        originate::bye(&self.caller, &self.call_id, &self.advertise, branch)
+        originate::bye(&self.caller, &self.call_id, &self.me, branch)
     }
 
     /// A BYE to the callee (on the caller's behalf).
     pub fn bye_to_callee(&mut self, branch: &str) -> Vec<u8> {
         self.callee.cseq += 1;
-        originate::bye(&self.callee, &self.call_id, &self.advertise, branch)
+        originate::bye(&self.callee, &self.call_id, &self.me, branch)
     }
 
     pub fn footprint(&self) -> usize {
@@ -136,7 +148,8 @@ impl Dialog {
         };
         std::mem::size_of::<Dialog>()
             + self.call_id.capacity()
-            + self.advertise.capacity()
+            + self.me.udp.capacity()
+            + self.me.tcp.capacity()
             + leg(&self.caller)
             + leg(&self.callee)
     }
@@ -171,7 +184,11 @@ Content-Length: 0\r\n\r\n";
     fn dialog() -> Dialog {
         let inv = wire::parse(INVITE.as_bytes()).unwrap();
         let ok = wire::parse(OK.as_bytes()).unwrap();
-        Dialog::confirmed(&inv, &ok, "10.0.0.1:5060")
+        let me = Me {
+            udp: "10.0.0.1:5060".into(),
+            tcp: "10.0.0.1:5060".into(),
+        };
+        Dialog::confirmed(&inv, &ok, &me, false, false)
     }
 
     #[test]

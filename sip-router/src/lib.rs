@@ -175,7 +175,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         n,
         r.max_memory_mb << 20,
     ));
-    let transport = Arc::new(transport::Transport::new(udp));
+    let transport = Arc::new(transport::Transport::new(
+        udp,
+        Duration::from_millis(r.tcp_message_timeout_ms),
+    ));
     let (control_tx, control_rx) = mpsc::channel(65_536);
     // Publishes the trunk table before any shard reads it.
     let control = control::Control::new(
@@ -248,6 +251,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             }
         }
     });
+    transport.set_dispatcher(dispatcher.clone());
     let http_state = http::HttpState {
         shared: shared.clone(),
         metrics: Some(metrics),
@@ -288,6 +292,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
     dispatcher.flush_abuse(true);
     drop(dispatcher);
+    transport.close_outbound();
     let _ = control_tx.send(control::ControlMsg::Shutdown).await;
     let _ = control_task.await;
     http_task.abort();

@@ -13,6 +13,7 @@ use rsip::headers::UntypedHeader;
 use rsip::param::Branch;
 use rsip::{Header, Headers, Host, HostWithPort, Method, Param, Request, Transport, Uri, Version};
 
+use crate::call::Me;
 use crate::dialog::{self, Leg};
 use crate::wire::Message;
 
@@ -30,15 +31,16 @@ fn uri(s: &str) -> Uri {
     }
 }
 
-/// Our Via: `SIP/2.0/UDP <advertise>;branch=<branch>`.
-fn via(advertise: &str, branch: &str) -> Header {
-    let sent_by = match advertise.parse::<SocketAddr>() {
+/// Our Via: `SIP/2.0/UDP|TCP <our address>;branch=<branch>`.
+fn via(me: &Me, tcp: bool, branch: &str) -> Header {
+    let host = me.host(tcp);
+    let sent_by = match host.parse::<SocketAddr>() {
         Ok(a) => HostWithPort::from((a.ip(), a.port())),
-        Err(_) => HostWithPort::from(Host::Domain(advertise.to_string().into())),
+        Err(_) => HostWithPort::from(Host::Domain(host.to_string().into())),
     };
     rsip::typed::Via {
         version: Version::V2,
-        transport: Transport::Udp,
+        transport: if tcp { Transport::Tcp } else { Transport::Udp },
         uri: Uri::from(sent_by),
         params: vec![Param::Branch(Branch::new(branch))],
     }
@@ -82,15 +84,16 @@ fn route(entries: &[String], into: &mut Vec<Header>) {
     }
 }
 
-/// An OPTIONS probe to a trunk.
-pub fn options(advertise: &str, to: SocketAddr, branch: &str, seq: u32) -> Vec<u8> {
-    let me = format!("<sip:probe@{advertise}>");
+/// An OPTIONS probe to a trunk (over UDP).
+pub fn options(me: &Me, to: SocketAddr, branch: &str, seq: u32) -> Vec<u8> {
+    let udp = &me.udp;
+    let contact = format!("<sip:probe@{udp}>");
     let headers = vec![
-        via(advertise, branch),
-        rsip::headers::From::new(format!("{me};tag=dmprobe")).into(),
+        via(me, false, branch),
+        rsip::headers::From::new(format!("{contact};tag=dmprobe")).into(),
         rsip::headers::To::new(format!("<sip:{to}>")).into(),
-        rsip::headers::CallId::new(format!("dmprobe-{branch}@{advertise}")).into(),
-        rsip::headers::Contact::new(me).into(),
+        rsip::headers::CallId::new(format!("dmprobe-{branch}@{udp}")).into(),
+        rsip::headers::Contact::new(contact).into(),
         rsip::headers::Accept::new("application/sdp").into(),
     ];
     request(Method::Options, &format!("sip:{to}"), headers, seq)
@@ -136,9 +139,9 @@ pub fn ack_for_failure_from_reply(resp: &Message<'_>, request_uri: &str) -> Vec<
 /// ACK or BYE for a 2xx from a trunk the node does not keep: to its
 /// Contact, along its Record-Route (the entries between us and the trunk),
 /// From/To/Call-ID of the 2xx.
-fn for_2xx(ok: &Message<'_>, method: Method, advertise: &str, branch: &str) -> Vec<u8> {
-    let mut headers = vec![via(advertise, branch)];
-    route(&dialog::callee_route(ok, advertise), &mut headers);
+fn for_2xx(ok: &Message<'_>, method: Method, me: &Me, tcp: bool, branch: &str) -> Vec<u8> {
+    let mut headers = vec![via(me, tcp, branch)];
+    route(&dialog::callee_route(ok, me), &mut headers);
     copy(ok, "from", &mut headers);
     copy(ok, "to", &mut headers);
     copy(ok, "call-id", &mut headers);
@@ -151,17 +154,17 @@ fn for_2xx(ok: &Message<'_>, method: Method, advertise: &str, branch: &str) -> V
     request(method, target, headers, n)
 }
 
-pub fn ack_for_2xx(ok: &Message<'_>, advertise: &str, branch: &str) -> Vec<u8> {
-    for_2xx(ok, Method::Ack, advertise, branch)
+pub fn ack_for_2xx(ok: &Message<'_>, me: &Me, tcp: bool, branch: &str) -> Vec<u8> {
+    for_2xx(ok, Method::Ack, me, tcp, branch)
 }
 
-pub fn bye_for_2xx(ok: &Message<'_>, advertise: &str, branch: &str) -> Vec<u8> {
-    for_2xx(ok, Method::Bye, advertise, branch)
+pub fn bye_for_2xx(ok: &Message<'_>, me: &Me, tcp: bool, branch: &str) -> Vec<u8> {
+    for_2xx(ok, Method::Bye, me, tcp, branch)
 }
 
 /// A BYE along one leg of a confirmed dialog.
-pub fn bye(leg: &Leg, call_id: &str, advertise: &str, branch: &str) -> Vec<u8> {
-    let mut headers = vec![via(advertise, branch)];
+pub fn bye(leg: &Leg, call_id: &str, me: &Me, branch: &str) -> Vec<u8> {
+    let mut headers = vec![via(me, leg.tcp, branch)];
     route(&leg.route, &mut headers);
     headers.push(rsip::headers::From::new(leg.from.clone()).into());
     headers.push(rsip::headers::To::new(leg.to.clone()).into());
@@ -173,6 +176,13 @@ pub fn bye(leg: &Leg, call_id: &str, advertise: &str, branch: &str) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::wire;
+
+    fn me() -> Me {
+        Me {
+            udp: "127.0.0.1:5060".into(),
+            tcp: "127.0.0.1:5061".into(),
+        }
+    }
 
     #[test]
     fn uris_rsip_rewrites_are_kept_verbatim() {
@@ -189,7 +199,7 @@ mod tests {
     #[test]
     fn probe_is_a_whole_options_request_with_our_via() {
         let b = options(
-            "127.0.0.1:5060",
+            &me(),
             "127.0.0.1:5091".parse().unwrap(),
             "z9hG4bK-dmp-abc",
             7,
@@ -256,13 +266,17 @@ Call-ID: k@c\r\nCSeq: 4 INVITE\r\nContent-Length: 0\r\n\r\n";
 Record-Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:a@c>;tag=f\r\nTo: <sip:b@c>;tag=t\r\nCall-ID: k@c\r\n\
 CSeq: 1 INVITE\r\nContact: <sip:pbx@127.0.0.1:5091>\r\nContent-Length: 0\r\n\r\n";
         let ok = wire::parse(ok.as_bytes()).unwrap();
-        let ack = ack_for_2xx(&ok, "127.0.0.1:5060", "z9hG4bK-dm-x-1-ack");
+        let ack = ack_for_2xx(&ok, &me(), false, "z9hG4bK-dm-x-1-ack");
         let m = wire::parse(&ack).unwrap();
         assert_eq!(m.uri(), Some("sip:pbx@127.0.0.1:5091"));
         assert_eq!(m.cseq(), Some((1, "ACK".into())));
         assert_eq!(m.header("route"), None, "our own Record-Route is not a hop");
-        let bye = bye_for_2xx(&ok, "127.0.0.1:5060", "z9hG4bK-dm-x-1-bye");
+        let bye = bye_for_2xx(&ok, &me(), true, "z9hG4bK-dm-x-1-bye");
         let m = wire::parse(&bye).unwrap();
+        assert_eq!(
+            m.top_via(),
+            Some("SIP/2.0/TCP 127.0.0.1:5061;branch=z9hG4bK-dm-x-1-bye")
+        );
         assert_eq!(
             (m.method(), m.cseq()),
             (Some("BYE"), Some((2, "BYE".into())))

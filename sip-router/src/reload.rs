@@ -146,6 +146,7 @@ mod tests {
             weight: 1,
             max_calls: 0,
             max_cps: 0,
+            transport: Default::default(),
         }
     }
 

@@ -86,8 +86,10 @@ pub struct Tombstone {
     /// Hash of the carrier INVITE's branch (retransmissions carry it).
     inv_branch: u64,
     carrier: Peer,
-    /// The answered trunk, for a BYE retransmitted by the caller.
-    trunk: Option<SocketAddr>,
+    carrier_back: Option<SocketAddr>,
+    /// The answered trunk (and whether over TCP), for a BYE retransmitted
+    /// by the caller.
+    trunk: Option<(SocketAddr, bool)>,
     /// Hashes of the caller's and the answering callee's tags: the dialog
     /// a late in-dialog request must name.
     carrier_tag: u64,
@@ -118,6 +120,8 @@ enum State {
 struct Entry {
     call_id: Box<str>,
     carrier: Peer,
+    /// Where a TCP carrier listens (its Via), to reopen a lost connection.
+    carrier_back: Option<SocketAddr>,
     inv_branch: u64,
     state: State,
     timers: Vec<(Timer, Handle)>,
@@ -143,11 +147,16 @@ impl Entry {
     }
 }
 
-/// The result of a number lookup, back in the shard.
-pub struct Routed {
-    key: u64,
-    lookup: Lookup,
-    source: Source,
+/// What the shard's own helpers report back to it.
+pub enum Internal {
+    /// The result of a number lookup.
+    Routed {
+        key: u64,
+        lookup: Box<Lookup>,
+        source: Box<Source>,
+    },
+    /// A TCP connection for an attempt's INVITE could not be opened.
+    TransportError { key: u64, attempt: u8 },
 }
 
 fn hash(s: &str) -> u64 {
@@ -162,7 +171,7 @@ pub struct Shard {
     directory: Directory,
     sinks: Sinks,
     control: mpsc::Sender<ControlMsg>,
-    routed_tx: mpsc::UnboundedSender<Routed>,
+    internal: mpsc::UnboundedSender<Internal>,
     calls: HashMap<u64, Entry>,
     tombstones: HashMap<u64, Tombstone>,
     expiry: VecDeque<(u64, u64)>,
@@ -191,8 +200,8 @@ impl Shard {
         sinks: Sinks,
         control: mpsc::Sender<ControlMsg>,
         journal: Journal,
-    ) -> (Shard, mpsc::UnboundedReceiver<Routed>) {
-        let (routed_tx, routed_rx) = mpsc::unbounded_channel();
+    ) -> (Shard, mpsc::UnboundedReceiver<Internal>) {
+        let (internal, internal_rx) = mpsc::unbounded_channel();
         let snap = shared.snapshot();
         (
             Shard {
@@ -202,7 +211,7 @@ impl Shard {
                 directory,
                 sinks,
                 control,
-                routed_tx,
+                internal,
                 calls: HashMap::new(),
                 tombstones: HashMap::new(),
                 expiry: VecDeque::new(),
@@ -213,7 +222,7 @@ impl Shard {
                 snap,
                 journal,
             },
-            routed_rx,
+            internal_rx,
         )
     }
 
@@ -221,7 +230,7 @@ impl Shard {
     pub async fn run(
         mut self,
         mut inputs: ShardInputs,
-        mut routed: mpsc::UnboundedReceiver<Routed>,
+        mut routed: mpsc::UnboundedReceiver<Internal>,
     ) {
         let mut pending: VecDeque<Inbound> = VecDeque::new();
         let mut released_at: Option<u64> = None;
@@ -249,7 +258,7 @@ impl Shard {
                 }
             }
             while let Ok(r) = routed.try_recv() {
-                self.routed(r);
+                self.internal(r);
             }
             for _ in 0..64 {
                 match inputs.fresh.try_recv() {
@@ -308,7 +317,7 @@ impl Shard {
                         released_at = Some(crate::now_ms());
                     }
                 },
-                Some(r) = routed.recv() => self.routed(r),
+                Some(r) = routed.recv() => self.internal(r),
                 Some(m) = inputs.fresh.recv() => self.inbound(m, true),
                 _ = tokio::time::sleep(sleep) => {}
             }
@@ -562,6 +571,7 @@ impl Shard {
             Entry {
                 call_id: msg.call_id().into(),
                 carrier: from,
+                carrier_back: carrier_back(msg, from),
                 inv_branch: hash(msg.branch().unwrap_or("")),
                 state: State::Live(Box::new(call)),
                 timers: Vec::new(),
@@ -584,6 +594,7 @@ impl Shard {
             Tombstone {
                 inv_branch: hash(msg.branch().unwrap_or("")),
                 carrier: from,
+                carrier_back: None,
                 trunk: None,
                 carrier_tag: hash(msg.from_tag().unwrap_or("")),
                 trunk_tag: 0,
@@ -599,11 +610,16 @@ impl Shard {
         if msg.max_forwards() == 0 {
             return self.refuse(msg, from, 483, Disposition::Failed, now);
         }
-        let loop_marker = format!("{};branch=z9hG4bK-dm-", self.snap.policy.advertise);
+        let me = &self.snap.policy.me;
+        let looped = |v: &str| {
+            me.own()
+                .iter()
+                .any(|host| v.contains(&format!("{host};branch=z9hG4bK-dm-")))
+        };
         if msg
             .headers
             .iter()
-            .any(|h| h.name == "via" && msg.value(h).contains(&loop_marker))
+            .any(|h| h.name == "via" && looped(msg.value(h)))
         {
             return self.refuse(msg, from, 482, Disposition::Failed, now);
         }
@@ -644,6 +660,7 @@ impl Shard {
         let entry = Entry {
             call_id: msg.call_id().into(),
             carrier: from,
+            carrier_back: carrier_back(msg, from),
             inv_branch: hash(msg.branch().unwrap_or("")),
             state: State::Routing {
                 bytes: msg.raw.to_vec(),
@@ -657,7 +674,7 @@ impl Shard {
         };
         self.insert(key, entry);
         let dir = self.directory.clone();
-        let tx = self.routed_tx.clone();
+        let tx = self.internal.clone();
         tokio::spawn(async move {
             let lookup = dir.lookup(&number).await;
             let source = match &lookup {
@@ -666,10 +683,10 @@ impl Shard {
                 }
                 _ => Source::default(),
             };
-            let _ = tx.send(Routed {
+            let _ = tx.send(Internal::Routed {
                 key,
-                lookup,
-                source,
+                lookup: Box::new(lookup),
+                source: Box::new(source),
             });
         });
     }
@@ -681,8 +698,21 @@ impl Shard {
         self.shared.counts.calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn routed(&mut self, r: Routed) {
-        let Some(e) = self.calls.get(&r.key) else {
+    fn internal(&mut self, i: Internal) {
+        match i {
+            Internal::Routed {
+                key,
+                lookup,
+                source,
+            } => self.routed(key, *lookup, *source),
+            Internal::TransportError { key, attempt } => {
+                self.drive(key, Event::TransportError { attempt })
+            }
+        }
+    }
+
+    fn routed(&mut self, key: u64, lookup: Lookup, source: Source) {
+        let Some(e) = self.calls.get(&key) else {
             return;
         };
         let State::Routing {
@@ -711,17 +741,17 @@ impl Shard {
             status: NumberStatus::Unknown,
             destinations: Vec::new(),
             trunks: Vec::new(),
-            source: r.source,
+            source,
             headers: Vec::new(),
             carrier_reliable: carrier.tcp.is_some(),
             carrier_via,
         };
-        let rec: RouteRecord = match r.lookup {
+        let rec: RouteRecord = match lookup {
             Lookup::Found(rec) => rec,
             Lookup::Unknown => {
                 info!(number = %setup.number, "call to an unknown number; recorded and rejected");
                 return self.reject_routed(
-                    r.key,
+                    key,
                     bytes,
                     setup,
                     404,
@@ -732,7 +762,7 @@ impl Shard {
             Lookup::Unavailable => {
                 tracing::error!(number = %setup.number, "number lookup impossible (Redis down, nothing cached); call refused");
                 return self.reject_routed(
-                    r.key,
+                    key,
                     bytes,
                     setup,
                     503,
@@ -754,7 +784,7 @@ impl Shard {
         };
         if let Some((code, disposition)) = verdict {
             info!(number = %setup.number, status = rec.status.as_str(), code, "call recorded and rejected");
-            return self.reject_routed(r.key, bytes, setup, code, disposition, received_ms);
+            return self.reject_routed(key, bytes, setup, code, disposition, received_ms);
         }
         setup.destinations = rec.destinations.clone();
         setup.trunks = snap.plan(&rec.trunk_group);
@@ -775,10 +805,10 @@ impl Shard {
         metrics::counter!("dialmark_router_calls_routed_total", "shard" => self.id.to_string())
             .increment(1);
         let (call, actions) = Call::start(bytes, setup, snap.policy.clone(), now);
-        if let Some(e) = self.calls.get_mut(&r.key) {
+        if let Some(e) = self.calls.get_mut(&key) {
             e.state = State::Live(Box::new(call));
         }
-        self.execute(r.key, actions);
+        self.execute(key, actions);
     }
 
     /// Refuses a routed call (number not active, lookup impossible): the
@@ -848,15 +878,24 @@ impl Shard {
             };
             match a {
                 Action::ToCarrier(b) => {
-                    self.transport.send(e.carrier, b);
+                    self.transport.send_or_reopen(e.carrier, e.carrier_back, b);
                 }
                 Action::ToTrunk {
                     attempt,
                     addr,
+                    tcp,
                     bytes,
                 } => {
                     let invite = bytes.starts_with(b"INVITE");
-                    if !self.transport.send_udp(addr, &bytes) && invite {
+                    if tcp {
+                        let on_fail = invite.then(|| {
+                            let tx = self.internal.clone();
+                            Box::new(move || {
+                                let _ = tx.send(Internal::TransportError { key, attempt });
+                            }) as crate::transport::OnFail
+                        });
+                        self.transport.send_tcp(addr, bytes, on_fail);
+                    } else if !self.transport.send_udp(addr, &bytes) && invite {
                         self.drive(key, Event::TransportError { attempt });
                     }
                 }
@@ -917,6 +956,7 @@ impl Shard {
         let t = Tombstone {
             inv_branch: e.inv_branch,
             carrier: e.carrier,
+            carrier_back: e.carrier_back,
             trunk: call.answered_trunk(),
             carrier_tag: hash(call.carrier_tag()),
             trunk_tag: call.answered_tag().map_or(0, hash),
@@ -1031,9 +1071,13 @@ impl Shard {
             if msg.status().is_some_and(|c| (200..300).contains(&c))
                 && msg.cseq().is_some_and(|(_, m)| m == "INVITE")
             {
-                if attempt == t.answered && t.trunk == Some(from.addr) {
+                if attempt == t.answered && t.trunk.map(|(a, _)| a) == Some(from.addr) {
                     // The answer's 2xx again: the caller ACKs it.
-                    self.transport.send(t.carrier, wire::strip_top_via(msg));
+                    self.transport.send_or_reopen(
+                        t.carrier,
+                        t.carrier_back,
+                        wire::strip_top_via(msg),
+                    );
                 } else {
                     self.release_stray_answer(msg, from, attempt);
                 }
@@ -1049,19 +1093,19 @@ impl Shard {
         }
     }
 
-    /// ACK and BYE for a 2xx the node keeps no call for.
+    /// ACK and BYE for a 2xx the node keeps no call for, back the way it
+    /// came.
     fn release_stray_answer(&self, ok: &Message<'_>, from: Peer, attempt: u8) {
-        let adv = &self.snap.policy.advertise;
+        let me = &self.snap.policy.me;
+        let tcp = from.tcp.is_some();
         let base = ok.branch().unwrap_or("z9hG4bK-dm-x-0");
         warn!(trunk = %from.addr, attempt, "2xx for a call that is over; ACK and BYE sent");
-        self.transport.send_udp(
-            from.addr,
-            &crate::originate::ack_for_2xx(ok, adv, &format!("{base}-ack")),
-        );
-        self.transport.send_udp(
-            from.addr,
-            &crate::originate::bye_for_2xx(ok, adv, &format!("{base}-bye")),
-        );
+        for b in [
+            crate::originate::ack_for_2xx(ok, me, tcp, &format!("{base}-ack")),
+            crate::originate::bye_for_2xx(ok, me, tcp, &format!("{base}-bye")),
+        ] {
+            self.transport.send(from, b);
+        }
     }
 
     /// A reply to an in-dialog request we forwarded: to the next Via.
@@ -1076,18 +1120,21 @@ impl Shard {
             debug!("reply to a forwarded request with no usable Via; dropped");
             return;
         };
-        let peer = match (tcp, conn) {
-            (true, Some(id)) => Peer {
-                addr,
-                tcp: Some(id),
-            },
-            (true, None) => Peer {
-                addr,
-                tcp: self.transport.tcp_from(addr),
-            },
-            (false, _) => Peer::udp(addr),
-        };
-        self.transport.send(peer, bytes);
+        match (tcp, conn) {
+            // Over the connection the request came on, else a new one to
+            // where the Via says (RFC 3261 §18.2.2).
+            (true, Some(id)) => {
+                let peer = Peer {
+                    addr,
+                    tcp: Some(id),
+                };
+                self.transport.send_or_reopen(peer, Some(addr), bytes)
+            }
+            (true, None) => self.transport.send_tcp(addr, bytes, None),
+            (false, _) => {
+                self.transport.send_udp(addr, &bytes);
+            }
+        }
     }
 
     /// An in-dialog request (early or confirmed dialog): to the other side
@@ -1103,19 +1150,20 @@ impl Shard {
         let key = hash(msg.call_id());
         let (from_tag, to_tag) = (msg.from_tag().unwrap_or(""), msg.to_tag().unwrap_or(""));
         let cseq = msg.cseq().map_or(0, |(n, _)| n);
-        let target: Option<(Peer, bool)> = match self.calls.get_mut(&key) {
+        let target: Option<Hop> = match self.calls.get_mut(&key) {
             Some(Entry {
                 state: State::Live(c),
                 carrier,
+                carrier_back,
                 call_id,
                 ..
             }) if **call_id == *msg.call_id() => {
                 if from_tag == c.carrier_tag() {
                     c.saw_request(true, cseq);
-                    c.trunk_for_tag(to_tag).map(|a| (Peer::udp(a), true))
+                    c.trunk_for_tag(to_tag).map(|(a, tcp)| Hop::Trunk(a, tcp))
                 } else if to_tag == c.carrier_tag() && c.callee_tag_live(from_tag) {
                     c.saw_request(false, cseq);
-                    Some((*carrier, false))
+                    Some(Hop::Carrier(*carrier, *carrier_back))
                 } else {
                     None
                 }
@@ -1125,30 +1173,35 @@ impl Shard {
                 if t.trunk_tag == 0 {
                     None
                 } else if (f, to) == (t.carrier_tag, t.trunk_tag) {
-                    t.trunk.map(|a| (Peer::udp(a), true))
+                    t.trunk.map(|(a, tcp)| Hop::Trunk(a, tcp))
                 } else if (f, to) == (t.trunk_tag, t.carrier_tag) {
-                    Some((t.carrier, false))
+                    Some(Hop::Carrier(t.carrier, t.carrier_back))
                 } else {
                     None
                 }
             }),
         };
-        let Some((to, from_caller)) = target else {
+        let Some(to) = target else {
             if !is_ack {
                 // Never an open relay: not one of our dialogs.
                 self.reply(msg, from, 481);
             }
             return;
         };
-        let adv = &self.snap.policy.advertise;
+        let me = &self.snap.policy.me;
         let branch = format!(
             "{FORWARD_BRANCH}{:016x}",
             dialmark_schemas::fnv1a(
                 format!("{}|{}", msg.branch().unwrap_or(""), msg.call_id()).as_bytes()
             )
         );
+        // The reply comes back on the connection the request came on.
         let conn = from.tcp.map(|id| format!(";dmc={id}")).unwrap_or_default();
-        let via = format!("SIP/2.0/UDP {adv};branch={branch}{conn}");
+        let to_tcp = match to {
+            Hop::Trunk(_, tcp) => tcp,
+            Hop::Carrier(p, _) => p.tcp.is_some(),
+        };
+        let via = format!("{}{conn}", me.via(to_tcp, &branch));
         let stamped = msg.top_via().and_then(|v| wire::stamp_via(v, from.addr));
         let bytes = Forward {
             msg,
@@ -1156,15 +1209,20 @@ impl Shard {
             via: &via,
             sender_via: stamped.as_deref(),
             record_route: None,
-            drop_first_route: msg
-                .header("route")
-                .is_some_and(|r| r.contains(adv.as_str())),
+            own: &me.own(),
             max_forwards: msg.max_forwards() - 1,
             add: &[],
         }
         .build();
-        debug!(method, from_caller, to = %to.addr, "in-dialog request forwarded");
-        self.transport.send(to, bytes);
+        let from_caller = matches!(to, Hop::Trunk(..));
+        debug!(method, from_caller, "in-dialog request forwarded");
+        match to {
+            Hop::Trunk(addr, true) => self.transport.send_tcp(addr, bytes, None),
+            Hop::Trunk(addr, false) => {
+                self.transport.send_udp(addr, &bytes);
+            }
+            Hop::Carrier(peer, back) => self.transport.send_or_reopen(peer, back, bytes),
+        }
         if method == "BYE" {
             self.drive(key, Event::Bye);
         }
@@ -1182,6 +1240,24 @@ impl Shard {
             self.drive(key, Event::Release);
         }
     }
+}
+
+/// The next hop of an in-dialog request.
+#[derive(Debug, Clone, Copy)]
+enum Hop {
+    /// A trunk (over TCP or not).
+    Trunk(SocketAddr, bool),
+    /// The carrier, and where it listens if its TCP connection is gone.
+    Carrier(Peer, Option<SocketAddr>),
+}
+
+/// Where a carrier that reached us over TCP listens: its Via's sent-by
+/// (RFC 3261 §18.2.2), to reopen a connection it closed.
+fn carrier_back(msg: &Message<'_>, from: Peer) -> Option<SocketAddr> {
+    from.tcp?;
+    msg.top_via()
+        .and_then(wire::via_destination)
+        .map(|(addr, _)| addr)
 }
 
 /// The setup of a call refused before routing.
@@ -1316,6 +1392,7 @@ mod tests {
             trunks: vec![TrunkRef {
                 name: "trunk-a".into(),
                 addr: "127.0.0.1:5091".parse().unwrap(),
+                transport: Default::default(),
             }],
             source: Source {
                 attribution: Attribution::LiveLease,
@@ -1347,6 +1424,7 @@ mod tests {
         let mut e = Entry {
             call_id: "1-1234@127.0.0.1".into(),
             carrier: Peer::udp("127.0.0.1:5070".parse().unwrap()),
+            carrier_back: None,
             inv_branch: 1,
             state,
             timers: Vec::with_capacity(4),

@@ -87,6 +87,7 @@ impl Snapshot {
             .map(|t| TrunkRef {
                 name: t.cfg.name.clone(),
                 addr: t.cfg.address,
+                transport: t.cfg.transport,
             })
             .collect()
     }
@@ -103,7 +104,10 @@ pub fn policy(c: &Config) -> Policy {
         max_call_ms: r.max_call_seconds * 1000,
         failover_codes: r.failover_codes.clone(),
         all_failed_code: r.all_trunks_failed_code,
-        advertise: r.advertised().to_string(),
+        me: crate::call::Me {
+            udp: r.advertised().to_string(),
+            tcp: r.advertised_tcp().to_string(),
+        },
     }
 }
 

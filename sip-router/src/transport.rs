@@ -1,12 +1,15 @@
 //! Sockets: the UDP socket (a large receive buffer, read by several
 //! receiver tasks so a burst does not overflow it while a core is idle),
 //! the TCP listener and its connections (framed by Content-Length), and
-//! the send path every shard and the control task use: UDP datagrams, or
-//! the TCP connection a peer's request came on.
+//! the send path every shard and the control task use: UDP datagrams, the
+//! TCP connection a peer's request came on, or a TCP connection the node
+//! opens itself (to a TCP trunk, or back to a carrier whose connection is
+//! gone) and keeps while it is used, reading replies and requests from it
+//! like from any other (RFC 5923-style reuse).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,8 +25,21 @@ use crate::wire;
 pub const MAX_TCP: usize = 1_024;
 /// TCP connections from one source IP at most.
 pub const MAX_TCP_PER_SOURCE: usize = 64;
-/// A TCP connection silent this long is closed (slowloris).
+/// A TCP connection silent this long is closed (slowloris). Dialogs keep
+/// theirs busy with their own requests; an idle one is reopened on demand.
 pub const TCP_IDLE: Duration = Duration::from_secs(60);
+/// How long opening a TCP connection may take.
+pub const TCP_CONNECT: Duration = Duration::from_secs(2);
+
+/// Runs when a connection the node tried to open could not be.
+pub type OnFail = Box<dyn FnOnce() + Send>;
+
+/// Messages for a connection being opened.
+#[derive(Default)]
+struct Opening {
+    queue: Vec<Vec<u8>>,
+    on_fail: Vec<OnFail>,
+}
 
 /// Where a message came from, and how to answer it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,6 +64,14 @@ struct Conn {
 pub struct Transport {
     pub udp: Arc<UdpSocket>,
     conns: Mutex<HashMap<u64, Conn>>,
+    opening: Mutex<HashMap<SocketAddr, Opening>>,
+    next_id: AtomicU64,
+    /// Where messages read from connections the node opened go (taken
+    /// at shutdown: the dispatcher holds the sinks, which must close).
+    dispatcher: Mutex<Option<Dispatcher>>,
+    /// Those connections' tasks (aborted at shutdown).
+    outbound: Mutex<tokio::task::JoinSet<()>>,
+    message_timeout: Duration,
 }
 
 /// Binds the UDP socket with a receive buffer of `recv_buffer` bytes
@@ -68,10 +92,115 @@ pub fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<(UdpSoc
 }
 
 impl Transport {
-    pub fn new(udp: Arc<UdpSocket>) -> Transport {
+    pub fn new(udp: Arc<UdpSocket>, message_timeout: Duration) -> Transport {
         Transport {
             udp,
             conns: Mutex::new(HashMap::new()),
+            opening: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            dispatcher: Mutex::default(),
+            outbound: Mutex::default(),
+            message_timeout,
+        }
+    }
+
+    /// Where messages on connections the node opens go.
+    pub fn set_dispatcher(&self, d: Dispatcher) {
+        *self.dispatcher.lock().expect("dispatcher lock") = Some(d);
+    }
+
+    /// Closes the connections the node opened and lets go of the
+    /// dispatcher (shutdown).
+    pub fn close_outbound(&self) {
+        self.dispatcher.lock().expect("dispatcher lock").take();
+        self.outbound.lock().expect("outbound lock").abort_all();
+    }
+
+    /// Sends to a peer; when its TCP connection is gone, over a new one to
+    /// `reopen` (where it listens) if given.
+    pub fn send_or_reopen(self: &Arc<Self>, to: Peer, reopen: Option<SocketAddr>, bytes: Vec<u8>) {
+        if to.tcp.is_some() && !self.has_conn(to.tcp) {
+            if let Some(addr) = reopen {
+                return self.send_tcp(addr, bytes, None);
+            }
+        }
+        self.send(to, bytes);
+    }
+
+    fn has_conn(&self, id: Option<u64>) -> bool {
+        id.is_some_and(|id| self.conns.lock().expect("conns lock").contains_key(&id))
+    }
+
+    /// Sends over TCP to `addr`: on an open connection with it (the node's
+    /// or the peer's), else on a new one, the message queued until it is
+    /// up. `on_fail` runs when the connection cannot be opened.
+    pub fn send_tcp(self: &Arc<Self>, addr: SocketAddr, bytes: Vec<u8>, on_fail: Option<OnFail>) {
+        let open = {
+            let conns = self.conns.lock().expect("conns lock");
+            conns
+                .values()
+                .find(|c| c.addr == addr)
+                .map(|c| c.tx.clone())
+        };
+        if let Some(tx) = open {
+            if tx.try_send(bytes).is_err() {
+                debug!(to = %addr, "tcp connection busy or closing; message dropped");
+            }
+            return;
+        }
+        let mut opening = self.opening.lock().expect("opening lock");
+        let first = !opening.contains_key(&addr);
+        let o = opening.entry(addr).or_default();
+        o.queue.push(bytes);
+        o.on_fail.extend(on_fail);
+        drop(opening);
+        if first {
+            let t = self.clone();
+            self.outbound
+                .lock()
+                .expect("outbound lock")
+                .spawn(async move { t.connect(addr).await });
+        }
+    }
+
+    async fn connect(self: Arc<Self>, addr: SocketAddr) {
+        let stream =
+            match tokio::time::timeout(TCP_CONNECT, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return self.connect_failed(addr, &e.to_string()),
+                Err(_) => return self.connect_failed(addr, "timeout"),
+            };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(256);
+        self.open(id, addr, tx.clone());
+        let queued = self
+            .opening
+            .lock()
+            .expect("opening lock")
+            .remove(&addr)
+            .unwrap_or_default();
+        for b in queued.queue {
+            let _ = tx.send(b).await;
+        }
+        info!(to = %addr, "tcp connection opened");
+        let d = self.dispatcher.lock().expect("dispatcher lock").clone();
+        if let Some(d) = d {
+            tcp_conn(stream, addr, id, (tx, rx), &d, self.message_timeout).await;
+        }
+        self.close(id);
+    }
+
+    fn connect_failed(&self, addr: SocketAddr, cause: &str) {
+        warn!(to = %addr, cause, "tcp connection failed");
+        metrics::counter!("dialmark_tcp_connect_failures_total").increment(1);
+        let o = self
+            .opening
+            .lock()
+            .expect("opening lock")
+            .remove(&addr)
+            .unwrap_or_default();
+        for f in o.on_fail {
+            f();
         }
     }
 
@@ -98,15 +227,6 @@ impl Transport {
                 false
             }
         }
-    }
-
-    /// An open TCP connection from `addr`, if any.
-    pub fn tcp_from(&self, addr: SocketAddr) -> Option<u64> {
-        let conns = self.conns.lock().expect("conns lock");
-        conns
-            .iter()
-            .find(|(_, c)| c.addr == addr)
-            .map(|(id, _)| *id)
     }
 
     fn open(&self, id: u64, addr: SocketAddr, tx: mpsc::Sender<Vec<u8>>) {
@@ -159,7 +279,6 @@ pub async fn tcp_acceptor(
     d: Dispatcher,
     message_timeout: Duration,
 ) {
-    let mut next_id = 1u64;
     let open = Arc::new(AtomicUsize::new(0));
     // Aborting the acceptor drops the set, which aborts every connection
     // (and with them their handles on the sinks: the node can flush).
@@ -178,8 +297,7 @@ pub async fn tcp_acceptor(
             warn!(source = %addr.ip(), "tcp connection refused: per-source limit");
             continue;
         }
-        let id = next_id;
-        next_id += 1;
+        let id = t.next_id.fetch_add(1, Ordering::Relaxed);
         // Registered before the next accept, so the per-source count is exact.
         let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(256);
         t.open(id, addr, out_tx.clone());

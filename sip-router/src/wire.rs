@@ -629,9 +629,10 @@ pub fn uri_hostport(uri: &str) -> Option<&str> {
 }
 
 /// Builds a copy of a request for forwarding: new request line, our Via on
-/// top, optional Record-Route, Max-Forwards set, the first Route dropped
-/// when it is ours, `add` headers appended (replacing same-named ones), and
-/// everything else byte-exact.
+/// top, optional Record-Route, Max-Forwards set, the leading Route entries
+/// that name us dropped (one, or two after a double Record-Route), `add`
+/// headers appended (replacing same-named ones), and everything else
+/// byte-exact.
 pub struct Forward<'m, 'a> {
     pub msg: &'m Message<'a>,
     pub uri: Option<&'m str>,
@@ -640,7 +641,8 @@ pub struct Forward<'m, 'a> {
     /// `rport` ([`stamp_via`]); `None` keeps it byte-exact.
     pub sender_via: Option<&'m str>,
     pub record_route: Option<&'m str>,
-    pub drop_first_route: bool,
+    /// Our own `host:port`s: leading Route entries naming one are dropped.
+    pub own: &'m [&'m str],
     pub max_forwards: u32,
     pub add: &'m [(&'m str, String)],
 }
@@ -660,7 +662,8 @@ impl Forward<'_, '_> {
             out.extend_from_slice(format!("Record-Route: {rr}\r\n").as_bytes());
         }
         out.extend_from_slice(format!("Max-Forwards: {}\r\n", self.max_forwards).as_bytes());
-        let mut route_dropped = !self.drop_first_route;
+        // Only the leading entries of the first Route header can be ours.
+        let mut route_seen = false;
         let mut sender_via = self.sender_via;
         for h in &m.headers {
             if h.name == "max-forwards" {
@@ -682,11 +685,11 @@ impl Forward<'_, '_> {
                     continue;
                 }
             }
-            if h.name == "route" && !route_dropped {
-                route_dropped = true;
-                let v = m.value(h);
-                let mut items: Vec<&str> = split_list(v).collect();
-                items.remove(0);
+            if h.name == "route" && !route_seen {
+                route_seen = true;
+                let items: Vec<&str> = split_list(m.value(h))
+                    .skip_while(|r| uri_hostport(r).is_some_and(|hp| self.own.contains(&hp)))
+                    .collect();
                 if !items.is_empty() {
                     out.extend_from_slice(
                         format!("Route: {}\r\n", items.join(",").trim()).as_bytes(),

@@ -218,3 +218,92 @@ pub fn in_dialog(
         me = me.addr,
     )
 }
+
+/// A SIP peer on one TCP connection, framed with the router's own framer.
+pub struct TcpPeer {
+    stream: tokio::net::TcpStream,
+    framer: wire::Framer,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl TcpPeer {
+    pub fn new(stream: tokio::net::TcpStream) -> TcpPeer {
+        TcpPeer {
+            local: stream.local_addr().expect("local addr"),
+            remote: stream.peer_addr().expect("peer addr"),
+            stream,
+            framer: wire::Framer::default(),
+        }
+    }
+
+    pub async fn connect(to: SocketAddr) -> TcpPeer {
+        TcpPeer::new(
+            tokio::net::TcpStream::connect(to)
+                .await
+                .expect("tcp connect"),
+        )
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        let text = if text.contains("\r\n") {
+            text.to_string()
+        } else {
+            text.replace('\n', "\r\n")
+        };
+        self.stream
+            .write_all(text.as_bytes())
+            .await
+            .expect("tcp write");
+    }
+
+    /// The next whole message within `timeout`; `None` on timeout or when
+    /// the other side closed.
+    pub async fn recv(&mut self, timeout: Duration) -> Option<Msg> {
+        use tokio::io::AsyncReadExt;
+        let until = tokio::time::Instant::now() + timeout;
+        let mut chunk = vec![0u8; 16_384];
+        loop {
+            if let Ok(Some(m)) = self.framer.next_message() {
+                return Some(Msg {
+                    text: String::from_utf8_lossy(&m).into_owned(),
+                    from: self.remote,
+                    at: Instant::now(),
+                });
+            }
+            let n = tokio::time::timeout_at(until, self.stream.read(&mut chunk))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.framer.push(&chunk[..n]);
+        }
+    }
+
+    /// Waits for a message `want` accepts, failing with what was seen.
+    pub async fn expect(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        want: impl Fn(&Msg) -> bool,
+    ) -> Msg {
+        let until = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while let Some(m) = self
+            .recv(until.saturating_duration_since(Instant::now()))
+            .await
+        {
+            if want(&m) {
+                return m;
+            }
+            seen.push(m.start_line().to_string());
+        }
+        panic!(
+            "{what}: not within {timeout:?} on {}; saw {seen:?}",
+            self.local
+        )
+    }
+}

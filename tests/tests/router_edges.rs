@@ -838,3 +838,250 @@ async fn untrusted_invites_are_counted_and_sampled_and_tcp_per_source_is_capped(
         "one calls row per source and minute, not 41: {sampled}"
     );
 }
+
+/// `[[router.trunks]]` text for one trunk with a transport.
+fn trunk_toml(name: &str, port: u16, transport: &str) -> String {
+    format!("[[router.trunks]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\ntransport = \"{transport}\"\n")
+}
+
+/// A TCP trunk: the node opens a connection, double-record-routes the
+/// UDP carrier's call onto it, reuses it for the dialog, and reopens it
+/// for the BYE once the trunk closed it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tcp_trunk_gets_a_connection_reused_by_the_dialog_and_reopened() {
+    let w = world("etcp").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tp = listener.local_addr().unwrap().port();
+    let r = start(&w, &[], &trunk_toml("a", tp, "tcp"), "");
+    let carrier = Peer::bind();
+    let rt = router_addr(&r);
+    let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
+    invite(&carrier, rt, &w.number, &call_id);
+    let (conn, _) = tokio::time::timeout(3 * S, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut trunk = rawsip::TcpPeer::new(conn);
+    let inv = trunk
+        .expect(3 * S, "INVITE over TCP", |m| m.is_request("INVITE"))
+        .await;
+    assert!(
+        inv.parsed().top_via().unwrap().starts_with("SIP/2.0/TCP "),
+        "{}",
+        inv.text
+    );
+    let rr = inv.header("record-route").unwrap();
+    assert_eq!(
+        rr,
+        format!("<sip:{rt};transport=tcp;lr>, <sip:{rt};lr>"),
+        "double Record-Route on the UDP-to-TCP switch, the trunk's side first"
+    );
+    let pbx = ("Contact", format!("<sip:pbx@127.0.0.1:{tp};transport=tcp>"));
+    trunk.send(&inv.reply(180, "tt", &[])).await;
+    trunk
+        .send(&inv.reply(200, "tt", &[pbx, ("Record-Route", rr)]))
+        .await;
+    let ok = carrier.expect(2 * S, "200 OK", |m| m.is_reply(200, "INVITE"));
+    ack_2xx(&carrier, rt, &ok, &call_id);
+    let ack = trunk
+        .expect(2 * S, "ACK on the same connection", |m| m.is_request("ACK"))
+        .await;
+    assert!(
+        ack.parsed().header("route").is_none(),
+        "both of our Route entries are popped"
+    );
+    // The trunk closes its connection; the BYE reopens one.
+    drop(trunk);
+    let caller = format!("<sip:+79161234567@{}>;tag=ctag", carrier.addr);
+    let bye = in_dialog(
+        "BYE",
+        &contact(&ok),
+        &carrier,
+        rt,
+        &caller,
+        &ok.header("to").unwrap(),
+        &call_id,
+        2,
+        &rawsip::branch(),
+        &[],
+    );
+    carrier.send(rt, &bye);
+    let (conn, _) = tokio::time::timeout(3 * S, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut trunk = rawsip::TcpPeer::new(conn);
+    let got = trunk
+        .expect(3 * S, "BYE on a new connection", |m| m.is_request("BYE"))
+        .await;
+    trunk.send(&got.reply(200, "", &[])).await;
+    carrier.expect(2 * S, "200 for the BYE", |m| m.is_reply(200, "BYE"));
+    let c = calls(&w, &w.number, 1).await;
+    assert_eq!(
+        (c[0].disposition.as_str(), c[0].final_trunk.as_str()),
+        ("answered", "a")
+    );
+}
+
+/// An `auto` trunk: small requests over UDP, one over 1,300 bytes over TCP
+/// (RFC 3261 §18.1.1), its Via saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_request_to_an_auto_trunk_goes_over_tcp() {
+    let w = world("eauto").await;
+    let udp = Peer::bind();
+    let listener = tokio::net::TcpListener::bind(udp.addr).await.unwrap();
+    let r = start(&w, &[], &trunk_toml("a", udp.port(), "auto"), "");
+    let carrier = Peer::bind();
+    let rt = router_addr(&r);
+    // Small: UDP.
+    let call_id = format!("{}@small", uuid::Uuid::new_v4().simple());
+    invite(&carrier, rt, &w.number, &call_id);
+    let inv = udp.expect(3 * S, "a small INVITE over UDP", |m| m.is_request("INVITE"));
+    udp.send(inv.from, &inv.reply(486, "ta", &[]));
+    carrier.expect(2 * S, "486", |m| m.is_reply(486, "INVITE"));
+    // Large: TCP.
+    let pad = format!("X-Pad: {}", "p".repeat(1_400));
+    let text = Invite {
+        number: &w.number,
+        call_id: &format!("{}@large", uuid::Uuid::new_v4().simple()),
+        branch: &rawsip::branch(),
+        from_tag: "ctag",
+        max_forwards: 70,
+        extra: &[&pad],
+    }
+    .text(&carrier, rt);
+    carrier.send(rt, &text);
+    let (conn, _) = tokio::time::timeout(3 * S, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut trunk = rawsip::TcpPeer::new(conn);
+    let inv = trunk
+        .expect(3 * S, "the large INVITE over TCP", |m| {
+            m.is_request("INVITE")
+        })
+        .await;
+    assert!(inv.text.len() > 1_300);
+    assert!(inv.parsed().top_via().unwrap().starts_with("SIP/2.0/TCP "));
+    trunk.send(&inv.reply(486, "tb", &[])).await;
+    trunk
+        .expect(2 * S, "its ACK over TCP too", |m| m.is_request("ACK"))
+        .await;
+    let late = udp.drain(ms(300));
+    assert!(
+        !late.iter().any(|m| m.is_request("INVITE")),
+        "not also over UDP: {late:?}"
+    );
+}
+
+/// A carrier over TCP closes its connection mid-call: the callee's BYE
+/// reaches it on a new connection to where its Via says it listens.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tcp_carrier_that_closed_its_connection_gets_the_bye_on_a_new_one() {
+    let w = world("etcpc").await;
+    let trunk = Peer::bind();
+    let r = start(&w, &[("a", trunk.port())], "", "");
+    let rt = router_addr(&r);
+    let sbc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = sbc.local_addr().unwrap();
+    let mut carrier = rawsip::TcpPeer::connect(rt).await;
+    let call_id = format!("{}@tcpc", uuid::Uuid::new_v4().simple());
+    let caller = format!("<sip:+79161234567@{listen}>;tag=ctag");
+    carrier
+        .send(&format!(
+            "INVITE sip:{n}@{rt} SIP/2.0\r\nVia: SIP/2.0/TCP {listen};branch={b}\r\nMax-Forwards: 70\r\n\
+             From: {caller}\r\nTo: <sip:{n}@{rt}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:caller@{listen};transport=tcp>\r\nContent-Length: 0\r\n\r\n",
+            n = w.number,
+            b = rawsip::branch(),
+        ))
+        .await;
+    let inv = trunk.expect(3 * S, "INVITE", |m| m.is_request("INVITE"));
+    trunk.send(
+        inv.from,
+        &inv.reply(
+            200,
+            "tt",
+            &[("Contact", format!("<sip:pbx@{}>", trunk.addr))],
+        ),
+    );
+    let ok = carrier
+        .expect(3 * S, "200 on the carrier's connection", |m| {
+            m.is_reply(200, "INVITE")
+        })
+        .await;
+    let callee = ok.header("to").unwrap();
+    carrier
+        .send(&format!(
+            "ACK {} SIP/2.0\r\nVia: SIP/2.0/TCP {listen};branch={b}\r\nRoute: <sip:{rt};lr>\r\nMax-Forwards: 70\r\n\
+             From: {caller}\r\nTo: {callee}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            contact(&ok),
+            b = rawsip::branch(),
+        ))
+        .await;
+    trunk.expect(2 * S, "ACK", |m| m.is_request("ACK"));
+    drop(carrier);
+    tokio::time::sleep(ms(200)).await;
+    let bye = in_dialog(
+        "BYE",
+        &format!("sip:caller@{listen};transport=tcp"),
+        &trunk,
+        rt,
+        &callee,
+        &caller,
+        &call_id,
+        1,
+        &rawsip::branch(),
+        &[],
+    );
+    trunk.send(rt, &bye);
+    let (conn, _) = tokio::time::timeout(3 * S, sbc.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut back = rawsip::TcpPeer::new(conn);
+    let got = back
+        .expect(3 * S, "BYE on the reopened connection", |m| {
+            m.is_request("BYE")
+        })
+        .await;
+    back.send(&got.reply(200, "", &[])).await;
+    trunk.expect(2 * S, "200 for the BYE", |m| m.is_reply(200, "BYE"));
+}
+
+/// A TCP trunk that refuses the connection is a transport error: the next
+/// trunk gets the call at once, not after the provisional timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tcp_trunk_refusing_the_connection_fails_over_at_once() {
+    let w = world("etcpref").await;
+    let refused = free_port();
+    let b = Peer::bind();
+    let trunks = format!(
+        "{}{}priority = 1\n",
+        trunk_toml("a", refused, "tcp"),
+        trunk_toml("b", b.port(), "udp")
+    );
+    let r = start(&w, &[], &trunks, "");
+    let carrier = Peer::bind();
+    let rt = router_addr(&r);
+    let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
+    let sent = Instant::now();
+    invite(&carrier, rt, &w.number, &call_id);
+    let inv = b.expect(3 * S, "INVITE at trunk b", |m| m.is_request("INVITE"));
+    assert!(
+        inv.at - sent < ms(800),
+        "failed over after {:?}",
+        inv.at - sent
+    );
+    b.send(inv.from, &inv.reply(486, "tb", &[]));
+    carrier.expect(2 * S, "486", |m| m.is_reply(486, "INVITE"));
+    let rows = attempts(&w, &w.number, 2).await;
+    assert_eq!(
+        (
+            rows[0].trunk.as_str(),
+            rows[0].outcome.as_str(),
+            rows[0].failover
+        ),
+        ("a", "transport_error", 1)
+    );
+}

@@ -17,6 +17,7 @@ fn trunk(name: &str, port: u16) -> TrunkRef {
     TrunkRef {
         name: name.into(),
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        transport: Default::default(),
     }
 }
 
@@ -52,7 +53,10 @@ fn policy() -> Policy {
         max_call_ms: 3_600_000,
         failover_codes: vec![408, 500, 502, 503, 504],
         all_failed_code: 480,
-        advertise: "127.0.0.1:5060".into(),
+        me: Me {
+            udp: "127.0.0.1:5060".into(),
+            tcp: "127.0.0.1:5060".into(),
+        },
     }
 }
 
@@ -473,7 +477,8 @@ fn a_branch_given_up_on_is_cancelled_or_hung_up_when_it_wakes() {
     let bye_ok = {
         let b = crate::originate::bye_for_2xx(
             &wire::parse(&reply(&inv_a, 200, "OK")).unwrap(),
-            "127.0.0.1:5060",
+            &policy().me,
+            false,
             &branch(&call.id, 1, true),
         );
         let m = wire::parse(&b).unwrap();

@@ -53,7 +53,7 @@ fn forward_rewrites_only_what_it_must() {
         via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-me",
         sender_via: Some("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-a;received=10.9.9.9"),
         record_route: Some("<sip:127.0.0.1:5060;lr>"),
-        drop_first_route: true,
+        own: &["127.0.0.1:5060"],
         max_forwards: 69,
         add: &add,
     }
