@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dialmark_router::call::{Action, Call, Event, Policy, Setup, Source, TrunkRef};
+use dialmark_router::call::{Action, Call, Event, Me, Policy, Setup, Source, TrunkRef};
 use dialmark_router::directory;
 use dialmark_router::wire;
 use dialmark_schemas::rows::{Attribution, NumberStatus};
@@ -30,6 +30,7 @@ fn setup() -> Setup {
     let trunk = |name: &str, port: u16| TrunkRef {
         name: name.into(),
         addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+        transport: Default::default(),
     };
     Setup {
         number: "+74950000001".into(),
@@ -64,7 +65,10 @@ fn policy() -> Policy {
         max_call_ms: 14_400_000,
         failover_codes: vec![408, 500, 502, 503, 504],
         all_failed_code: 480,
-        advertise: "127.0.0.1:5060".into(),
+        me: Me {
+            udp: "127.0.0.1:5060".into(),
+            tcp: "127.0.0.1:5060".into(),
+        },
     }
 }
 

@@ -100,7 +100,7 @@ fn wire(c: &mut Criterion) {
                 via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-dm-4b1f0c2d9e8a4f6b8c7d6e5f4a3b2c1d-1",
                 sender_via: None,
                 record_route: Some("<sip:127.0.0.1:5060;lr>"),
-                drop_first_route: false,
+                own: &[],
                 max_forwards: 69,
                 add: &add,
             }
