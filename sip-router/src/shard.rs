@@ -99,6 +99,7 @@ pub struct Tombstone {
     /// The attempt that answered (its 2xx retransmissions go upstream).
     answered: u8,
     call_id: uuid::Uuid,
+    expires_ms: u64,
 }
 
 /// A tombstone's map slot, its reply tag and its expiry entry.
@@ -159,6 +160,17 @@ pub enum Internal {
     TransportError { key: u64, attempt: u8 },
 }
 
+/// How often a shard gives back the map capacity a load peak left.
+const SHRINK_EVERY_MS: u64 = 10_000;
+
+/// Gives memory back after a peak: a map under a quarter full keeps room
+/// for twice what it holds.
+fn shrink<V>(m: &mut HashMap<u64, V>) {
+    if m.capacity() > 4 * m.len().max(1024) {
+        m.shrink_to(2 * m.len());
+    }
+}
+
 fn hash(s: &str) -> u64 {
     dialmark_schemas::fnv1a(s.as_bytes())
 }
@@ -182,6 +194,8 @@ pub struct Shard {
     overloaded: bool,
     snap: Arc<Snapshot>,
     journal: Journal,
+    /// When the maps were last shrunk.
+    shrunk_ms: u64,
 }
 
 /// The queues a shard reads.
@@ -221,6 +235,7 @@ impl Shard {
                 overloaded: false,
                 snap,
                 journal,
+                shrunk_ms: 0,
             },
             internal_rx,
         )
@@ -375,12 +390,22 @@ impl Shard {
                 break;
             }
             self.expiry.pop_front();
-            if self.tombstones.remove(&key).is_some() {
+            // A Call-ID buried again since has a later expiry of its own.
+            if self.tombstones.get(&key).is_some_and(|t| t.expires_ms <= now) {
+                self.tombstones.remove(&key);
                 self.account(TOMBSTONE_BYTES, 0);
                 self.shared
                     .counts
                     .tombstones
                     .fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if now >= self.shrunk_ms + SHRINK_EVERY_MS {
+            self.shrunk_ms = now;
+            shrink(&mut self.calls);
+            shrink(&mut self.tombstones);
+            if self.expiry.capacity() > 4 * self.expiry.len().max(1024) {
+                self.expiry.shrink_to(2 * self.expiry.len());
             }
         }
     }
@@ -601,6 +626,7 @@ impl Shard {
                 reply: Some((503, tag.into())),
                 answered: 0,
                 call_id: id,
+                expires_ms: 0,
             },
         );
     }
@@ -963,6 +989,7 @@ impl Shard {
             reply: call.final_reply().map(|(c, t)| (c, t.into())),
             answered: call.answered_attempt(),
             call_id: call.id,
+            expires_ms: 0,
         };
         self.bury(key, t);
     }
