@@ -91,8 +91,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     migrate::apply(&server, &config.clickhouse.database)
         .await
         .with_context(|| format!("migrating ClickHouse at {}", config.clickhouse.url))?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
+    let metrics = dialmark_schemas::runtime::install_metrics()
         .context("installing the metrics recorder")?;
     let config = Arc::new(config);
     let r = &config.router;

@@ -37,8 +37,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<migrate::Report> {
 /// Runs the service until SIGINT/SIGTERM, then flushes the sinks.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     migrate(&config).await?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
+    let metrics = dialmark_schemas::runtime::install_metrics()
         .context("installing the metrics recorder")?;
     let listener = tokio::net::TcpListener::bind(config.tracker.listen)
         .await
