@@ -31,7 +31,8 @@ pub fn init_tracing() {
 /// every sample it was given until then (a node nobody scrapes would grow
 /// by a few bytes per SIP message, forever).
 pub fn install_metrics(
-) -> Result<metrics_exporter_prometheus::PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+) -> Result<metrics_exporter_prometheus::PrometheusHandle, metrics_exporter_prometheus::BuildError>
+{
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let upkeep = handle.clone();
     tokio::spawn(async move {

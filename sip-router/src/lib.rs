@@ -91,8 +91,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     migrate::apply(&server, &config.clickhouse.database)
         .await
         .with_context(|| format!("migrating ClickHouse at {}", config.clickhouse.url))?;
-    let metrics = dialmark_schemas::runtime::install_metrics()
-        .context("installing the metrics recorder")?;
+    let metrics =
+        dialmark_schemas::runtime::install_metrics().context("installing the metrics recorder")?;
     let config = Arc::new(config);
     let r = &config.router;
     let (udp, granted) = transport::bind_udp(r.udp, r.udp_recv_buffer_bytes)

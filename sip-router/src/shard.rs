@@ -391,7 +391,11 @@ impl Shard {
             }
             self.expiry.pop_front();
             // A Call-ID buried again since has a later expiry of its own.
-            if self.tombstones.get(&key).is_some_and(|t| t.expires_ms <= now) {
+            if self
+                .tombstones
+                .get(&key)
+                .is_some_and(|t| t.expires_ms <= now)
+            {
                 self.tombstones.remove(&key);
                 self.account(TOMBSTONE_BYTES, 0);
                 self.shared

@@ -37,8 +37,8 @@ pub async fn migrate(config: &Config) -> anyhow::Result<migrate::Report> {
 /// Runs the service until SIGINT/SIGTERM, then flushes the sinks.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     migrate(&config).await?;
-    let metrics = dialmark_schemas::runtime::install_metrics()
-        .context("installing the metrics recorder")?;
+    let metrics =
+        dialmark_schemas::runtime::install_metrics().context("installing the metrics recorder")?;
     let listener = tokio::net::TcpListener::bind(config.tracker.listen)
         .await
         .with_context(|| format!("binding tracker.listen {}", config.tracker.listen))?;
