@@ -15,7 +15,9 @@ test('digits and split', () => {
   assert.deepEqual(split('+74951234567'), ['7', '8', '4951234567']);
   assert.deepEqual(split('+14155550100'), ['1', '', '4155550100']);
   assert.deepEqual(split('+442071234567'), ['44', '0', '2071234567']);
-  assert.ok(rx(RU) instanceof RegExp);
+  // The pattern of a number finds it in text, and not a neighbour.
+  assert.ok(rx(RU).test('call +7 (495) 000-00-00 now'));
+  assert.ok(!rx(RU).test('call +7 (495) 000-00-01 now'));
 });
 
 test('matches Russian numbers in common formats', () => {

@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_untrusted_sources.sql",
         sql: include_str!("../migrations/0005_untrusted_sources.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_attempt_duration.sql",
+        sql: include_str!("../migrations/0006_attempt_duration.sql"),
+    },
 ];
 
 #[derive(Debug, Row, Serialize, Deserialize)]
@@ -198,7 +203,18 @@ mod tests {
         let s = m.statements();
         assert_eq!(s.len(), 2);
         assert!(s[0].starts_with("CREATE TABLE a"));
-        assert!(!m.checksum().is_empty());
+        // FNV-1a of the text, as 16 hex digits: a changed file is noticed.
+        let sum = m.checksum();
+        assert!(
+            sum.len() == 16 && sum.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{sum}"
+        );
+        let edited = Migration {
+            sql: "-- a; comment\nCREATE TABLE a (x UInt16) ENGINE = Memory;\n",
+            ..m
+        };
+        assert_ne!(edited.checksum(), sum);
+        assert_eq!(m.checksum(), sum, "stable");
     }
 
     #[test]

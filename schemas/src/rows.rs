@@ -267,6 +267,9 @@ pub struct CallAttempt {
     /// late reply wins over the first row.
     #[serde(default)]
     pub version: u64,
+    /// INVITE sent -> the attempt's end, ms.
+    #[serde(default)]
+    pub duration_ms: u32,
 }
 
 impl Table for CallAttempt {

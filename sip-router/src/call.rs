@@ -1448,6 +1448,7 @@ impl Call {
             outcome,
             failover: u8::from(failover),
             version: now_ms,
+            duration_ms: dur(a.started_ms, now_ms),
         });
         out.push(Action::Attempt(row.clone()));
         Some(row)
@@ -1566,6 +1567,7 @@ impl Call {
                 outcome: Outcome::Answered,
                 failover: 0,
                 version: now_ms,
+                duration_ms: dur(a.started_ms, now_ms),
             };
             out.push(Action::Attempt(Box::new(row)));
         }

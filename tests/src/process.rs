@@ -20,12 +20,41 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on loopback (also free for UDP in practice).
+/// A port free for TCP and UDP on loopback, for a child to bind.
+///
+/// Taken from 20000-31999, below the kernel's ephemeral range (32768 and
+/// up), so no outgoing connection (a ClickHouse or Redis client) can be
+/// given it between this check and the child's bind; each test process
+/// walks its own stretch of the range, so tests running at once never get
+/// the same port.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    let port = l.local_addr().expect("local addr").port();
-    drop(l);
-    port
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 60) * 200;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999");
+}
+
+/// Whether something is bound to UDP `port` on this machine
+/// (`/proc/net/udp`), to wait for a child to be ready instead of sleeping.
+pub fn udp_bound(port: u16) -> bool {
+    let hex = format!(":{port:04X} ");
+    std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|local| format!("{local} ").ends_with(&hex))
+        })
+    })
 }
 
 /// A running child, killed on drop; its output goes to a log file.

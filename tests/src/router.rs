@@ -94,6 +94,29 @@ impl TestRouter {
         self.proc = spawn(&self.config, self.http_port);
     }
 
+    /// Samples of the metric family `name` from `/metrics`: (series with
+    /// labels, value).
+    pub fn metric(&self, name: &str) -> Vec<(String, f64)> {
+        let text = ureq::get(&format!("http://127.0.0.1:{}/metrics", self.http_port))
+            .call()
+            .expect("router /metrics")
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The router's sink spool directory (`sink.spool_dir`).
+    pub fn spool_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("spool")
+    }
+
     /// The config file the router runs with (a test may rewrite it and
     /// send SIGHUP).
     pub fn config_path(&self) -> &std::path::Path {

@@ -58,9 +58,15 @@ impl Uas {
                 "-bind_local",
                 "-aa",
             ]);
-        let proc = Proc::spawn(&format!("sipp-uas-{port}"), cmd);
-        // SIPp binds at once; give it a moment before traffic arrives.
-        std::thread::sleep(Duration::from_millis(300));
+        let mut proc = Proc::spawn(&format!("sipp-uas-{port}"), cmd);
+        crate::process::wait_until(
+            &format!("SIPp listening on {port}"),
+            Duration::from_secs(10),
+            || {
+                assert!(proc.alive(), "sipp exited:\n{}", proc.output());
+                crate::process::udp_bound(port)
+            },
+        );
         Uas {
             port,
             _proc: proc,

@@ -63,6 +63,7 @@ pub struct AttemptRow {
     pub outcome: String,
     pub failover: u8,
     pub talk_ms: u32,
+    pub duration_ms: u32,
 }
 
 #[derive(Row, Deserialize, Debug)]
@@ -122,7 +123,7 @@ pub async fn attempts_until(
     for _ in 0..100 {
         rows = db
             .query(
-                "SELECT attempt, trunk, final_code, toString(outcome), failover, talk_ms FROM call_attempts FINAL \
+                "SELECT attempt, trunk, final_code, toString(outcome), failover, talk_ms, duration_ms FROM call_attempts FINAL \
                  WHERE call_id IN (SELECT call_id FROM calls WHERE number = ?) ORDER BY started, attempt",
             )
             .bind(number)

@@ -105,19 +105,28 @@ async fn tracker_load_measures_real_visits_in_both_modes() {
         "{open}"
     );
     assert_eq!(open["io_errors"], 0);
-    assert!(
-        open["visit_ms"]["p99"].as_f64().expect("p99") > 0.0,
-        "{open}"
-    );
     let lines = std::fs::read_to_string(&lat).expect("latencies file");
-    assert_eq!(
-        lines.lines().count() as u64,
-        visits,
-        "one line per counted visit"
-    );
-    assert!(lines
+    let mut us: Vec<u64> = lines
         .lines()
-        .all(|l| l.split(' ').filter_map(|x| x.parse::<u64>().ok()).count() == 2));
+        .map(|l| {
+            let f: Vec<u64> = l.split(' ').filter_map(|x| x.parse().ok()).collect();
+            assert_eq!(f.len(), 2, "START_US LATENCY_US: {l:?}");
+            f[1]
+        })
+        .collect();
+    assert_eq!(us.len() as u64, visits, "one line per counted visit");
+    // The reported percentiles are those of the visits it wrote down.
+    us.sort_unstable();
+    let rank = |p: f64| us[((p * us.len() as f64).ceil() as usize).clamp(1, us.len()) - 1];
+    for (name, p) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+        let reported = open["visit_ms"][name].as_f64().expect(name);
+        assert!(
+            (reported - rank(p) as f64 / 1000.0).abs() < 1e-9,
+            "{name} {reported} ms is not the file's {} us: {open}",
+            rank(p)
+        );
+    }
+    assert!(rank(0.5) > 0, "a visit takes time: {open}");
 
     // Closed loop: as fast as two connections go, for a moment.
     let closed = tracker_load(

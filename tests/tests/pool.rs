@@ -4,7 +4,7 @@
 //! and no double lease under concurrency.
 
 use dialmark_e2e::env::unique;
-use dialmark_e2e::tracker::{cluster_redis, config, single_redis};
+use dialmark_e2e::tracker::{cluster_redis, single_redis};
 use dialmark_schemas::config::RedisConfig;
 use dialmark_schemas::layout::Scripts;
 use dialmark_schemas::store::Redis;
@@ -262,12 +262,4 @@ async fn concurrent_visits_never_share_a_number_single() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_visits_never_share_a_number_cluster() {
     no_double_lease(cluster_redis()).await;
-}
-
-/// The `config` helper is shared with the API tests; keep it exercised here
-/// so a broken test config fails loudly in one place.
-#[tokio::test]
-async fn test_config_is_valid() {
-    let c = config("poolcfg", single_redis(), "").await;
-    assert_eq!(c.tracker.admin_token, "test-token");
 }

@@ -34,22 +34,6 @@ async fn dispositions(w: &dialmark_e2e::world::World, want: u64) -> Vec<(String,
     rows
 }
 
-fn metric(r: &TestRouter, name: &str) -> Vec<(String, f64)> {
-    let text = ureq::get(&format!("http://127.0.0.1:{}/metrics", r.http_port))
-        .call()
-        .expect("router /metrics")
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn two_shards_route_every_request_of_many_calls() {
     let w = world("cshards").await;
@@ -84,7 +68,7 @@ async fn two_shards_route_every_request_of_many_calls() {
     let rows = dispositions(&w, u64::from(calls)).await;
     assert_eq!(rows, [("answered".to_string(), u64::from(calls))]);
     // Both shards carried calls.
-    let per_shard = metric(&r, "dialmark_router_calls_routed_total");
+    let per_shard = r.metric("dialmark_router_calls_routed_total");
     assert_eq!(per_shard.len(), 2, "{per_shard:?}");
     assert!(per_shard.iter().all(|(_, n)| *n >= 40.0), "{per_shard:?}");
     assert_eq!(

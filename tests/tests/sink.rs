@@ -32,12 +32,27 @@ fn sink_cfg(dir: &std::path::Path) -> SinkConfig {
     }
 }
 
+/// Rows as stored, without FINAL: a duplicate must not exist at all, not
+/// merely be merged away.
 async fn count(cfg: &dialmark_schemas::config::ClickHouseConfig) -> u64 {
     ch::client(cfg)
-        .query("SELECT count() FROM trunk_events FINAL")
+        .query("SELECT count() FROM trunk_events")
         .fetch_one()
         .await
         .unwrap()
+}
+
+/// Polls a sink counter until `done` holds (10 s at most).
+async fn stat_until(what: &str, read: impl Fn() -> u64, done: impl Fn(u64) -> bool) -> u64 {
+    let mut v = read();
+    for _ in 0..200 {
+        if done(v) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        v = read();
+    }
+    panic!("{what}: still {v}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,13 +72,17 @@ async fn rows_survive_an_outage_and_a_restart_exactly_once() {
     for i in 0..250 {
         sink.push(event(i)).unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        sink.stats()
-            .insert_errors
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
+    let stats = sink.stats().clone();
+    stat_until(
+        "insert errors while ClickHouse is down",
+        || {
+            stats
+                .insert_errors
+                .load(std::sync::atomic::Ordering::Relaxed)
+        },
+        |n| n > 0,
+    )
+    .await;
     assert!(
         sink.stats()
             .spool_bytes
@@ -98,10 +117,17 @@ async fn rows_survive_an_outage_and_a_restart_exactly_once() {
     );
     drop(sink);
     task.await.unwrap();
-    // A third start has nothing left to send.
+    // A third start has nothing left to send: its backlog is empty, and
+    // over a few flush intervals it inserts nothing.
     let (sink, task) =
         Sink::<TrunkEvent>::spawn(ch::client(&cfg), &sc, "test", Duration::ZERO).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sink.stats()
+            .spool_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(4 * sc.flush_ms)).await;
     assert_eq!(
         sink.stats()
             .inserted
