@@ -791,11 +791,13 @@ impl Shard {
             }
             Lookup::Unavailable => {
                 tracing::error!(number = %setup.number, "number lookup impossible (Redis down, nothing cached); call refused");
+                // Not 503: carrier SBCs take a 503 as "this node is down".
+                let code = snap.policy.all_failed_code;
                 return self.reject_routed(
                     key,
                     bytes,
                     setup,
-                    503,
+                    code,
                     Disposition::Failed,
                     received_ms,
                 );
@@ -804,20 +806,13 @@ impl Shard {
         setup.site = rec.site.clone();
         setup.pool = rec.pool.clone();
         setup.status = rec.status;
-        let code = snap.config.router.reject_code;
-        let verdict = match rec.status {
-            NumberStatus::Active if canceled => Some((487, Disposition::Abandoned)),
-            NumberStatus::Active => None,
-            NumberStatus::Quarantine => Some((code, Disposition::RejectedQuarantine)),
-            NumberStatus::Stock => Some((code, Disposition::RejectedStock)),
-            NumberStatus::Unknown => Some((404, Disposition::RejectedUnknown)),
-        };
+        let verdict = verdict(rec.status, canceled, snap.config.router.reject_code);
         if let Some((code, disposition)) = verdict {
             info!(number = %setup.number, status = rec.status.as_str(), code, "call recorded and rejected");
             return self.reject_routed(key, bytes, setup, code, disposition, received_ms);
         }
         setup.destinations = rec.destinations.clone();
-        setup.trunks = snap.plan(&rec.trunk_group);
+        setup.trunks = snap.plan(&rec.trunk_group, crate::now_ms());
         let rc = &snap.config.router;
         setup.headers = vec![(
             rc.source_header.clone(),
@@ -946,6 +941,7 @@ impl Shard {
                 Action::AttemptStarted { trunk, .. } => {
                     if let Some(t) = self.snap.trunk(&trunk) {
                         t.live.active.fetch_add(1, Ordering::Relaxed);
+                        t.live.count_attempt(now / 1000);
                     }
                 }
                 Action::Attempt(row) => self.attempt_row(*row, now),
@@ -1270,6 +1266,23 @@ impl Shard {
         for key in keys {
             self.drive(key, Event::Release);
         }
+    }
+}
+
+/// What a call to a number of this status gets: routed (`None`) or
+/// refused with this code and recorded with this disposition. A caller
+/// who cancelled while the number was looked up is not routed either.
+pub fn verdict(
+    status: NumberStatus,
+    canceled: bool,
+    reject_code: u16,
+) -> Option<(u16, Disposition)> {
+    match status {
+        NumberStatus::Active if canceled => Some((487, Disposition::Abandoned)),
+        NumberStatus::Active => None,
+        NumberStatus::Quarantine => Some((reject_code, Disposition::RejectedQuarantine)),
+        NumberStatus::Stock => Some((reject_code, Disposition::RejectedStock)),
+        NumberStatus::Unknown => Some((404, Disposition::RejectedUnknown)),
     }
 }
 

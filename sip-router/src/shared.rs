@@ -20,6 +20,36 @@ pub struct TrunkLive {
     pub active: AtomicU32,
     /// Unix ms of the last reply a real call got from the trunk.
     pub last_reply_ms: AtomicU64,
+    /// Calls the trunk was put first for: shares calls by weight.
+    pub chosen: AtomicU64,
+    /// Attempts started in one second: the second (Unix) above the low 24
+    /// bits, the count in them (for `max_cps`).
+    cps: AtomicU64,
+}
+
+impl TrunkLive {
+    /// Attempts started in second `now_s`.
+    pub fn cps_used(&self, now_s: u64) -> u64 {
+        let v = self.cps.load(Ordering::Relaxed);
+        if v >> 24 == now_s {
+            v & 0xFF_FFFF
+        } else {
+            0
+        }
+    }
+
+    /// An attempt starts on the trunk in second `now_s`.
+    pub fn count_attempt(&self, now_s: u64) {
+        let _ = self
+            .cps
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(if v >> 24 == now_s {
+                    v + 1
+                } else {
+                    (now_s << 24) | 1
+                })
+            });
+    }
 }
 
 /// A trunk as the shards see it.
@@ -68,8 +98,12 @@ impl Snapshot {
     }
 
     /// Trunks of a group in the order to try: healthy before down, then by
-    /// priority; trunks at their call limit are skipped.
-    pub fn plan(&self, group: &str) -> Vec<TrunkRef> {
+    /// priority; among equal priorities, shared in proportion to `weight`
+    /// (the trunk furthest below its share goes first, and is counted).
+    /// Trunks at `max_calls` calls, or that started `max_cps` attempts in
+    /// this second, are skipped (and the skips counted).
+    pub fn plan(&self, group: &str, now_ms: u64) -> Vec<TrunkRef> {
+        let now_s = now_ms / 1000;
         let mut t: Vec<&TrunkView> = self
             .trunks
             .iter()
@@ -77,11 +111,30 @@ impl Snapshot {
             .filter(|t| {
                 t.cfg.max_calls == 0 || t.live.active.load(Ordering::Relaxed) < t.cfg.max_calls
             })
+            .filter(|t| {
+                let free = t.cfg.max_cps == 0 || t.live.cps_used(now_s) < u64::from(t.cfg.max_cps);
+                if !free {
+                    metrics::counter!("dialmark_trunk_cps_skips_total", "trunk" => t.cfg.name.clone())
+                        .increment(1);
+                }
+                free
+            })
             .collect();
-        t.sort_by_key(|t| (!t.up, t.cfg.priority, std::cmp::Reverse(t.cfg.weight)));
         // Down trunks are skipped while any trunk of the group is up.
         if t.iter().any(|x| x.up) {
             t.retain(|x| x.up);
+        }
+        let share = |t: &TrunkView| {
+            (t.live.chosen.load(Ordering::Relaxed) as f64 + 1.0) / f64::from(t.cfg.weight.max(1))
+        };
+        t.sort_by(|a, b| {
+            (!a.up, a.cfg.priority)
+                .cmp(&(!b.up, b.cfg.priority))
+                .then(share(a).total_cmp(&share(b)))
+                .then_with(|| a.cfg.name.cmp(&b.cfg.name))
+        });
+        if let Some(first) = t.first() {
+            first.live.chosen.fetch_add(1, Ordering::Relaxed);
         }
         t.into_iter()
             .map(|t| TrunkRef {
@@ -218,5 +271,72 @@ impl Shared {
                 f.pop_front();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trunk(name: &str, priority: u32, weight: u32, max_cps: u32) -> TrunkView {
+        TrunkView {
+            cfg: TrunkConfig {
+                name: name.into(),
+                address: "127.0.0.1:5091".parse().unwrap(),
+                group: "default".into(),
+                priority,
+                weight,
+                max_calls: 0,
+                max_cps,
+                transport: Default::default(),
+            },
+            up: true,
+            since_ms: 0,
+            live: Arc::default(),
+        }
+    }
+
+    fn snapshot(trunks: Vec<TrunkView>) -> Snapshot {
+        Snapshot::new(Arc::new(Config::from_toml("").unwrap()), trunks)
+    }
+
+    #[test]
+    fn equal_priorities_share_calls_by_weight() {
+        let s = snapshot(vec![
+            trunk("a", 1, 1, 0),
+            trunk("b", 1, 3, 0),
+            trunk("backup", 2, 10, 0),
+        ]);
+        let mut first = std::collections::HashMap::<String, u32>::new();
+        for i in 0..400u64 {
+            let plan = s.plan("default", 1_000_000 + i);
+            assert_eq!(plan.len(), 3);
+            assert_eq!(
+                plan[2].name, "backup",
+                "a lower priority stays last whatever its weight"
+            );
+            *first.entry(plan[0].name.clone()).or_default() += 1;
+        }
+        assert_eq!((first["a"], first["b"]), (100, 300), "1:3");
+    }
+
+    #[test]
+    fn a_trunk_at_its_max_cps_is_skipped_until_the_next_second() {
+        let s = snapshot(vec![trunk("a", 1, 1, 2), trunk("b", 2, 1, 0)]);
+        let names = |p: Vec<TrunkRef>| p.into_iter().map(|t| t.name).collect::<Vec<_>>();
+        let now = 5_000_500;
+        assert_eq!(names(s.plan("default", now)), ["a", "b"]);
+        s.trunks[0].live.count_attempt(now / 1000);
+        s.trunks[0].live.count_attempt(now / 1000);
+        assert_eq!(
+            names(s.plan("default", now + 100)),
+            ["b"],
+            "two attempts this second"
+        );
+        assert_eq!(
+            names(s.plan("default", now + 600)),
+            ["a", "b"],
+            "a new second"
+        );
     }
 }

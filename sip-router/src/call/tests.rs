@@ -765,26 +765,54 @@ fn no_trunks_means_480() {
     assert_eq!(record(&out).unwrap().disposition, Disposition::Failed);
 }
 
+/// A number's status decides the reply and the row, through the code the
+/// shard uses (`shard::verdict`) and the refused call's own machine.
 #[test]
 fn rejected_calls_are_recorded() {
-    let m = wire::parse(INVITE.as_bytes()).unwrap();
-    let mut s = setup(&[], vec![]);
-    s.status = NumberStatus::Quarantine;
-    let (bytes, row) = Call::reject(&m, &s, 404, &[], Disposition::RejectedQuarantine, T0);
-    assert!(bytes.starts_with(b"SIP/2.0 404 Not Found\r\n"));
-    assert!(String::from_utf8_lossy(&bytes).contains("To: <sip:84950000001@127.0.0.1:5060>;tag="));
+    use crate::shard::verdict;
+    for reject_code in [404, 410, 480] {
+        let cases = [
+            (
+                NumberStatus::Quarantine,
+                reject_code,
+                Disposition::RejectedQuarantine,
+            ),
+            (NumberStatus::Stock, reject_code, Disposition::RejectedStock),
+            (NumberStatus::Unknown, 404, Disposition::RejectedUnknown),
+        ];
+        for (status, code, disposition) in cases {
+            let v = verdict(status, false, reject_code);
+            assert_eq!(
+                v,
+                Some((code, disposition)),
+                "{status:?} with reject_code {reject_code}"
+            );
+            let mut s = setup(&[], vec![]);
+            s.status = status;
+            let (call, out) = Call::refuse(
+                INVITE.as_bytes().to_vec(),
+                s,
+                policy(),
+                code,
+                disposition,
+                T0,
+            );
+            let reply = format!("SIP/2.0 {code} {}", wire::reason_phrase(code));
+            assert_eq!(to_carrier(&out), vec![reply.clone()]);
+            let r = record(&out).unwrap();
+            assert_eq!(
+                (r.disposition, r.number_status, r.attempts, r.final_code),
+                (disposition, status, 0, code)
+            );
+            assert!(!call.is_done(), "{reply} waits for its ACK");
+        }
+    }
+    assert_eq!(verdict(NumberStatus::Active, false, 404), None, "routed");
     assert_eq!(
-        (
-            row.disposition,
-            row.number_status,
-            row.attempts,
-            row.final_code
-        ),
-        (
-            Disposition::RejectedQuarantine,
-            NumberStatus::Quarantine,
-            0,
-            404
-        )
+        verdict(NumberStatus::Active, true, 404),
+        Some((487, Disposition::Abandoned)),
+        "cancelled during the lookup"
     );
+    assert_eq!(wire::reason_phrase(410), "Gone");
+    assert_eq!(wire::reason_phrase(480), "Temporarily Unavailable");
 }
