@@ -703,4 +703,18 @@ async fn apply_provisions_an_inventory_file_once() {
     apply(now + 60).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(by_actor().await, want);
+
+    // A number retired since (as on the demo after real use): the file
+    // still applies, the number is reported and stays in quarantine.
+    let retired = numbers[0].clone();
+    inv.retire(&retired, "test", "test", now + 120)
+        .await
+        .unwrap();
+    let summary = apply(now + 180).await;
+    assert!(
+        summary.starts_with(&format!("site {site}; pool {pool} (2 numbers); static {fixed}; skipped 1: {retired} is in quarantine")),
+        "{summary}"
+    );
+    let rec = inv.route(&retired).await.unwrap().expect("a route record");
+    assert_eq!(rec.status, dialmark_schemas::rows::NumberStatus::Quarantine);
 }

@@ -248,9 +248,13 @@ pub struct PoolFileEntry {
 }
 
 /// Applies an inventory file; numbers already active in the same pool are
-/// left as they are, so applying twice changes nothing.
+/// left as they are, so applying twice changes nothing. A number that
+/// cannot be (re)added — in quarantine, or active elsewhere — is reported
+/// in the summary and skipped: the rest of the file still applies, and the
+/// quarantine is respected.
 pub async fn apply(inv: &Inventory, file: InventoryFile, now: u32) -> Result<String, TrackerError> {
     let mut summary = Vec::new();
+    let mut skipped = Vec::new();
     for site in file.sites {
         let s = inv.put_site(site).await?;
         summary.push(format!("site {}", s.id));
@@ -269,23 +273,47 @@ pub async fn apply(inv: &Inventory, file: InventoryFile, now: u32) -> Result<Str
             numbers.extend((0..u64::from(entry.count)).map(|i| format!("+{}", base + i)));
         }
         if !numbers.is_empty() {
-            let n = numbers.len();
-            inv.add_numbers(
-                AddNumbers {
-                    numbers,
-                    pool: Some(def.id.clone()),
-                    ..Default::default()
-                },
-                "apply",
-                now,
-            )
-            .await?;
-            summary.push(format!("pool {} ({n} numbers)", def.id));
+            let req = AddNumbers {
+                pool: Some(def.id.clone()),
+                ..Default::default()
+            };
+            let added = add_each(inv, req, numbers, now, &mut skipped).await?;
+            summary.push(format!("pool {} ({} numbers)", def.id, added.len()));
         }
     }
-    for st in file.static_numbers {
-        let added = inv.add_numbers(st, "apply", now).await?;
-        summary.push(format!("static {}", added.join(",")));
+    for mut st in file.static_numbers {
+        let numbers = std::mem::take(&mut st.numbers);
+        let added = add_each(inv, st, numbers, now, &mut skipped).await?;
+        if !added.is_empty() {
+            summary.push(format!("static {}", added.join(",")));
+        }
+    }
+    if !skipped.is_empty() {
+        summary.push(format!("skipped {}: {}", skipped.len(), skipped.join("; ")));
     }
     Ok(summary.join("; "))
+}
+
+/// Adds `numbers` one by one with `req`'s settings; conflicts go to
+/// `skipped`. Returns the numbers added.
+async fn add_each(
+    inv: &Inventory,
+    req: AddNumbers,
+    numbers: Vec<String>,
+    now: u32,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<String>, TrackerError> {
+    let mut added = Vec::new();
+    for number in numbers {
+        let one = AddNumbers {
+            numbers: vec![number],
+            ..req.clone()
+        };
+        match inv.add_numbers(one, "apply", now).await {
+            Ok(mut a) => added.append(&mut a),
+            Err(TrackerError::Conflict(why)) => skipped.push(why),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(added)
 }
