@@ -253,6 +253,7 @@ pub struct RouterConfig {
     /// SIP header carrying the visit's session id to the client's PBX.
     pub session_header: String,
     pub probe: ProbeConfig,
+    pub quality: QualityConfig,
     pub rate_limit: RateLimitConfig,
     pub trunks: Vec<TrunkConfig>,
 }
@@ -340,6 +341,7 @@ impl Default for RouterConfig {
             source_header: "X-Dialmark-Source".into(),
             session_header: "X-Dialmark-Session".into(),
             probe: ProbeConfig::default(),
+            quality: QualityConfig::default(),
             rate_limit: RateLimitConfig::default(),
             trunks: Vec::new(),
         }
@@ -384,6 +386,87 @@ impl Default for ProbeConfig {
             down_after: 3,
             up_after: 2,
         }
+    }
+}
+
+/// Quality-based rerouting (`[router.quality]`): a trunk whose NER falls
+/// (under a floor, or well under its own 15-minute baseline) or whose PDD
+/// p95 grows past a ceiling, over a window with enough attempts, gets only
+/// a probing share of new calls (the next trunk goes first) while its
+/// OPTIONS may still answer, until that share has looked good for the
+/// recovery window. `[router.quality.groups.NAME]` gives one trunk group
+/// a rule of its own (every field, defaults as here).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualityConfig {
+    /// Off: trunks are rerouted only when their probes fail.
+    pub enabled: bool,
+    /// The window judged, seconds.
+    pub window_seconds: u64,
+    /// Attempts in the window before a trunk is judged.
+    pub min_attempts: u32,
+    /// NER under this (0..1) degrades the trunk.
+    pub ner_floor: f64,
+    /// NER this much (0..1) under the trunk's own baseline degrades it.
+    pub ner_drop: f64,
+    /// PDD p95 over this degrades the trunk (ms).
+    pub pdd_p95_ceiling_ms: u32,
+    /// A degraded trunk's share must look good this long to come back (s).
+    pub recovery_seconds: u64,
+    /// Share of new calls a degraded trunk keeps getting first, percent.
+    pub probe_percent: u32,
+    pub groups: std::collections::BTreeMap<String, QualityConfig>,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_seconds: 60,
+            min_attempts: 20,
+            ner_floor: 0.7,
+            ner_drop: 0.25,
+            pdd_p95_ceiling_ms: 8_000,
+            recovery_seconds: 300,
+            probe_percent: 5,
+            groups: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl QualityConfig {
+    /// The rule of trunk group `group`.
+    pub fn for_group(&self, group: &str) -> &QualityConfig {
+        self.groups.get(group).unwrap_or(self)
+    }
+
+    fn validate(&self, at: &str) -> Result<(), Error> {
+        let field = |f: &str| format!("{at}.{f}");
+        if !(0.0..=1.0).contains(&self.ner_floor) {
+            return Err(Error::config(field("ner_floor"), "must be within 0..1"));
+        }
+        if !(0.0..=1.0).contains(&self.ner_drop) {
+            return Err(Error::config(field("ner_drop"), "must be within 0..1"));
+        }
+        if self.window_seconds < 10 || self.window_seconds > 900 {
+            return Err(Error::config(field("window_seconds"), "must be 10..900"));
+        }
+        if self.recovery_seconds < 10 || self.recovery_seconds > 900 {
+            return Err(Error::config(field("recovery_seconds"), "must be 10..900"));
+        }
+        if self.probe_percent == 0 || self.probe_percent > 50 {
+            return Err(Error::config(field("probe_percent"), "must be 1..50"));
+        }
+        for (name, g) in &self.groups {
+            if !g.groups.is_empty() {
+                return Err(Error::config(
+                    format!("{at}.groups.{name}.groups"),
+                    "groups do not nest",
+                ));
+            }
+            g.validate(&format!("{at}.groups.{name}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -597,6 +680,7 @@ impl RawConfig {
                 "must be at least 1",
             ));
         }
+        r.quality.validate("router.quality")?;
         if r.probe.down_after == 0 {
             return Err(Error::config(
                 "router.probe.down_after",
@@ -760,6 +844,11 @@ mod tests {
             ("[router]\nringing_timeout_ms = 1000\n", "router.ringing_timeout_ms"),
             ("[router]\nall_trunks_failed_code = 404\n", "router.all_trunks_failed_code"),
             ("[router]\nmax_memory_mb = 0\n", "router.max_memory_mb"),
+            ("[router.quality]\nner_floor = 2.0\n", "router.quality.ner_floor"),
+            (
+                "[router.quality.groups.premium]\nprobe_percent = 0\n",
+                "router.quality.groups.premium.probe_percent",
+            ),
             ("[router.probe]\ndown_after = 0\n", "router.probe.down_after"),
             ("[numbering]\ncountry_code = \"x\"\n", "numbering.country_code"),
             (

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_attempt_duration.sql",
         sql: include_str!("../migrations/0006_attempt_duration.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_trunk_quality.sql",
+        sql: include_str!("../migrations/0007_trunk_quality.sql"),
+    },
 ];
 
 #[derive(Debug, Row, Serialize, Deserialize)]

@@ -300,6 +300,11 @@ impl Table for UntrustedSource {
 pub enum TrunkState {
     Up = 1,
     Down = 2,
+    /// Up (its OPTIONS answer) but failing real calls: new calls try the
+    /// other trunks of its group first (quality rerouting).
+    Degraded = 3,
+    /// No new calls, by an operator; its dialogs go on.
+    Drained = 4,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
@@ -308,6 +313,10 @@ pub enum TrunkCause {
     Probe = 1,
     Passive = 2,
     Config = 3,
+    /// The trunk's NER or PDD over a window (`metric`, `value`, `baseline`).
+    Quality = 4,
+    /// An operator's command (`actor`).
+    Manual = 5,
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
@@ -321,6 +330,51 @@ pub struct TrunkEvent {
     pub previous: TrunkState,
     pub cause: TrunkCause,
     pub reason: String,
+    /// What a quality change was judged on: `ner`, `pdd_p95_ms` ('' else).
+    #[serde(default)]
+    pub metric: String,
+    /// The metric over the window judged.
+    #[serde(default)]
+    pub value: f64,
+    /// What it was compared with: the threshold or the trunk's baseline.
+    #[serde(default)]
+    pub baseline: f64,
+    /// New calls that went to another trunk first while this one was
+    /// degraded or drained (on the event that ends that state).
+    #[serde(default)]
+    pub shifted_calls: u64,
+    /// Who: `node`, or the operator named in a manual command.
+    #[serde(default)]
+    pub actor: String,
+}
+
+impl TrunkEvent {
+    /// An event by the node itself, without quality numbers.
+    pub fn new(
+        ts: u32,
+        trunk: &str,
+        group: &str,
+        state: TrunkState,
+        previous: TrunkState,
+        cause: TrunkCause,
+        reason: String,
+    ) -> Self {
+        Self {
+            event_id: Uuid::new_v4(),
+            ts,
+            trunk: trunk.to_string(),
+            trunk_group: group.to_string(),
+            state,
+            previous,
+            cause,
+            reason,
+            metric: String::new(),
+            value: 0.0,
+            baseline: 0.0,
+            shifted_calls: 0,
+            actor: "node".into(),
+        }
+    }
 }
 
 impl Table for TrunkEvent {

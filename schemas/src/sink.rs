@@ -435,16 +435,15 @@ mod tests {
 
     #[test]
     fn a_batch_keeps_undecodable_records_apart() {
-        let row = TrunkEvent {
-            event_id: uuid::Uuid::new_v4(),
-            ts: 1_800_000_000,
-            trunk: "t1".into(),
-            trunk_group: "g".into(),
-            state: TrunkState::Down,
-            previous: TrunkState::Up,
-            cause: TrunkCause::Probe,
-            reason: "test".into(),
-        };
+        let row = TrunkEvent::new(
+            1_800_000_000,
+            "t1",
+            "g",
+            TrunkState::Down,
+            TrunkState::Up,
+            TrunkCause::Probe,
+            "test".into(),
+        );
         let good = serde_json::to_vec(&row).unwrap();
         let bad = b"{\"trunk\": 1".to_vec();
         let pos = spool::Pos { seq: 3, offset: 42 };

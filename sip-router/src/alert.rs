@@ -1,9 +1,10 @@
-//! The alert webhook: a trunk going down is POSTed as an
-//! Alertmanager-compatible JSON array (`startsAt`), its recovery as the same
-//! alert with `endsAt`, retried with backoff, off the routing loop. Flapping
-//! is held down: a recovery is sent only after the trunk stayed up for the
-//! hold-down time, and a trunk that drops again within it sends nothing new
-//! (its alert is still firing).
+//! The alert webhook: a trunk going down (or degraded by its call
+//! quality) is POSTed as an Alertmanager-compatible JSON array
+//! (`startsAt`), its recovery as the same alert with `endsAt`, retried with
+//! backoff, off the routing loop. Flapping is held down: a recovery is sent
+//! only after the trunk stayed well for the hold-down time, and a trunk
+//! that fails again within it sends nothing new (its alert is still
+//! firing).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,42 @@ impl HoldDown {
     }
 }
 
+/// The alerts the node raises about a trunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alert {
+    /// Probes or calls found it dead: calls skip it.
+    Down,
+    /// It answers OPTIONS but fails real calls: calls try others first.
+    Degraded,
+}
+
+impl Alert {
+    fn name(self) -> &'static str {
+        match self {
+            Alert::Down => "DialmarkTrunkDown",
+            Alert::Degraded => "DialmarkTrunkDegraded",
+        }
+    }
+
+    fn severity(self) -> &'static str {
+        match self {
+            Alert::Down => "critical",
+            Alert::Degraded => "warning",
+        }
+    }
+
+    fn summary(self, trunk: &str, firing: bool) -> String {
+        match (self, firing) {
+            (Alert::Down, true) => format!("trunk {trunk} is down"),
+            (Alert::Down, false) => format!("trunk {trunk} is up again"),
+            (Alert::Degraded, true) => {
+                format!("trunk {trunk} is failing calls: new calls go to other trunks first")
+            }
+            (Alert::Degraded, false) => format!("trunk {trunk} carries calls well again"),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Alerter {
     url: Option<String>,
@@ -74,53 +111,68 @@ impl Alerter {
         }
     }
 
-    /// The Alertmanager payload for a trunk state change.
+    /// The Alertmanager payload for a trunk's alert firing or resolved.
     pub fn payload(
+        alert: Alert,
         trunk: &str,
         group: &str,
-        up: bool,
+        firing: bool,
         reason: &str,
         now: &str,
     ) -> serde_json::Value {
-        let mut alert = serde_json::json!({
+        let mut a = serde_json::json!({
             "labels": {
-                "alertname": "DialmarkTrunkDown",
-                "severity": "critical",
+                "alertname": alert.name(),
+                "severity": alert.severity(),
                 "trunk": trunk,
                 "trunk_group": group,
                 "service": "dialmark-router",
             },
             "annotations": {
-                "summary": format!("trunk {trunk} is {}", if up { "up again" } else { "down" }),
+                "summary": alert.summary(trunk, firing),
                 "description": reason,
             },
             "startsAt": now,
         });
-        if up {
-            alert["endsAt"] = serde_json::Value::String(now.to_string());
+        if !firing {
+            a["endsAt"] = serde_json::Value::String(now.to_string());
         }
-        serde_json::json!([alert])
+        serde_json::json!([a])
     }
 
-    /// Notifies a state change (in the background, held down when flapping).
-    pub fn trunk_changed(&self, trunk: &str, group: &str, up: bool, reason: &str) {
+    /// Notifies that `alert` fires or is resolved for a trunk (in the
+    /// background, held down when flapping).
+    pub fn trunk_changed(
+        &self,
+        alert: Alert,
+        trunk: &str,
+        group: &str,
+        firing: bool,
+        reason: &str,
+    ) {
         let Some(url) = self.url.clone() else { return };
-        let notice = self.state.lock().expect("alert state").changed(trunk, up);
+        let key = format!("{trunk}/{}", alert.name());
+        let notice = self
+            .state
+            .lock()
+            .expect("alert state")
+            .changed(&key, !firing);
         let (trunk, group, reason) = (trunk.to_string(), group.to_string(), reason.to_string());
         match notice {
             Notice::Nothing => {}
             Notice::SendDown => Self::post(
                 url,
-                Self::payload(&trunk, &group, false, &reason, &rfc3339_now()).to_string(),
+                Self::payload(alert, &trunk, &group, true, &reason, &rfc3339_now()).to_string(),
                 trunk,
             ),
             Notice::ResolveLater(id) => {
                 let (state, hold) = (self.state.clone(), self.hold_down);
                 tokio::spawn(async move {
                     tokio::time::sleep(hold).await;
-                    if state.lock().expect("alert state").settle(&trunk, id) {
-                        let body = Self::payload(&trunk, &group, true, &reason, &rfc3339_now())
-                            .to_string();
+                    if state.lock().expect("alert state").settle(&key, id) {
+                        let body =
+                            Self::payload(alert, &trunk, &group, false, &reason, &rfc3339_now())
+                                .to_string();
                         Self::post(url, body, trunk);
                     }
                 });
@@ -234,11 +286,15 @@ mod tests {
 
     #[test]
     fn payload_shape() {
-        let down = Alerter::payload("a", "default", false, "3 failures", "t");
+        let down = Alerter::payload(Alert::Down, "a", "default", true, "3 failures", "t");
         assert_eq!(down[0]["labels"]["alertname"], "DialmarkTrunkDown");
         assert_eq!(down[0]["labels"]["trunk"], "a");
         assert!(down[0].get("endsAt").is_none());
-        let up = Alerter::payload("a", "default", true, "ok", "t");
+        let up = Alerter::payload(Alert::Down, "a", "default", false, "ok", "t");
         assert_eq!(up[0]["endsAt"], "t");
+        let bad = Alerter::payload(Alert::Degraded, "a", "default", true, "NER 40 %", "t");
+        assert_eq!(bad[0]["labels"]["alertname"], "DialmarkTrunkDegraded");
+        assert_eq!(bad[0]["labels"]["severity"], "warning");
+        assert_eq!(bad[0]["annotations"]["description"], "NER 40 %");
     }
 }

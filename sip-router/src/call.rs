@@ -241,6 +241,9 @@ pub enum Action {
     TrunkFailed { trunk: String, reason: String },
     /// A trunk sent its first reply on an attempt: it is alive.
     TrunkReplied(String),
+    /// A trunk answered the call (its quality counts the answer now; the
+    /// attempt's row comes at the hang-up).
+    Answered { trunk: String, pdd_ms: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -932,6 +935,12 @@ impl Call {
         a.answered_ms = Some(now_ms);
         a.state = State::Answered;
         a.invite = None;
+        out.push(Action::Answered {
+            trunk: a.trunk.name.clone(),
+            pdd_ms: a
+                .provisional_ms
+                .map_or(dur(a.started_ms, now_ms), |p| dur(a.started_ms, p)),
+        });
         for t in [
             Timer::Retransmit(n),
             Timer::NoProvisional(n),

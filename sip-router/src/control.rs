@@ -1,7 +1,9 @@
-//! The control task: owns the trunk table (config and health), sends the
-//! OPTIONS probes, takes the shards' passive health reports, raises trunk
-//! events and alerts, applies config reloads, and publishes each change
-//! as a new [`Snapshot`] the shards and receivers read. Probe branches are
+//! The control task: owns the trunk table (config, health, quality
+//! breaker, operator overrides), sends the OPTIONS probes, takes the
+//! shards' passive health reports, judges each trunk's call quality every
+//! few seconds, applies operators' commands and config reloads, raises
+//! trunk events and alerts, and publishes each change as a new
+//! [`Snapshot`] the shards and receivers read. Probe branches are
 //! random and a probe's reply counts only from the trunk it went to, so a
 //! spoofed reply can neither keep a dead trunk up nor take one down.
 
@@ -10,14 +12,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
 use dialmark_schemas::config::{Config, TrunkConfig};
 use dialmark_schemas::rows::{TrunkCause, TrunkEvent, TrunkState};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::alert::Alerter;
+use crate::alert::{Alert, Alerter};
 use crate::dispatch::PROBE_BRANCH;
 use crate::health::{Health, Transition};
+use crate::manual::{Command, Overrides};
+use crate::quality::{Breaker, Change, Rule};
 use crate::shard::Sinks;
 use crate::shared::{Shared, Snapshot, TrunkLive, TrunkView};
 use crate::timer::Timers;
@@ -43,20 +49,58 @@ pub enum ControlMsg {
     },
     /// A config file re-read on SIGHUP (validated).
     Reload(Box<Config>),
+    /// An operator's command on a trunk; the reply says what it is now.
+    Manual {
+        trunk: String,
+        command: Command,
+        actor: String,
+        reply: oneshot::Sender<Result<String, ManualError>>,
+    },
     Shutdown,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManualError {
+    #[error("no trunk named {0:?}")]
+    NoSuchTrunk(String),
+}
+
+/// How often trunk quality is judged.
+pub const QUALITY_TICK_MS: u64 = 5_000;
 
 /// A trunk at run time.
 pub struct TrunkRuntime {
     pub cfg: TrunkConfig,
     pub health: Health,
+    pub breaker: Breaker,
+    pub manual: Overrides,
     pub live: Arc<TrunkLive>,
+}
+
+impl TrunkRuntime {
+    fn up(&self) -> bool {
+        self.manual.forced.unwrap_or(self.health.is_up())
+    }
+
+    /// The state routing sees.
+    fn state(&self) -> TrunkState {
+        if self.manual.drained {
+            TrunkState::Drained
+        } else if !self.up() {
+            TrunkState::Down
+        } else if self.breaker.is_degraded() {
+            TrunkState::Degraded
+        } else {
+            TrunkState::Up
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tick {
     Probe,
     ProbeTimeout(String),
+    Quality,
 }
 
 pub struct Control {
@@ -105,18 +149,30 @@ impl Control {
     }
 
     fn publish(&self) {
+        let q = &self.cfg.router.quality;
         self.shared.publish(Snapshot::new(
             self.cfg.clone(),
-            self.trunks.iter().map(view).collect(),
+            self.trunks
+                .iter()
+                .map(|t| view(t, q.for_group(&t.cfg.group).probe_percent))
+                .collect(),
         ));
         for t in &self.trunks {
-            metrics::gauge!("dialmark_trunk_up", "trunk" => t.cfg.name.clone())
-                .set(if t.health.is_up() { 1.0 } else { 0.0 });
+            let state = t.state();
+            let name = t.cfg.name.clone();
+            let flag = |b: bool| if b { 1.0 } else { 0.0 };
+            metrics::gauge!("dialmark_trunk_up", "trunk" => name.clone()).set(flag(t.up()));
+            metrics::gauge!("dialmark_trunk_degraded", "trunk" => name.clone())
+                .set(flag(state == TrunkState::Degraded));
+            metrics::gauge!("dialmark_trunk_drained", "trunk" => name)
+                .set(flag(state == TrunkState::Drained));
         }
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<ControlMsg>) {
-        self.arm_probes(crate::now_ms());
+        let now = crate::now_ms();
+        self.arm_probes(now);
+        self.timers.arm(now + QUALITY_TICK_MS, Tick::Quality);
         loop {
             let sleep = self
                 .timers
@@ -178,6 +234,14 @@ impl Control {
                 }
             }
             ControlMsg::Reload(c) => self.reload(*c, now),
+            ControlMsg::Manual {
+                trunk,
+                command,
+                actor,
+                reply,
+            } => {
+                let _ = reply.send(self.manual(&trunk, command, &actor, now));
+            }
             ControlMsg::Shutdown => {}
         }
     }
@@ -197,7 +261,140 @@ impl Control {
                     self.result(idx, false, TrunkCause::Probe, "OPTIONS timeout", now);
                 }
             }
+            Tick::Quality => {
+                self.judge_quality(now);
+                self.timers.arm(now + QUALITY_TICK_MS, Tick::Quality);
+            }
         }
+    }
+
+    /// Judges every trunk's recent calls; degrades or restores.
+    fn judge_quality(&mut self, now: u64) {
+        for idx in 0..self.trunks.len() {
+            let t = &mut self.trunks[idx];
+            let q = self.cfg.router.quality.for_group(&t.cfg.group);
+            let rule = Rule {
+                enabled: self.cfg.router.quality.enabled && q.enabled,
+                window_s: q.window_seconds,
+                min_attempts: q.min_attempts,
+                ner_floor: q.ner_floor,
+                ner_drop: q.ner_drop,
+                pdd_p95_ceiling_ms: q.pdd_p95_ceiling_ms,
+                recovery_s: q.recovery_seconds,
+            };
+            let change = {
+                let quality = t.live.quality.lock().expect("quality lock");
+                t.breaker.evaluate(&quality, now / 1000, &rule)
+            };
+            if let Some(c) = change {
+                self.quality_changed(idx, c, now);
+            }
+        }
+    }
+
+    fn quality_changed(&mut self, idx: usize, c: Change, now: u64) {
+        let t = &self.trunks[idx];
+        let (name, group) = (t.cfg.name.clone(), t.cfg.group.clone());
+        let shifted = if c.degraded {
+            t.live.shifted.store(0, Ordering::Relaxed);
+            0
+        } else {
+            t.live.shifted.swap(0, Ordering::Relaxed)
+        };
+        let (state, previous) = if c.degraded {
+            (t.state(), TrunkState::Up)
+        } else {
+            (t.state(), TrunkState::Degraded)
+        };
+        let detail = format!(
+            "{}: {} {} against {}{}",
+            c.reason,
+            c.metric,
+            show(c.metric, c.value),
+            show(c.metric, c.limit),
+            if c.degraded {
+                String::new()
+            } else {
+                format!("; {shifted} calls went to other trunks first meanwhile")
+            }
+        );
+        if c.degraded {
+            warn!(trunk.name = %name, reason = %detail, "trunk degraded: new calls try the group's other trunks first");
+        } else {
+            info!(trunk.name = %name, reason = %detail, "trunk quality recovered");
+        }
+        metrics::counter!("dialmark_trunk_quality_changes_total", "trunk" => name.clone(), "to" => if c.degraded { "degraded" } else { "restored" })
+            .increment(1);
+        let _ = self.sinks.trunk_events.push(TrunkEvent {
+            metric: c.metric.to_string(),
+            value: c.value,
+            baseline: c.limit,
+            shifted_calls: shifted,
+            ..TrunkEvent::new(
+                (now / 1000) as u32,
+                &name,
+                &group,
+                state,
+                previous,
+                TrunkCause::Quality,
+                detail.clone(),
+            )
+        });
+        self.alerter
+            .trunk_changed(Alert::Degraded, &name, &group, c.degraded, &detail);
+        self.publish();
+    }
+
+    /// An operator's command: applied, audited, published.
+    fn manual(
+        &mut self,
+        trunk: &str,
+        command: Command,
+        actor: &str,
+        now: u64,
+    ) -> Result<String, ManualError> {
+        let idx = self
+            .index(trunk)
+            .ok_or_else(|| ManualError::NoSuchTrunk(trunk.to_string()))?;
+        let t = &mut self.trunks[idx];
+        let previous = t.state();
+        let was_drained = t.manual.drained;
+        if t.manual.apply(command, actor) {
+            let state = t.state();
+            let shifted = if was_drained && !t.manual.drained {
+                t.live.shifted.swap(0, Ordering::Relaxed)
+            } else {
+                0
+            };
+            let reason = format!("{command} by {actor}");
+            warn!(trunk.name = %t.cfg.name, actor, command = %command, ?previous, ?state, "trunk command");
+            metrics::counter!("dialmark_trunk_commands_total", "trunk" => t.cfg.name.clone(), "command" => command.to_string())
+                .increment(1);
+            let _ = self.sinks.trunk_events.push(TrunkEvent {
+                shifted_calls: shifted,
+                actor: actor.to_string(),
+                ..TrunkEvent::new(
+                    (now / 1000) as u32,
+                    &t.cfg.name,
+                    &t.cfg.group,
+                    state,
+                    previous,
+                    TrunkCause::Manual,
+                    reason,
+                )
+            });
+            self.publish();
+        }
+        let t = &self.trunks[idx];
+        Ok(format!(
+            "{}: {}{}",
+            t.cfg.name,
+            format!("{:?}", t.state()).to_lowercase(),
+            match t.manual.describe() {
+                d if d.is_empty() => String::new(),
+                d => format!(" ({d})"),
+            }
+        ))
     }
 
     /// Starts the probe ticks unless they run already or are off.
@@ -255,18 +452,17 @@ impl Control {
         }
         metrics::counter!("dialmark_trunk_state_changes_total", "trunk" => t.name.clone())
             .increment(1);
-        let _ = self.sinks.trunk_events.push(TrunkEvent {
-            event_id: uuid::Uuid::new_v4(),
-            ts: (now / 1000) as u32,
-            trunk: t.name.clone(),
-            trunk_group: t.group.clone(),
-            state: tr.to,
-            previous: tr.from,
-            cause: tr.cause,
-            reason: tr.reason.clone(),
-        });
+        let _ = self.sinks.trunk_events.push(TrunkEvent::new(
+            (now / 1000) as u32,
+            &t.name,
+            &t.group,
+            tr.to,
+            tr.from,
+            tr.cause,
+            tr.reason.clone(),
+        ));
         self.alerter
-            .trunk_changed(&t.name, &t.group, up, &tr.reason);
+            .trunk_changed(Alert::Down, &t.name, &t.group, !up, &tr.reason);
         self.publish();
     }
 
@@ -309,11 +505,33 @@ impl Control {
     }
 }
 
-fn view(t: &TrunkRuntime) -> TrunkView {
+/// A metric's value in its unit.
+fn show(metric: &str, v: f64) -> String {
+    match metric {
+        "ner" => format!("{:.0} %", v * 100.0),
+        _ => format!("{v:.0} ms"),
+    }
+}
+
+fn view(t: &TrunkRuntime, probe_percent: u32) -> TrunkView {
+    let mut cfg = t.cfg.clone();
+    cfg.priority = t.manual.priority.unwrap_or(cfg.priority);
+    cfg.weight = t.manual.weight.unwrap_or(cfg.weight);
+    let why = match (t.state(), t.manual.describe()) {
+        (TrunkState::Degraded, m) if m.is_empty() => {
+            format!("degraded: gets {probe_percent} % of its calls until its quality recovers")
+        }
+        (TrunkState::Degraded, m) => format!("degraded; {m}"),
+        (_, m) => m,
+    };
     TrunkView {
-        cfg: t.cfg.clone(),
-        up: t.health.is_up(),
+        cfg,
+        up: t.up(),
         since_ms: t.health.since_ms,
+        degraded: t.breaker.is_degraded(),
+        probe_every: u64::from(100 / probe_percent.max(1)),
+        drained: t.manual.drained,
+        why,
         live: t.live.clone(),
     }
 }

@@ -88,7 +88,8 @@ impl Health {
     pub fn success(&mut self, cause: TrunkCause, now_ms: u64) -> Option<Transition> {
         self.failures = 0;
         match self.state {
-            TrunkState::Up => None,
+            // Health knows only up and down; degraded and drained live elsewhere.
+            TrunkState::Up | TrunkState::Degraded | TrunkState::Drained => None,
             TrunkState::Down => {
                 // Only probes bring a trunk back: a down trunk gets no calls.
                 self.successes += 1;
@@ -116,7 +117,7 @@ impl Health {
     ) -> Option<Transition> {
         self.successes = 0;
         match self.state {
-            TrunkState::Down => None,
+            TrunkState::Down | TrunkState::Degraded | TrunkState::Drained => None,
             TrunkState::Up => {
                 if last_reply_ms > self.last_failure_ms {
                     self.failures = 0;

@@ -1,17 +1,25 @@
-//! The router's HTTP side for operators: `/healthz`, Prometheus `/metrics`,
-//! and `/status`, a plain auto-refreshing HTML page of trunk state.
+//! The router's HTTP side for operators: `/healthz`, Prometheus `/metrics`
+//! (with each trunk's quality over 1, 5 and 15 minutes, computed at the
+//! scrape), `/status` (a page that refreshes itself from `/status.json`)
+//! and the trunk commands (`POST /trunks/{name}/{command}`), taken only
+//! from the node itself (loopback).
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::control::ControlMsg;
+use crate::manual::Command;
 use crate::now_ms;
+use crate::quality::{Stats, WINDOWS_S};
 use crate::shared::Shared;
 
 /// What `/status` and `/status.json` show of a trunk.
@@ -20,18 +28,25 @@ pub struct TrunkStatus {
     pub name: String,
     pub group: String,
     pub address: String,
+    /// `up`, `down`, `degraded` or `drained`.
+    pub state: &'static str,
     pub up: bool,
     pub since_unix: u64,
+    pub priority: u32,
+    pub weight: u32,
+    /// Why it stands where it does (quality, an operator), or ''.
+    pub why: String,
     /// Attempts on the trunk now, counted live by the shards.
     pub active_calls: u32,
-    pub attempts_15m: u64,
-    pub answered_15m: u64,
-    pub failovers_15m: u64,
+    /// The 1-, 5- and 15-minute windows.
+    pub windows: Vec<Stats>,
 }
 
 #[derive(Clone)]
 pub struct HttpState {
     pub shared: Arc<Shared>,
+    /// Where trunk commands go.
+    pub control: mpsc::Sender<ControlMsg>,
     pub metrics: Option<PrometheusHandle>,
     /// Sink counters by table, published at scrape time.
     pub sinks: Vec<(&'static str, Arc<dialmark_schemas::sink::SinkStats>)>,
@@ -43,7 +58,59 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status_page))
         .route("/status.json", get(status_json))
+        .route("/trunks/{name}/{command}", post(trunk_command))
         .with_state(state)
+}
+
+#[derive(serde::Deserialize)]
+struct Actor {
+    actor: Option<String>,
+}
+
+/// `POST /trunks/{name}/{command}?actor=who`: an operator's command (see
+/// [`crate::manual`]); the reply is the trunk's state after it.
+async fn trunk_command(
+    State(s): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((name, command)): Path<(String, String)>,
+    Query(q): Query<Actor>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return (
+            StatusCode::FORBIDDEN,
+            "trunk commands are taken from the node itself only (loopback)\n",
+        )
+            .into_response();
+    }
+    let command = match command.parse::<Command>() {
+        Ok(c) => c,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let actor = match q.actor.as_deref().map(str::trim) {
+        Some(a) if !a.is_empty() && a.len() <= 64 => a.to_string(),
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "name yourself: ?actor=<who> (1..64 characters), for the audit trail\n",
+            )
+                .into_response()
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let msg = ControlMsg::Manual {
+        trunk: name,
+        command,
+        actor,
+        reply,
+    };
+    if s.control.send(msg).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the node is stopping\n").into_response();
+    }
+    match answer.await {
+        Ok(Ok(state)) => (StatusCode::OK, format!("{state}\n")).into_response(),
+        Ok(Err(e)) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the node is stopping\n").into_response(),
+    }
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
@@ -57,6 +124,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     } else {
         0.0
     });
+    export_quality(&s.shared);
     match &s.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -67,10 +135,47 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     }
 }
 
-/// Trunks with their live call counts and 15-minute attempt, answer and
-/// failover counts.
+/// Each trunk's windows as gauges, labelled `trunk` and `window` (`1m`,
+/// `5m`, `15m`); a ratio without attempts is left out, not 0.
+fn export_quality(shared: &Shared) {
+    let now = now_ms();
+    for t in &shared.snapshot().trunks {
+        metrics::gauge!("dialmark_trunk_active_calls", "trunk" => t.cfg.name.clone())
+            .set(f64::from(t.live.active.load(Ordering::Relaxed)));
+        for w in WINDOWS_S {
+            let st = t.live.window(now, w);
+            let labels = [
+                ("trunk", t.cfg.name.clone()),
+                ("window", format!("{}m", w / 60)),
+            ];
+            metrics::gauge!("dialmark_trunk_window_attempts", &labels).set(f64::from(st.attempts));
+            let ratios = [
+                ("dialmark_trunk_asr", st.asr),
+                ("dialmark_trunk_ner", st.ner),
+                ("dialmark_trunk_seer", st.seer),
+                ("dialmark_trunk_failover_share", st.failover_share),
+                (
+                    "dialmark_trunk_pdd_p50_seconds",
+                    st.pdd_p50_ms.map(|v| f64::from(v) / 1000.0),
+                ),
+                (
+                    "dialmark_trunk_pdd_p95_seconds",
+                    st.pdd_p95_ms.map(|v| f64::from(v) / 1000.0),
+                ),
+            ];
+            for (name, v) in ratios {
+                if let Some(v) = v {
+                    metrics::gauge!(name, &labels).set(v);
+                }
+            }
+        }
+    }
+}
+
+/// Trunks with their state, live call counts and quality windows.
 pub fn snapshot(shared: &Shared) -> Vec<TrunkStatus> {
-    let mut trunks: Vec<TrunkStatus> = shared
+    let now = now_ms();
+    shared
         .snapshot()
         .trunks
         .iter()
@@ -78,24 +183,24 @@ pub fn snapshot(shared: &Shared) -> Vec<TrunkStatus> {
             name: t.cfg.name.clone(),
             group: t.cfg.group.clone(),
             address: t.cfg.address.to_string(),
+            state: if t.drained {
+                "drained"
+            } else if !t.up {
+                "down"
+            } else if t.degraded {
+                "degraded"
+            } else {
+                "up"
+            },
             up: t.up,
             since_unix: t.since_ms / 1000,
+            priority: t.cfg.priority,
+            weight: t.cfg.weight,
+            why: t.why.clone(),
             active_calls: t.live.active.load(Ordering::Relaxed),
-            ..TrunkStatus::default()
+            windows: WINDOWS_S.iter().map(|&w| t.live.window(now, w)).collect(),
         })
-        .collect();
-    let now = now_ms();
-    let recent = shared.recent.lock().expect("status lock");
-    for t in &mut trunks {
-        for (at, name, answered, failover) in recent.iter() {
-            if *name == t.name && now.saturating_sub(*at) <= 15 * 60 * 1000 {
-                t.attempts_15m += 1;
-                t.answered_15m += u64::from(*answered);
-                t.failovers_15m += u64::from(*failover);
-            }
-        }
-    }
-    trunks
+        .collect()
 }
 
 async fn status_json(State(s): State<HttpState>) -> Json<serde_json::Value> {
@@ -116,31 +221,12 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The page: a shell that draws `/status.json` and redraws it every 5 s
+/// without reloading (the table is also rendered server-side, so the page
+/// reads without JavaScript).
 async fn status_page(State(s): State<HttpState>) -> Html<String> {
     let trunks = snapshot(&s.shared);
-    let mut rows = String::new();
-    for t in &trunks {
-        let asr = if t.attempts_15m > 0 {
-            format!(
-                "{:.0}%",
-                100.0 * t.answered_15m as f64 / t.attempts_15m as f64
-            )
-        } else {
-            "–".into()
-        };
-        rows.push_str(&format!(
-            "<tr class=\"{cls}\" data-trunk=\"{name}\"><td>{name}</td><td>{group}</td><td>{addr}</td><td class=\"state\">{state}</td><td>{since}</td><td>{active}</td><td>{attempts}</td><td>{asr}</td><td>{fo}</td></tr>\n",
-            cls = if t.up { "up" } else { "down" },
-            name = esc(&t.name),
-            group = esc(&t.group),
-            addr = esc(&t.address),
-            state = if t.up { "UP" } else { "DOWN" },
-            since = crate::alert::rfc3339(t.since_unix),
-            active = t.active_calls,
-            attempts = t.attempts_15m,
-            fo = t.failovers_15m,
-        ));
-    }
+    let rows: String = trunks.iter().map(row_html).collect();
     let failovers: String = s
         .shared
         .recent_failovers
@@ -157,14 +243,74 @@ async fn status_page(State(s): State<HttpState>) -> Html<String> {
         })
         .collect();
     Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+        "<!doctype html><html><head><meta charset=\"utf-8\">\
 <title>dialmark router status</title><style>body{{font:14px system-ui,sans-serif;margin:1.5rem}}\
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem}}\
-tr.down td.state{{background:#f88;font-weight:bold}}tr.up td.state{{background:#8e8}}</style></head><body>\
-<h1>dialmark router</h1><p>Active calls: <b id=\"active\">{active}</b> · refreshed every 5 s</p>\
-<table><thead><tr><th>trunk</th><th>group</th><th>address</th><th>state</th><th>since (UTC)</th><th>calls now</th>\
-<th>attempts 15m</th><th>ASR 15m</th><th>failovers 15m</th></tr></thead><tbody>\n{rows}</tbody></table>\
-<h2>Recent failovers</h2><ul id=\"failovers\">{failovers}</ul></body></html>",
+tr.down td.state{{background:#f88;font-weight:bold}}tr.up td.state{{background:#8e8}}\
+tr.degraded td.state{{background:#fc6;font-weight:bold}}tr.drained td.state{{background:#ccc}}</style></head><body>\
+<h1>dialmark router</h1><p>Active calls: <b id=\"active\">{active}</b> · <span id=\"updated\">refreshed every 5 s</span></p>\
+<table><thead><tr><th>trunk</th><th>group</th><th>address</th><th>state</th><th>why</th><th>since (UTC)</th>\
+<th>priority / weight</th><th>calls now</th><th>attempts 15m</th><th>ASR 15m</th><th>NER 1m / 15m</th>\
+<th>PDD p95 1m</th><th>failovers 15m</th></tr></thead><tbody id=\"trunks\">\n{rows}</tbody></table>\
+<h2>Recent failovers</h2><ul id=\"failovers\">{failovers}</ul>\
+<script>{SCRIPT}</script></body></html>",
         active = s.shared.counts.calls.load(Ordering::Relaxed),
     ))
 }
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{:.0}%", v * 100.0))
+}
+
+fn row_html(t: &TrunkStatus) -> String {
+    let (m1, m15) = (&t.windows[0], &t.windows[2]);
+    format!(
+        "<tr class=\"{state}\" data-trunk=\"{name}\"><td>{name}</td><td>{group}</td><td>{addr}</td>\
+<td class=\"state\">{state_uc}</td><td class=\"why\">{why}</td><td>{since}</td><td>{prio} / {weight}</td>\
+<td class=\"active\">{active}</td><td>{attempts}</td><td>{asr}</td><td>{ner1} / {ner15}</td><td>{pdd}</td><td>{fo}</td></tr>\n",
+        state = t.state,
+        state_uc = t.state.to_uppercase(),
+        name = esc(&t.name),
+        group = esc(&t.group),
+        addr = esc(&t.address),
+        why = esc(&t.why),
+        since = crate::alert::rfc3339(t.since_unix),
+        prio = t.priority,
+        weight = t.weight,
+        active = t.active_calls,
+        attempts = m15.attempts,
+        asr = pct(m15.asr),
+        ner1 = pct(m1.ner),
+        ner15 = pct(m15.ner),
+        pdd = m1.pdd_p95_ms.map_or("–".into(), |v| format!("{v} ms")),
+        fo = m15.failover_share.map_or(0, |f| (f * f64::from(m15.attempts)).round() as u64),
+    )
+}
+
+/// Redraws the table from `/status.json` (the same columns as
+/// [`row_html`]).
+const SCRIPT: &str = r#"
+const pct = v => v == null ? "–" : Math.round(v * 100) + "%";
+const esc = s => String(s).replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;","\"":"&quot;"}[c]));
+const iso = s => new Date(s * 1000).toISOString().replace(/\.\d+Z$/, "Z");
+async function refresh() {
+  try {
+    const r = await fetch("status.json", {cache: "no-store"});
+    const s = await r.json();
+    document.getElementById("active").textContent = s.active_calls;
+    document.getElementById("trunks").innerHTML = s.trunks.map(t => {
+      const [m1, , m15] = t.windows;
+      const fo = m15.failover_share == null ? 0 : Math.round(m15.failover_share * m15.attempts);
+      return `<tr class="${t.state}" data-trunk="${esc(t.name)}"><td>${esc(t.name)}</td><td>${esc(t.group)}</td>` +
+        `<td>${esc(t.address)}</td><td class="state">${t.state.toUpperCase()}</td><td class="why">${esc(t.why)}</td>` +
+        `<td>${iso(t.since_unix)}</td><td>${t.priority} / ${t.weight}</td><td class="active">${t.active_calls}</td>` +
+        `<td>${m15.attempts}</td><td>${pct(m15.asr)}</td><td>${pct(m1.ner)} / ${pct(m15.ner)}</td>` +
+        `<td>${m1.pdd_p95_ms == null ? "–" : m1.pdd_p95_ms + " ms"}</td><td>${fo}</td></tr>`;
+    }).join("\n");
+    document.getElementById("updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
+  } catch (e) {
+    document.getElementById("updated").textContent = "node unreachable: " + e;
+  }
+}
+setInterval(refresh, 5000);
+"#;

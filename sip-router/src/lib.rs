@@ -43,7 +43,9 @@ pub mod dispatch;
 pub mod health;
 pub mod http;
 pub mod journal;
+pub mod manual;
 pub mod originate;
+pub mod quality;
 pub mod ratelimit;
 pub mod reload;
 pub mod shard;
@@ -253,11 +255,14 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     transport.set_dispatcher(dispatcher.clone());
     let http_state = http::HttpState {
         shared: shared.clone(),
+        control: control_tx.clone(),
         metrics: Some(metrics),
         sinks: sink_stats,
     };
     let http_task = tokio::spawn(async move {
-        let _ = axum::serve(http, http::router(http_state)).await;
+        let app =
+            http::router(http_state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let _ = axum::serve(http, app).await;
     });
 
     dialmark_schemas::runtime::shutdown_signal().await;

@@ -28,6 +28,18 @@ enum Command {
     Serve,
     /// Validate the config file and exit.
     CheckConfig,
+    /// Command a trunk of the node running with this config (its
+    /// `router.http`, from the same machine): drain, resume, up, down,
+    /// auto, priority=N, weight=N or reset. Audited in trunk_events.
+    Trunk {
+        /// The trunk's name.
+        name: String,
+        /// What to do.
+        command: String,
+        /// Who does it, for the audit trail (default: $USER).
+        #[arg(long, env = "USER")]
+        actor: String,
+    },
 }
 
 // After a load peak glibc malloc kept the freed memory of 48,000 dialogs
@@ -49,5 +61,29 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => dialmark_router::serve(config, Some(cli.config)).await,
+        Command::Trunk {
+            name,
+            command,
+            actor,
+        } => {
+            let mut at = config.router.http;
+            if at.ip().is_unspecified() {
+                at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let url = format!("http://{at}/trunks/{name}/{command}");
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let mut r = agent
+                .post(&url)
+                .query("actor", &actor)
+                .send_empty()
+                .with_context(|| format!("no router at {at} (router.http)"))?;
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            anyhow::ensure!(r.status().is_success(), "{}: {}", r.status(), text.trim());
+            print!("{text}");
+            Ok(())
+        }
     }
 }

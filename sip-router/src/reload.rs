@@ -2,8 +2,9 @@
 //! which wait for a restart, and how the trunk table carries over. Pure:
 //! the node applies what this returns.
 //!
-//! Taken over at once: trunks (a trunk keeps its health and active-call
-//! count when its name and address stay), trusted sources, timers and
+//! Taken over at once: trunks (a trunk keeps its health and quality
+//! judgement when its name and address stay, its active-call count and an
+//! operator's overrides when its name does), trusted sources, timers and
 //! failover codes, probes, rate limits, alerting, headers, numbering.
 //! Calls in progress keep the trunk plan they started with, so a removed
 //! trunk only stops getting new calls. Sockets, Redis, ClickHouse, sinks,
@@ -12,10 +13,12 @@
 
 use dialmark_schemas::config::{Config, ProbeConfig, TrunkConfig};
 
-use crate::health::Health;
 use std::sync::Arc;
 
 use crate::control::TrunkRuntime;
+use crate::health::Health;
+use crate::manual::Overrides;
+use crate::quality::Breaker;
 
 /// The config to run with after a reload, and what it could not take.
 #[derive(Debug)]
@@ -101,24 +104,34 @@ pub fn trunks(
                 .find(|t| t.as_ref().is_some_and(|t| t.cfg.name == cfg.name))
                 .and_then(Option::take);
             let fresh = || Health::new(probe.down_after, probe.up_after, now_ms);
-            let (health, live) = match prev {
+            // An operator's overrides stay with the name, health and the
+            // quality judgement with the address, and the live counters
+            // (calls in progress) with the name.
+            let (health, breaker, manual, live) = match prev {
                 Some(p) if p.cfg.address == cfg.address => {
                     let mut h = p.health;
                     h.retune(probe.down_after, probe.up_after);
-                    (h, p.live)
+                    (h, p.breaker, p.manual, p.live)
                 }
                 Some(p) => {
                     diff.moved.push(cfg.name.clone());
-                    (fresh(), p.live)
+                    (fresh(), Breaker::default(), p.manual, p.live)
                 }
                 None => {
                     diff.added.push(cfg.name.clone());
-                    (fresh(), Arc::default())
+                    (
+                        fresh(),
+                        Breaker::default(),
+                        Overrides::default(),
+                        Arc::default(),
+                    )
                 }
             };
             TrunkRuntime {
                 cfg: cfg.clone(),
                 health,
+                breaker,
+                manual,
                 live,
             }
         })
@@ -177,18 +190,25 @@ mod tests {
         let mut a = TrunkRuntime {
             cfg: trunk("a", 5001),
             health: Health::new(1, 1, 0),
+            breaker: Breaker::default(),
+            manual: Overrides::default(),
             live: live(3),
         };
         a.health.failure(TrunkCause::Probe, "timeout", 5, 0);
         assert!(!a.health.is_up());
+        a.manual.apply(crate::manual::Command::Drain, "anna");
         let b = TrunkRuntime {
             cfg: trunk("b", 5002),
             health: Health::new(1, 1, 0),
+            breaker: Breaker::default(),
+            manual: Overrides::default(),
             live: live(1),
         };
         let gone = TrunkRuntime {
             cfg: trunk("gone", 5003),
             health: Health::new(1, 1, 0),
+            breaker: Breaker::default(),
+            manual: Overrides::default(),
             live: live(0),
         };
         let mut a2 = trunk("a", 5001);
@@ -214,6 +234,10 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed)
         };
         assert_eq!((active(0), table[0].cfg.priority), (3, 7));
+        assert!(
+            table[0].manual.drained,
+            "an operator's drain outlives a reload"
+        );
         // b moved: fresh health, its calls in progress still counted.
         assert!(table[1].health.is_up());
         assert_eq!(active(1), 1);

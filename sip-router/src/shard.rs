@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dialmark_schemas::layout::RouteRecord;
-use dialmark_schemas::rows::{Call as CallRow, CallAttempt, Disposition, NumberStatus};
+use dialmark_schemas::rows::{Call as CallRow, CallAttempt, Disposition, NumberStatus, Outcome};
 use dialmark_schemas::sink::Sink;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn};
@@ -37,6 +37,7 @@ use crate::call::{self, Action, Call, Event, Setup, Source, Timer};
 use crate::control::ControlMsg;
 use crate::directory::{self, Directory, Lookup};
 use crate::journal::Journal;
+use crate::quality::Sample;
 use crate::shared::{Shared, Snapshot};
 use crate::timer::{Handle, Timers};
 use crate::transport::{Peer, Transport};
@@ -959,6 +960,19 @@ impl Shard {
                         t.live.last_reply_ms.store(now, Ordering::Relaxed);
                     }
                 }
+                Action::Answered { trunk, pdd_ms } => {
+                    if let Some(t) = self.snap.trunk(&trunk) {
+                        t.live.attempt_done(
+                            now,
+                            Sample {
+                                outcome: Outcome::Answered,
+                                final_code: 200,
+                                pdd_ms,
+                                failover: false,
+                            },
+                        );
+                    }
+                }
             }
         }
         self.settle(key);
@@ -1026,8 +1040,7 @@ impl Shard {
         let trunk = row.trunk.clone();
         let update = matches!(
             row.outcome,
-            dialmark_schemas::rows::Outcome::CancelledLate
-                | dialmark_schemas::rows::Outcome::AnsweredLateReleased
+            Outcome::CancelledLate | Outcome::AnsweredLateReleased
         );
         if update {
             info!(trunk.name = %trunk, outcome = ?row.outcome, "late reply on an abandoned attempt");
@@ -1040,8 +1053,19 @@ impl Shard {
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                         Some(v.saturating_sub(1))
                     });
+                // An answer counted at the answer (Action::Answered).
+                if row.outcome != Outcome::Answered {
+                    t.live.attempt_done(
+                        now,
+                        Sample {
+                            outcome: row.outcome,
+                            final_code: row.final_code,
+                            pdd_ms: row.pdd_ms,
+                            failover: row.failover == 1,
+                        },
+                    );
+                }
             }
-            let answered = row.outcome == dialmark_schemas::rows::Outcome::Answered;
             metrics::counter!("dialmark_attempts_total", "trunk" => trunk.clone(), "code" => row.final_code.to_string()).increment(1);
             if row.pdd_ms > 0 {
                 metrics::histogram!("dialmark_pdd_seconds", "trunk" => trunk.clone())
@@ -1051,9 +1075,8 @@ impl Shard {
                 metrics::counter!("dialmark_failovers_total", "trunk" => trunk.clone())
                     .increment(1);
                 warn!(trunk.name = %trunk, code = row.final_code, reason = %row.reason, "trunk failed; trying next");
+                self.shared.failed_over(now, &trunk);
             }
-            self.shared
-                .attempt_done(now, &trunk, answered, row.failover == 1);
         }
         if self.sinks.attempts.push(row).is_err() {
             tracing::error!("attempt row refused by the sink");

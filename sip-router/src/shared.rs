@@ -1,9 +1,9 @@
 //! What the shards, the receivers, the control task and the HTTP side
 //! share: the routing [`Snapshot`] (config-derived policy and the trunk
-//! table with up/down state), published whole by the control task and
-//! read without waiting; each trunk's live counters (atomics kept across
-//! reloads); the node-wide memory [`Budget`]; and the drain and overload
-//! flags.
+//! table with up/down, degraded and drained state), published whole by the
+//! control task and read without waiting; each trunk's live counters and
+//! quality windows (kept across reloads); the node-wide memory [`Budget`];
+//! and the drain and overload flags.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,6 +12,7 @@ use dialmark_schemas::config::{Config, TrunkConfig};
 use ipnet::IpNet;
 
 use crate::call::{Policy, TrunkRef};
+use crate::quality::{Quality, Sample, Stats};
 
 /// Counters of one trunk that shards update while calls run.
 #[derive(Debug, Default)]
@@ -25,6 +26,14 @@ pub struct TrunkLive {
     /// Attempts started in one second: the second (Unix) above the low 24
     /// bits, the count in them (for `max_cps`).
     cps: AtomicU64,
+    /// Plans made while the trunk was degraded: every `probe_every`-th
+    /// keeps its place.
+    probe_seq: AtomicU64,
+    /// New calls that went elsewhere first because the trunk was degraded
+    /// or drained (reset when that ends).
+    pub shifted: AtomicU64,
+    /// Finished attempts of the last 15 minutes.
+    pub quality: Mutex<Quality>,
 }
 
 impl TrunkLive {
@@ -36,6 +45,22 @@ impl TrunkLive {
         } else {
             0
         }
+    }
+
+    /// An attempt on the trunk ended.
+    pub fn attempt_done(&self, now_ms: u64, sample: Sample) {
+        self.quality
+            .lock()
+            .expect("quality lock")
+            .record(now_ms / 1000, sample);
+    }
+
+    /// The trunk's numbers over the last `window_s` seconds.
+    pub fn window(&self, now_ms: u64, window_s: u64) -> Stats {
+        self.quality
+            .lock()
+            .expect("quality lock")
+            .window(now_ms / 1000, window_s)
     }
 
     /// An attempt starts on the trunk in second `now_s`.
@@ -55,10 +80,19 @@ impl TrunkLive {
 /// A trunk as the shards see it.
 #[derive(Debug, Clone)]
 pub struct TrunkView {
+    /// As configured, with an operator's priority and weight applied.
     pub cfg: TrunkConfig,
     pub up: bool,
     /// Unix ms of the last up/down change.
     pub since_ms: u64,
+    /// Failing real calls (quality rerouting): goes after the group's
+    /// other trunks but for one plan in `probe_every`.
+    pub degraded: bool,
+    pub probe_every: u64,
+    /// No new calls (an operator's drain).
+    pub drained: bool,
+    /// Why the trunk stands where it does, for the status page.
+    pub why: String,
     pub live: Arc<TrunkLive>,
 }
 
@@ -97,17 +131,26 @@ impl Snapshot {
         self.trunks.iter().find(|t| t.cfg.name == name)
     }
 
-    /// Trunks of a group in the order to try: healthy before down, then by
-    /// priority; among equal priorities, shared in proportion to `weight`
-    /// (the trunk furthest below its share goes first, and is counted).
-    /// Trunks at `max_calls` calls, or that started `max_cps` attempts in
-    /// this second, are skipped (and the skips counted).
+    /// Trunks of a group in the order to try: healthy before down, then
+    /// not degraded before degraded, then by priority; among equal
+    /// priorities, shared in proportion to `weight` (the trunk furthest
+    /// below its share goes first, and is counted). Drained trunks, trunks
+    /// at `max_calls` calls, and trunks that started `max_cps` attempts in
+    /// this second are skipped (the last counted). A degraded trunk keeps
+    /// its place in one plan of `probe_every`; the other plans count a
+    /// shifted call when it would have gone first.
     pub fn plan(&self, group: &str, now_ms: u64) -> Vec<TrunkRef> {
         let now_s = now_ms / 1000;
-        let mut t: Vec<&TrunkView> = self
+        let mut t: Vec<(&TrunkView, bool)> = self
             .trunks
             .iter()
             .filter(|t| t.cfg.group == group)
+            .filter(|t| {
+                if t.drained {
+                    t.live.shifted.fetch_add(1, Ordering::Relaxed);
+                }
+                !t.drained
+            })
             .filter(|t| {
                 t.cfg.max_calls == 0 || t.live.active.load(Ordering::Relaxed) < t.cfg.max_calls
             })
@@ -119,25 +162,41 @@ impl Snapshot {
                 }
                 free
             })
+            .map(|t| {
+                let demoted = t.degraded
+                    && t.live.probe_seq.fetch_add(1, Ordering::Relaxed) % t.probe_every.max(1) != 0;
+                (t, demoted)
+            })
             .collect();
         // Down trunks are skipped while any trunk of the group is up.
-        if t.iter().any(|x| x.up) {
-            t.retain(|x| x.up);
+        if t.iter().any(|(x, _)| x.up) {
+            t.retain(|(x, _)| x.up);
         }
         let share = |t: &TrunkView| {
             (t.live.chosen.load(Ordering::Relaxed) as f64 + 1.0) / f64::from(t.cfg.weight.max(1))
         };
-        t.sort_by(|a, b| {
+        let order = |a: &TrunkView, b: &TrunkView| {
             (!a.up, a.cfg.priority)
                 .cmp(&(!b.up, b.cfg.priority))
                 .then(share(a).total_cmp(&share(b)))
                 .then_with(|| a.cfg.name.cmp(&b.cfg.name))
-        });
-        if let Some(first) = t.first() {
+        };
+        if let Some((would, _)) = t
+            .iter()
+            .min_by(|a, b| order(a.0, b.0))
+            .filter(|(_, demoted)| *demoted)
+        {
+            // The calls quality rerouting moves: counted for the trunk event.
+            if t.iter().any(|(_, d)| !d) {
+                would.live.shifted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        t.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| order(a.0, b.0)));
+        if let Some((first, _)) = t.first() {
             first.live.chosen.fetch_add(1, Ordering::Relaxed);
         }
         t.into_iter()
-            .map(|t| TrunkRef {
+            .map(|(t, _)| TrunkRef {
                 name: t.cfg.name.clone(),
                 addr: t.cfg.address,
                 transport: t.cfg.transport,
@@ -218,9 +277,7 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Per shard: it is behind (its queue delay is over the limit).
     pub overloaded: Vec<AtomicBool>,
-    /// (unix ms, trunk, answered, failover) of recent attempts, for the
-    /// status page's 15-minute windows.
-    pub recent: Mutex<std::collections::VecDeque<(u64, String, bool, bool)>>,
+    /// The last failovers (unix ms, trunk), for the status page.
     pub recent_failovers: Mutex<std::collections::VecDeque<(u64, String)>>,
 }
 
@@ -232,7 +289,6 @@ impl Shared {
             counts: Counts::default(),
             draining: AtomicBool::new(false),
             overloaded: (0..shards).map(|_| AtomicBool::new(false)).collect(),
-            recent: Mutex::default(),
             recent_failovers: Mutex::default(),
         }
     }
@@ -252,24 +308,12 @@ impl Shared {
             || !self.budget.fits(0)
     }
 
-    /// An attempt ended: the status page's windows.
-    pub fn attempt_done(&self, now_ms: u64, trunk: &str, answered: bool, failover: bool) {
-        let mut recent = self.recent.lock().expect("status lock");
-        recent.push_back((now_ms, trunk.to_string(), answered, failover));
-        while recent
-            .front()
-            .is_some_and(|(t, ..)| now_ms.saturating_sub(*t) > 15 * 60 * 1000)
-            || recent.len() > 100_000
-        {
-            recent.pop_front();
-        }
-        drop(recent);
-        if failover {
-            let mut f = self.recent_failovers.lock().expect("status lock");
-            f.push_back((now_ms, trunk.to_string()));
-            while f.len() > 20 {
-                f.pop_front();
-            }
+    /// A call failed over from `trunk`: the status page's list.
+    pub fn failed_over(&self, now_ms: u64, trunk: &str) {
+        let mut f = self.recent_failovers.lock().expect("status lock");
+        f.push_back((now_ms, trunk.to_string()));
+        while f.len() > 20 {
+            f.pop_front();
         }
     }
 }
@@ -292,6 +336,10 @@ mod tests {
             },
             up: true,
             since_ms: 0,
+            degraded: false,
+            probe_every: 20,
+            drained: false,
+            why: String::new(),
             live: Arc::default(),
         }
     }
@@ -338,5 +386,38 @@ mod tests {
             ["a", "b"],
             "a new second"
         );
+    }
+
+    #[test]
+    fn a_degraded_trunk_goes_last_but_keeps_a_probing_share() {
+        let mut a = trunk("a", 1, 1, 0);
+        a.degraded = true;
+        a.probe_every = 4;
+        let s = snapshot(vec![a, trunk("b", 2, 1, 0)]);
+        let mut first_a = 0;
+        for i in 0..100 {
+            let plan = s.plan("default", 1_000_000 + i);
+            assert_eq!(plan.len(), 2, "a degraded trunk is still tried");
+            first_a += u32::from(plan[0].name == "a");
+        }
+        assert_eq!(first_a, 25, "one plan in four probes it");
+        assert_eq!(
+            s.trunks[0].live.shifted.load(Ordering::Relaxed),
+            75,
+            "the other calls were shifted to b"
+        );
+    }
+
+    #[test]
+    fn a_drained_trunk_gets_no_new_calls() {
+        let mut a = trunk("a", 1, 1, 0);
+        a.drained = true;
+        let s = snapshot(vec![a, trunk("b", 2, 1, 0)]);
+        let plan = s.plan("default", 1_000_000);
+        assert_eq!(
+            plan.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(s.trunks[0].live.shifted.load(Ordering::Relaxed), 1);
     }
 }

@@ -11,16 +11,15 @@ use dialmark_schemas::sink::Sink;
 use dialmark_schemas::{ch, migrate};
 
 fn event(i: u32) -> TrunkEvent {
-    TrunkEvent {
-        event_id: uuid::Uuid::new_v4(),
-        ts: 1_800_000_000 + i,
-        trunk: format!("t{i}"),
-        trunk_group: "g".into(),
-        state: TrunkState::Down,
-        previous: TrunkState::Up,
-        cause: TrunkCause::Probe,
-        reason: "test".into(),
-    }
+    TrunkEvent::new(
+        1_800_000_000 + i,
+        &format!("t{i}"),
+        "g",
+        TrunkState::Down,
+        TrunkState::Up,
+        TrunkCause::Probe,
+        "test".into(),
+    )
 }
 
 fn sink_cfg(dir: &std::path::Path) -> SinkConfig {

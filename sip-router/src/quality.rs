@@ -1,0 +1,538 @@
+//! Trunk quality, live, and the rerouting breaker built on it. Per trunk,
+//! the attempts of the last 15 minutes in 10-second buckets, from which
+//! the 1-, 5- and 15-minute windows give attempts, ASR, NER (ITU-T E.411),
+//! SEER and ISA (RFC 6076), PDD p50/p95 and the failover share, with the
+//! definitions of the `trunk_quality` report (schemas/README.md). The
+//! breaker degrades a trunk whose NER collapses (below a floor, or well
+//! below its own baseline) or whose PDD p95 grows past a ceiling, with a
+//! minimum sample, while its OPTIONS may well still answer: a degraded
+//! trunk goes after the others of its group and gets only a probing share
+//! of calls, and is restored once that share has looked good for the
+//! recovery window. Pure: time is passed in seconds.
+
+use std::collections::VecDeque;
+
+use dialmark_schemas::rows::Outcome;
+
+/// Bucket width.
+pub const BUCKET_S: u64 = 10;
+/// The longest window kept.
+pub const KEEP_S: u64 = 15 * 60;
+/// The windows reported.
+pub const WINDOWS_S: [u64; 3] = [60, 300, 900];
+
+/// One finished attempt, as quality sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub outcome: Outcome,
+    pub final_code: u16,
+    pub pdd_ms: u32,
+    pub failover: bool,
+}
+
+impl Sample {
+    /// E.411 effective: the network did its job (answered, busy, no
+    /// answer, the user said no, or it rang before giving up).
+    pub fn effective(&self) -> bool {
+        matches!(
+            self.outcome,
+            Outcome::Answered | Outcome::Busy | Outcome::NoAnswer
+        ) || (matches!(self.outcome, Outcome::Canceled | Outcome::Timeout) && self.pdd_ms > 0)
+            || matches!(self.final_code, 480 | 486 | 600 | 603)
+    }
+
+    /// RFC 6076 ineffective: the network failed the attempt.
+    pub fn ineffective(&self) -> bool {
+        self.outcome == Outcome::TransportError
+            || matches!(self.final_code, 500 | 503 | 504)
+            || (self.final_code == 408 && self.pdd_ms == 0)
+    }
+
+    /// RFC 6076 §4.7 SEER's numerator (200, 480, 486, 600, 603).
+    pub fn seer(&self) -> bool {
+        self.outcome == Outcome::Answered || matches!(self.final_code, 480 | 486 | 600 | 603)
+    }
+}
+
+/// PDD histogram bins: 20 ms wide under 1 s, 250 ms under 10 s, 5 s
+/// under 60 s, then one: a bucket costs the same at 4,000 calls a second
+/// as at one, and a percentile is within a bin of the truth.
+const PDD_BINS: usize = 97;
+
+fn pdd_bin(ms: u32) -> usize {
+    match ms {
+        0..1_000 => ms as usize / 20,
+        1_000..10_000 => 50 + (ms as usize - 1_000) / 250,
+        10_000..60_000 => 86 + (ms as usize - 10_000) / 5_000,
+        _ => PDD_BINS - 1,
+    }
+}
+
+/// A bin's upper edge, ms: the percentile reported.
+fn pdd_edge(bin: usize) -> u32 {
+    let b = bin as u32;
+    match bin {
+        0..50 => (b + 1) * 20,
+        50..86 => 1_000 + (b - 49) * 250,
+        86..96 => 10_000 + (b - 85) * 5_000,
+        _ => u32::MAX,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    start_s: u64,
+    attempts: u32,
+    answered: u32,
+    effective: u32,
+    ineffective: u32,
+    seer: u32,
+    failovers: u32,
+    /// PDD of the attempts that got a provisional reply.
+    pdd: [u32; PDD_BINS],
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Self {
+            start_s: 0,
+            attempts: 0,
+            answered: 0,
+            effective: 0,
+            ineffective: 0,
+            seer: 0,
+            failovers: 0,
+            pdd: [0; PDD_BINS],
+        }
+    }
+}
+
+/// A window's numbers. Ratios are `None` without attempts.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    pub window_s: u64,
+    pub attempts: u32,
+    pub asr: Option<f64>,
+    pub ner: Option<f64>,
+    pub seer: Option<f64>,
+    pub isa: Option<f64>,
+    pub pdd_p50_ms: Option<u32>,
+    pub pdd_p95_ms: Option<u32>,
+    pub failover_share: Option<f64>,
+}
+
+/// One trunk's recent attempts.
+#[derive(Debug, Default)]
+pub struct Quality {
+    buckets: VecDeque<Bucket>,
+}
+
+impl Quality {
+    pub fn record(&mut self, now_s: u64, s: Sample) {
+        let start = now_s - now_s % BUCKET_S;
+        if self.buckets.back().is_none_or(|b| b.start_s != start) {
+            self.buckets.push_back(Bucket {
+                start_s: start,
+                ..Bucket::default()
+            });
+        }
+        while self
+            .buckets
+            .front()
+            .is_some_and(|b| b.start_s + KEEP_S <= start)
+        {
+            self.buckets.pop_front();
+        }
+        let b = self.buckets.back_mut().expect("pushed");
+        b.attempts += 1;
+        b.answered += u32::from(s.outcome == Outcome::Answered);
+        b.effective += u32::from(s.effective());
+        b.ineffective += u32::from(s.ineffective());
+        b.seer += u32::from(s.seer());
+        b.failovers += u32::from(s.failover);
+        if s.pdd_ms > 0 {
+            b.pdd[pdd_bin(s.pdd_ms)] += 1;
+        }
+    }
+
+    /// The last `window_s` seconds up to `now_s`.
+    pub fn window(&self, now_s: u64, window_s: u64) -> Stats {
+        let from = now_s.saturating_sub(window_s);
+        let mut t = Bucket::default();
+        for b in self
+            .buckets
+            .iter()
+            .filter(|b| b.start_s + BUCKET_S > from && b.start_s <= now_s)
+        {
+            t.attempts += b.attempts;
+            t.answered += b.answered;
+            t.effective += b.effective;
+            t.ineffective += b.ineffective;
+            t.seer += b.seer;
+            t.failovers += b.failovers;
+            for (sum, n) in t.pdd.iter_mut().zip(b.pdd) {
+                *sum += n;
+            }
+        }
+        let ratio = |n: u32| (t.attempts > 0).then(|| f64::from(n) / f64::from(t.attempts));
+        let rang: u32 = t.pdd.iter().sum();
+        let pct = |p: f64| {
+            let rank = (p * f64::from(rang)).ceil().max(1.0) as u32;
+            let mut seen = 0;
+            t.pdd
+                .iter()
+                .position(|&n| {
+                    seen += n;
+                    seen >= rank
+                })
+                .filter(|_| rang > 0)
+                .map(pdd_edge)
+        };
+        Stats {
+            window_s,
+            attempts: t.attempts,
+            asr: ratio(t.answered),
+            ner: ratio(t.effective),
+            seer: ratio(t.seer),
+            isa: ratio(t.ineffective),
+            pdd_p50_ms: pct(0.5),
+            pdd_p95_ms: pct(0.95),
+            failover_share: ratio(t.failovers),
+        }
+    }
+}
+
+/// When a trunk is degraded (per trunk group, `router.quality`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub enabled: bool,
+    /// The window judged.
+    pub window_s: u64,
+    /// Attempts in the window before anything is judged.
+    pub min_attempts: u32,
+    /// NER below this degrades.
+    pub ner_floor: f64,
+    /// NER this far below the trunk's own baseline (its 15-minute NER
+    /// while healthy) degrades.
+    pub ner_drop: f64,
+    /// PDD p95 above this degrades (ms).
+    pub pdd_p95_ceiling_ms: u32,
+    /// A degraded trunk's probing share must look good this long.
+    pub recovery_s: u64,
+}
+
+/// A change to report (trunk event, metric, log, alert).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub degraded: bool,
+    /// `ner` or `pdd_p95_ms`: what tripped it, or what it recovered on.
+    pub metric: &'static str,
+    /// The metric over the window judged.
+    pub value: f64,
+    /// What it was compared with: the floor, the baseline or the ceiling.
+    pub limit: f64,
+    /// The same in words, with the sample size.
+    pub reason: String,
+}
+
+/// One trunk's rerouting state.
+#[derive(Debug, Default)]
+pub struct Breaker {
+    degraded_since: Option<u64>,
+    /// The trunk's NER while healthy (15-minute window), for the relative rule.
+    baseline_ner: Option<f64>,
+    /// What degraded it: the metric and its limit, for the recovery's event.
+    tripped: Option<(&'static str, f64)>,
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.0} %", v * 100.0)
+}
+
+impl Breaker {
+    pub fn is_degraded(&self) -> bool {
+        self.degraded_since.is_some()
+    }
+
+    /// Judges the trunk now; a change when it degrades or recovers.
+    pub fn evaluate(&mut self, q: &Quality, now_s: u64, r: &Rule) -> Option<Change> {
+        let since = match self.degraded_since {
+            Some(since) => since,
+            None if !r.enabled => return None,
+            None => {
+                let w = q.window(now_s, r.window_s);
+                let Some(c) = self.fault(&w, r) else {
+                    let long = q.window(now_s, KEEP_S);
+                    if long.attempts >= r.min_attempts {
+                        self.baseline_ner = long.ner;
+                    }
+                    return None;
+                };
+                self.degraded_since = Some(now_s);
+                self.tripped = Some((c.metric, c.limit));
+                return Some(c);
+            }
+        };
+        let (metric, limit) = self.tripped.unwrap_or(("ner", r.ner_floor));
+        if !r.enabled {
+            self.degraded_since = None;
+            return Some(Change {
+                degraded: false,
+                metric,
+                value: 0.0,
+                limit,
+                reason: "quality rerouting turned off".into(),
+            });
+        }
+        if now_s < since + r.recovery_s {
+            return None;
+        }
+        // Judged on the probing share's attempts of the recovery window.
+        let rec = q.window(now_s, r.recovery_s);
+        let enough = rec.attempts >= (r.min_attempts / 4).max(1);
+        let lenient = Rule {
+            min_attempts: 0,
+            ..r.clone()
+        };
+        if !enough || self.fault(&rec, &lenient).is_some() {
+            return None;
+        }
+        self.degraded_since = None;
+        let value = match metric {
+            "pdd_p95_ms" => rec.pdd_p95_ms.map_or(0.0, f64::from),
+            _ => rec.ner.unwrap_or(0.0),
+        };
+        Some(Change {
+            degraded: false,
+            metric,
+            value,
+            limit,
+            reason: format!(
+                "recovered: NER {}, PDD p95 {} ms over {} attempts in {} s",
+                rec.ner.map_or("–".into(), pct),
+                rec.pdd_p95_ms.unwrap_or(0),
+                rec.attempts,
+                r.recovery_s
+            ),
+        })
+    }
+
+    /// What is wrong with a window, if anything.
+    fn fault(&self, w: &Stats, r: &Rule) -> Option<Change> {
+        if w.attempts < r.min_attempts {
+            return None;
+        }
+        let ner = w.ner?;
+        let degraded = |metric, value, limit, reason| Change {
+            degraded: true,
+            metric,
+            value,
+            limit,
+            reason,
+        };
+        if ner < r.ner_floor {
+            return Some(degraded(
+                "ner",
+                ner,
+                r.ner_floor,
+                format!(
+                    "NER {} over {} attempts in {} s, under the {} floor",
+                    pct(ner),
+                    w.attempts,
+                    w.window_s,
+                    pct(r.ner_floor)
+                ),
+            ));
+        }
+        if let Some(base) = self.baseline_ner.filter(|b| ner < b - r.ner_drop) {
+            return Some(degraded(
+                "ner",
+                ner,
+                base,
+                format!(
+                    "NER {} over {} attempts in {} s, down from its {} baseline",
+                    pct(ner),
+                    w.attempts,
+                    w.window_s,
+                    pct(base)
+                ),
+            ));
+        }
+        let p95 = w.pdd_p95_ms.filter(|&p| p > r.pdd_p95_ceiling_ms)?;
+        Some(degraded(
+            "pdd_p95_ms",
+            f64::from(p95),
+            f64::from(r.pdd_p95_ceiling_ms),
+            format!(
+                "PDD p95 {p95} ms over {} attempts in {} s, over the {} ms ceiling",
+                w.attempts, w.window_s, r.pdd_p95_ceiling_ms
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(outcome: Outcome, code: u16, pdd: u32) -> Sample {
+        Sample {
+            outcome,
+            final_code: code,
+            pdd_ms: pdd,
+            failover: code >= 500 || (code == 408 && pdd == 0),
+        }
+    }
+
+    fn rule() -> Rule {
+        Rule {
+            enabled: true,
+            window_s: 60,
+            min_attempts: 20,
+            ner_floor: 0.7,
+            ner_drop: 0.25,
+            pdd_p95_ceiling_ms: 8_000,
+            recovery_s: 120,
+        }
+    }
+
+    #[test]
+    fn windows_count_what_the_report_counts() {
+        let mut q = Quality::default();
+        let t = 1_000_000;
+        for i in 0..10 {
+            q.record(t + i, s(Outcome::Answered, 200, 300 + i as u32 * 10));
+        }
+        q.record(t + 20, s(Outcome::Busy, 486, 500));
+        q.record(t + 30, s(Outcome::Rejected, 503, 0));
+        q.record(t + 40, s(Outcome::Timeout, 408, 0));
+        q.record(t + 45, s(Outcome::Timeout, 408, 900)); // rang, then no answer
+        let w = q.window(t + 50, 60);
+        assert_eq!(w.attempts, 14);
+        assert_eq!(w.asr, Some(10.0 / 14.0));
+        assert_eq!(
+            w.ner,
+            Some(12.0 / 14.0),
+            "answered, busy, and the one that rang"
+        );
+        assert_eq!(w.isa, Some(2.0 / 14.0), "503 and the silent 408");
+        assert_eq!(w.seer, Some(11.0 / 14.0));
+        assert_eq!(w.failover_share, Some(2.0 / 14.0));
+        // 12 rang: the 6th is 350 ms (bin 340..360), the 12th 900 (900..920).
+        assert_eq!((w.pdd_p50_ms, w.pdd_p95_ms), (Some(360), Some(920)));
+        // The 1-minute window forgets; the 15-minute one keeps.
+        assert_eq!(q.window(t + 130, 60).attempts, 0);
+        assert_eq!(q.window(t + 130, 900).attempts, 14);
+        q.record(t + 1_000, s(Outcome::Answered, 200, 100));
+        assert_eq!(
+            q.window(t + 1_000, 900).attempts,
+            1,
+            "older than 15 minutes: gone"
+        );
+    }
+
+    #[test]
+    fn a_collapsing_ner_degrades_and_a_good_probing_share_restores() {
+        let (mut q, mut b, r) = (Quality::default(), Breaker::default(), rule());
+        let mut t = 2_000_000;
+        // 10 minutes healthy: the baseline.
+        for _ in 0..600 {
+            q.record(t, s(Outcome::Answered, 200, 400));
+            t += 1;
+            assert_eq!(b.evaluate(&q, t, &r), None);
+        }
+        // The trunk starts answering 503 to 30 % of INVITEs.
+        let mut tripped = None;
+        for i in 0..120 {
+            let code = if i % 10 < 3 { 503 } else { 200 };
+            q.record(
+                t,
+                s(
+                    if code == 200 {
+                        Outcome::Answered
+                    } else {
+                        Outcome::Rejected
+                    },
+                    code,
+                    400,
+                ),
+            );
+            t += 1;
+            if let Some(c) = b.evaluate(&q, t, &r) {
+                tripped = Some((i, c));
+                break;
+            }
+        }
+        let (after, c) = tripped.expect("degraded");
+        assert!(c.degraded && c.reason.contains("NER"), "{c:?}");
+        assert_eq!(c.metric, "ner");
+        assert!(
+            c.value < 0.85 && c.limit > 0.95,
+            "against its baseline: {c:?}"
+        );
+        assert!(
+            after < 60,
+            "detected within the window: after {after} attempts"
+        );
+        assert!(b.is_degraded());
+        // Too early to come back, however good.
+        q.record(t, s(Outcome::Answered, 200, 400));
+        assert_eq!(b.evaluate(&q, t + 60, &r), None);
+        // Its probing share (a call in 20) answers for the recovery window.
+        for k in 0..12 {
+            q.record(t + 130 + k * 10, s(Outcome::Answered, 200, 400));
+        }
+        let c = b.evaluate(&q, t + 260, &r).expect("recovered");
+        assert!(!c.degraded && c.reason.starts_with("recovered"), "{c:?}");
+        assert_eq!((c.metric, c.value), ("ner", 1.0));
+    }
+
+    #[test]
+    fn slow_ringing_degrades_and_small_samples_never_do() {
+        let (mut q, mut b, r) = (Quality::default(), Breaker::default(), rule());
+        let t = 3_000_000;
+        for i in 0..19 {
+            q.record(t + i, s(Outcome::Rejected, 503, 0));
+        }
+        assert_eq!(
+            b.evaluate(&q, t + 19, &r),
+            None,
+            "19 attempts are not a sample"
+        );
+        let (mut q, mut b) = (Quality::default(), Breaker::default());
+        for i in 0..30 {
+            q.record(t + i, s(Outcome::Answered, 200, 9_500));
+        }
+        let c = b.evaluate(&q, t + 30, &r).expect("PDD");
+        assert!(c.reason.contains("PDD p95 9750 ms"), "{c:?}");
+        assert_eq!(
+            (c.metric, c.value, c.limit),
+            ("pdd_p95_ms", 9_750.0, 8_000.0)
+        );
+    }
+
+    #[test]
+    fn pdd_bins_cover_every_value_and_edges_bound_them() {
+        for ms in [
+            1,
+            19,
+            20,
+            999,
+            1_000,
+            1_249,
+            9_999,
+            10_000,
+            59_999,
+            60_000,
+            u32::MAX,
+        ] {
+            let bin = pdd_bin(ms);
+            assert!(bin < PDD_BINS, "{ms}");
+            assert!(pdd_edge(bin) > ms || ms == u32::MAX, "{ms} in bin {bin}");
+            assert!(
+                bin == 0 || pdd_edge(bin - 1) <= ms,
+                "{ms}: the bin below ends under it"
+            );
+        }
+    }
+}
