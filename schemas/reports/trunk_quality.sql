@@ -6,13 +6,14 @@
 -- asr: answered / attempts (ITU-T E.411 answer-seizure ratio; RFC 6076 SER
 --   without the 3xx correction: the router never follows redirects).
 -- ner: effective / attempts (E.411 network effectiveness ratio; close to
---   RFC 6076 SEER): answered, busy, no answer (also 408/487 after a
---   provisional reply) and 480, 486, 600, 603 are outcomes decided by the
+--   RFC 6076 SEER): answered, busy, no answer (also 408/487 after
+--   ringing: pdd_ms > 0) and 480, 486, 600, 603 are outcomes decided by the
 --   called user, not failures of the trunk.
 -- isa: ineffective / attempts (RFC 6076 ineffective session attempts):
---   408 without any provisional reply, 500, 503, 504, transport errors.
--- pdd_median_ms, pdd_p95_ms: post-dial delay (INVITE -> first provisional,
---   RFC 6076 SRD) of the attempts that got a provisional reply (pdd_ms > 0);
+--   408 that never rang (no reply, or 100 Trying then silence), 500, 503,
+--   504, transport errors.
+-- pdd_median_ms, pdd_p95_ms: post-dial delay (INVITE -> first 18x, or the
+--   200 without one: RFC 6076 SRD) of the attempts that rang (pdd_ms > 0);
 --   exact quantiles (element at floor(level * n) of the sorted values).
 -- acd_seconds: mean talk time of the answered attempts.
 SELECT

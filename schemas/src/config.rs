@@ -411,6 +411,9 @@ pub struct QualityConfig {
     pub ner_drop: f64,
     /// PDD p95 over this degrades the trunk (ms).
     pub pdd_p95_ceiling_ms: u32,
+    /// The share (0..1) of answered calls over within 3 s this far above
+    /// the trunk's own 15-minute share degrades it (it answers and hangs up).
+    pub short_share_rise: f64,
     /// A degraded trunk's share must look good this long to come back (s).
     pub recovery_seconds: u64,
     /// Share of new calls a degraded trunk keeps getting first, percent.
@@ -422,11 +425,12 @@ impl Default for QualityConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            window_seconds: 60,
+            window_seconds: 20,
             min_attempts: 20,
             ner_floor: 0.7,
             ner_drop: 0.25,
-            pdd_p95_ceiling_ms: 8_000,
+            pdd_p95_ceiling_ms: 5_000,
+            short_share_rise: 0.4,
             recovery_seconds: 300,
             probe_percent: 5,
             groups: std::collections::BTreeMap::new(),
@@ -447,6 +451,12 @@ impl QualityConfig {
         }
         if !(0.0..=1.0).contains(&self.ner_drop) {
             return Err(Error::config(field("ner_drop"), "must be within 0..1"));
+        }
+        if !(0.0..=1.0).contains(&self.short_share_rise) {
+            return Err(Error::config(
+                field("short_share_rise"),
+                "must be within 0..1",
+            ));
         }
         if self.window_seconds < 10 || self.window_seconds > 900 {
             return Err(Error::config(field("window_seconds"), "must be 10..900"));

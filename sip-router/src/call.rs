@@ -295,7 +295,8 @@ struct Attempt {
     tcp: bool,
     started_ms: u64,
     provisional_ms: Option<u64>,
-    ringing: bool,
+    /// The first 18x (RFC 6076 post-dial delay ends there, not at 100).
+    rang_ms: Option<u64>,
     answered_ms: Option<u64>,
     retransmit_every: u64,
     state: State,
@@ -825,7 +826,7 @@ impl Call {
             tcp,
             started_ms: now_ms,
             provisional_ms: None,
-            ringing: false,
+            rang_ms: None,
             answered_ms: None,
             retransmit_every: T1_MS,
             state: State::Calling,
@@ -914,8 +915,8 @@ impl Call {
         if code == 100 {
             return;
         }
-        if !a.ringing {
-            a.ringing = true;
+        if a.rang_ms.is_none() {
+            a.rang_ms = Some(now_ms);
             out.push(Action::Disarm(Timer::Ringing(n)));
             out.push(Action::Arm {
                 timer: Timer::Ring(n),
@@ -938,7 +939,7 @@ impl Call {
         out.push(Action::Answered {
             trunk: a.trunk.name.clone(),
             pdd_ms: a
-                .provisional_ms
+                .rang_ms
                 .map_or(dur(a.started_ms, now_ms), |p| dur(a.started_ms, p)),
         });
         for t in [
@@ -1221,7 +1222,7 @@ impl Call {
                     return;
                 }
                 let a = self.attempts.last().expect("current");
-                if a.ringing {
+                if a.rang_ms.is_some() {
                     return;
                 }
                 let reason = format!(
@@ -1449,7 +1450,7 @@ impl Call {
             destination: a.destination.clone(),
             started: secs(a.started_ms),
             ended: secs(now_ms),
-            pdd_ms: a.provisional_ms.map_or(0, |p| dur(a.started_ms, p)),
+            pdd_ms: a.rang_ms.map_or(0, |p| dur(a.started_ms, p)),
             answer_ms: a.answered_ms.map_or(0, |p| dur(a.started_ms, p)),
             talk_ms: 0,
             final_code: code,
@@ -1567,7 +1568,7 @@ impl Call {
                 started: secs(a.started_ms),
                 ended: secs(now_ms),
                 pdd_ms: a
-                    .provisional_ms
+                    .rang_ms
                     .map_or(dur(a.started_ms, answered), |p| dur(a.started_ms, p)),
                 answer_ms: dur(a.started_ms, answered),
                 talk_ms: dur(answered, now_ms),

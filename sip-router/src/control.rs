@@ -66,7 +66,7 @@ pub enum ManualError {
 }
 
 /// How often trunk quality is judged.
-pub const QUALITY_TICK_MS: u64 = 5_000;
+pub const QUALITY_TICK_MS: u64 = 2_000;
 
 /// A trunk at run time.
 pub struct TrunkRuntime {
@@ -280,6 +280,7 @@ impl Control {
                 ner_floor: q.ner_floor,
                 ner_drop: q.ner_drop,
                 pdd_p95_ceiling_ms: q.pdd_p95_ceiling_ms,
+                short_share_rise: q.short_share_rise,
                 recovery_s: q.recovery_seconds,
             };
             let change = {
@@ -508,7 +509,7 @@ impl Control {
 /// A metric's value in its unit.
 fn show(metric: &str, v: f64) -> String {
     match metric {
-        "ner" => format!("{:.0} %", v * 100.0),
+        "ner" | "short_share" => format!("{:.0} %", v * 100.0),
         _ => format!("{v:.0} ms"),
     }
 }

@@ -154,6 +154,7 @@ fn export_quality(shared: &Shared) {
                 ("dialmark_trunk_ner", st.ner),
                 ("dialmark_trunk_seer", st.seer),
                 ("dialmark_trunk_failover_share", st.failover_share),
+                ("dialmark_trunk_short_call_share", st.short_share),
                 (
                     "dialmark_trunk_pdd_p50_seconds",
                     st.pdd_p50_ms.map(|v| f64::from(v) / 1000.0),

@@ -1,5 +1,5 @@
 //! Trunk quality, live, and the rerouting breaker built on it. Per trunk,
-//! the attempts of the last 15 minutes in 10-second buckets, from which
+//! the attempts of the last 15 minutes in 5-second buckets, from which
 //! the 1-, 5- and 15-minute windows give attempts, ASR, NER (ITU-T E.411),
 //! SEER and ISA (RFC 6076), PDD p50/p95 and the failover share, with the
 //! definitions of the `trunk_quality` report (schemas/README.md). The
@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use dialmark_schemas::rows::Outcome;
 
 /// Bucket width.
-pub const BUCKET_S: u64 = 10;
+pub const BUCKET_S: u64 = 5;
 /// The longest window kept.
 pub const KEEP_S: u64 = 15 * 60;
 /// The windows reported.
@@ -88,7 +88,11 @@ struct Bucket {
     ineffective: u32,
     seer: u32,
     failovers: u32,
-    /// PDD of the attempts that got a provisional reply.
+    /// Answered calls that ended, and those of them shorter than the
+    /// short-call limit.
+    ended: u32,
+    short: u32,
+    /// PDD of the attempts that rang.
     pdd: [u32; PDD_BINS],
 }
 
@@ -102,6 +106,8 @@ impl Default for Bucket {
             ineffective: 0,
             seer: 0,
             failovers: 0,
+            ended: 0,
+            short: 0,
             pdd: [0; PDD_BINS],
         }
     }
@@ -119,7 +125,17 @@ pub struct Stats {
     pub pdd_p50_ms: Option<u32>,
     pub pdd_p95_ms: Option<u32>,
     pub failover_share: Option<f64>,
+    /// Answered calls that ended in the window.
+    pub ended_calls: u32,
+    /// Of those, the share shorter than [`SHORT_CALL_MS`].
+    pub short_share: Option<f64>,
 }
+
+/// A call answered and over within this is "short": a trunk that answers
+/// and hangs up (or connects to nothing) makes most of its calls short,
+/// while real calls last minutes (2.5 % of calls with a 2-minute mean are
+/// under 3 s).
+pub const SHORT_CALL_MS: u32 = 3_000;
 
 /// One trunk's recent attempts.
 #[derive(Debug, Default)]
@@ -129,6 +145,27 @@ pub struct Quality {
 
 impl Quality {
     pub fn record(&mut self, now_s: u64, s: Sample) {
+        let b = self.bucket(now_s);
+        b.attempts += 1;
+        b.answered += u32::from(s.outcome == Outcome::Answered);
+        b.effective += u32::from(s.effective());
+        b.ineffective += u32::from(s.ineffective());
+        b.seer += u32::from(s.seer());
+        b.failovers += u32::from(s.failover);
+        if s.pdd_ms > 0 {
+            b.pdd[pdd_bin(s.pdd_ms)] += 1;
+        }
+    }
+
+    /// An answered call on the trunk ended after `talk_ms`.
+    pub fn call_ended(&mut self, now_s: u64, talk_ms: u32) {
+        let b = self.bucket(now_s);
+        b.ended += 1;
+        b.short += u32::from(talk_ms < SHORT_CALL_MS);
+    }
+
+    /// The bucket of `now_s`, dropping those older than [`KEEP_S`].
+    fn bucket(&mut self, now_s: u64) -> &mut Bucket {
         let start = now_s - now_s % BUCKET_S;
         if self.buckets.back().is_none_or(|b| b.start_s != start) {
             self.buckets.push_back(Bucket {
@@ -143,26 +180,21 @@ impl Quality {
         {
             self.buckets.pop_front();
         }
-        let b = self.buckets.back_mut().expect("pushed");
-        b.attempts += 1;
-        b.answered += u32::from(s.outcome == Outcome::Answered);
-        b.effective += u32::from(s.effective());
-        b.ineffective += u32::from(s.ineffective());
-        b.seer += u32::from(s.seer());
-        b.failovers += u32::from(s.failover);
-        if s.pdd_ms > 0 {
-            b.pdd[pdd_bin(s.pdd_ms)] += 1;
-        }
+        self.buckets.back_mut().expect("pushed")
     }
 
     /// The last `window_s` seconds up to `now_s`.
     pub fn window(&self, now_s: u64, window_s: u64) -> Stats {
-        let from = now_s.saturating_sub(window_s);
+        self.span(now_s.saturating_sub(window_s), now_s, window_s)
+    }
+
+    /// The buckets overlapping `from_s..=to_s`, reported as `window_s`.
+    fn span(&self, from_s: u64, to_s: u64, window_s: u64) -> Stats {
         let mut t = Bucket::default();
         for b in self
             .buckets
             .iter()
-            .filter(|b| b.start_s + BUCKET_S > from && b.start_s <= now_s)
+            .filter(|b| b.start_s + BUCKET_S > from_s && b.start_s <= to_s)
         {
             t.attempts += b.attempts;
             t.answered += b.answered;
@@ -170,6 +202,8 @@ impl Quality {
             t.ineffective += b.ineffective;
             t.seer += b.seer;
             t.failovers += b.failovers;
+            t.ended += b.ended;
+            t.short += b.short;
             for (sum, n) in t.pdd.iter_mut().zip(b.pdd) {
                 *sum += n;
             }
@@ -198,6 +232,8 @@ impl Quality {
             pdd_p50_ms: pct(0.5),
             pdd_p95_ms: pct(0.95),
             failover_share: ratio(t.failovers),
+            ended_calls: t.ended,
+            short_share: (t.ended > 0).then(|| f64::from(t.short) / f64::from(t.ended)),
         }
     }
 }
@@ -217,6 +253,9 @@ pub struct Rule {
     pub ner_drop: f64,
     /// PDD p95 above this degrades (ms).
     pub pdd_p95_ceiling_ms: u32,
+    /// A share of short calls (of the answered calls that ended) this far
+    /// above the trunk's own baseline degrades.
+    pub short_share_rise: f64,
     /// A degraded trunk's probing share must look good this long.
     pub recovery_s: u64,
 }
@@ -225,7 +264,8 @@ pub struct Rule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     pub degraded: bool,
-    /// `ner` or `pdd_p95_ms`: what tripped it, or what it recovered on.
+    /// `ner`, `pdd_p95_ms` or `short_share`: what tripped it, or what it
+    /// recovered on.
     pub metric: &'static str,
     /// The metric over the window judged.
     pub value: f64,
@@ -241,6 +281,10 @@ pub struct Breaker {
     degraded_since: Option<u64>,
     /// The trunk's NER while healthy (15-minute window), for the relative rule.
     baseline_ner: Option<f64>,
+    /// Its share of short calls while healthy: a trunk is judged on short
+    /// calls only against its own normal (test traffic and some services
+    /// are all short calls).
+    baseline_short: Option<f64>,
     /// What degraded it: the metric and its limit, for the recovery's event.
     tripped: Option<(&'static str, f64)>,
 }
@@ -262,9 +306,15 @@ impl Breaker {
             None => {
                 let w = q.window(now_s, r.window_s);
                 let Some(c) = self.fault(&w, r) else {
-                    let long = q.window(now_s, KEEP_S);
+                    // The trunk's normal: the 15 minutes before the window
+                    // judged, so an incident's start does not move it.
+                    let before = now_s.saturating_sub(r.window_s + BUCKET_S);
+                    let long = q.span(now_s.saturating_sub(KEEP_S), before, KEEP_S);
                     if long.attempts >= r.min_attempts {
                         self.baseline_ner = long.ner;
+                    }
+                    if long.ended_calls >= r.min_attempts {
+                        self.baseline_short = long.short_share;
                     }
                     return None;
                 };
@@ -289,7 +339,8 @@ impl Breaker {
         }
         // Judged on the probing share's attempts of the recovery window.
         let rec = q.window(now_s, r.recovery_s);
-        let enough = rec.attempts >= (r.min_attempts / 4).max(1);
+        let enough = rec.attempts >= (r.min_attempts / 4).max(1)
+            && (metric != "short_share" || rec.ended_calls >= (r.min_attempts / 4).max(1));
         let lenient = Rule {
             min_attempts: 0,
             ..r.clone()
@@ -300,6 +351,7 @@ impl Breaker {
         self.degraded_since = None;
         let value = match metric {
             "pdd_p95_ms" => rec.pdd_p95_ms.map_or(0.0, f64::from),
+            "short_share" => rec.short_share.unwrap_or(0.0),
             _ => rec.ner.unwrap_or(0.0),
         };
         Some(Change {
@@ -358,6 +410,24 @@ impl Breaker {
                 ),
             ));
         }
+        let short = w.short_share.filter(|_| w.ended_calls >= r.min_attempts);
+        if let (Some(short), Some(base)) = (short, self.baseline_short) {
+            if short > base + r.short_share_rise {
+                return Some(degraded(
+                    "short_share",
+                    short,
+                    base,
+                    format!(
+                        "{} of {} answered calls ended within {} s in {} s, up from its {} baseline",
+                        pct(short),
+                        w.ended_calls,
+                        SHORT_CALL_MS / 1000,
+                        w.window_s,
+                        pct(base)
+                    ),
+                ));
+            }
+        }
         let p95 = w.pdd_p95_ms.filter(|&p| p > r.pdd_p95_ceiling_ms)?;
         Some(degraded(
             "pdd_p95_ms",
@@ -392,6 +462,7 @@ mod tests {
             ner_floor: 0.7,
             ner_drop: 0.25,
             pdd_p95_ceiling_ms: 8_000,
+            short_share_rise: 0.4,
             recovery_s: 120,
         }
     }
@@ -509,6 +580,42 @@ mod tests {
             (c.metric, c.value, c.limit),
             ("pdd_p95_ms", 9_750.0, 8_000.0)
         );
+    }
+
+    #[test]
+    fn a_trunk_that_answers_and_hangs_up_degrades_on_short_calls() {
+        let (mut q, mut b, r) = (Quality::default(), Breaker::default(), rule());
+        let mut t = 4_000_000;
+        // Ten minutes of real calls: 1 in 20 is short, the baseline.
+        for i in 0..600 {
+            q.record(t, s(Outcome::Answered, 200, 400));
+            q.call_ended(t, if i % 20 == 0 { 1_000 } else { 95_000 });
+            t += 1;
+            assert_eq!(b.evaluate(&q, t, &r), None);
+        }
+        assert_eq!(q.window(t, 60).short_share, Some(3.0 / 60.0));
+        // Answered (NER 100 %), but every call is over in 2 s.
+        let mut tripped = None;
+        for i in 0..60 {
+            q.record(t, s(Outcome::Answered, 200, 400));
+            q.call_ended(t, 2_000);
+            t += 1;
+            if let Some(c) = b.evaluate(&q, t, &r) {
+                tripped = Some((i, c));
+                break;
+            }
+        }
+        let (after, c) = tripped.expect("short calls");
+        assert_eq!(c.metric, "short_share");
+        assert!((0.05..0.06).contains(&c.limit), "its baseline: {c:?}");
+        assert!(after < 40 && c.value > 0.45, "{after}: {c:?}");
+        // A trunk whose calls were always short (a test rig) is not judged on them.
+        let (mut q, mut b) = (Quality::default(), Breaker::default());
+        for i in 0..300 {
+            q.record(t + i, s(Outcome::Answered, 200, 400));
+            q.call_ended(t + i, 0);
+            assert_eq!(b.evaluate(&q, t + i + 1, &r), None);
+        }
     }
 
     #[test]

@@ -1053,8 +1053,11 @@ impl Shard {
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                         Some(v.saturating_sub(1))
                     });
-                // An answer counted at the answer (Action::Answered).
-                if row.outcome != Outcome::Answered {
+                // An answer was counted at the answer (Action::Answered);
+                // its end says how long it lasted.
+                if row.outcome == Outcome::Answered {
+                    t.live.call_ended(now, row.talk_ms);
+                } else {
                     t.live.attempt_done(
                         now,
                         Sample {

@@ -55,6 +55,14 @@ impl TrunkLive {
             .record(now_ms / 1000, sample);
     }
 
+    /// An answered call on the trunk ended after `talk_ms`.
+    pub fn call_ended(&self, now_ms: u64, talk_ms: u32) {
+        self.quality
+            .lock()
+            .expect("quality lock")
+            .call_ended(now_ms / 1000, talk_ms);
+    }
+
     /// The trunk's numbers over the last `window_s` seconds.
     pub fn window(&self, now_ms: u64, window_s: u64) -> Stats {
         self.quality
