@@ -307,6 +307,18 @@ pub enum TrunkState {
     Drained = 4,
 }
 
+impl TrunkState {
+    /// The name in ClickHouse's enum.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrunkState::Up => "up",
+            TrunkState::Down => "down",
+            TrunkState::Degraded => "degraded",
+            TrunkState::Drained => "drained",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
 #[repr(i8)]
 pub enum TrunkCause {
@@ -317,6 +329,19 @@ pub enum TrunkCause {
     Quality = 4,
     /// An operator's command (`actor`).
     Manual = 5,
+}
+
+impl TrunkCause {
+    /// The name in ClickHouse's enum.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrunkCause::Probe => "probe",
+            TrunkCause::Passive => "passive",
+            TrunkCause::Config => "config",
+            TrunkCause::Quality => "quality",
+            TrunkCause::Manual => "manual",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]

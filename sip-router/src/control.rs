@@ -246,6 +246,12 @@ impl Control {
         }
     }
 
+    /// Records a trunk event: ClickHouse, and the status page's list.
+    fn trunk_event(&self, ev: TrunkEvent) {
+        self.shared.trunk_event(&ev);
+        let _ = self.sinks.trunk_events.push(ev);
+    }
+
     fn index(&self, name: &str) -> Option<usize> {
         self.trunks.iter().position(|t| t.cfg.name == name)
     }
@@ -326,7 +332,7 @@ impl Control {
         }
         metrics::counter!("dialmark_trunk_quality_changes_total", "trunk" => name.clone(), "to" => if c.degraded { "degraded" } else { "restored" })
             .increment(1);
-        let _ = self.sinks.trunk_events.push(TrunkEvent {
+        self.trunk_event(TrunkEvent {
             metric: c.metric.to_string(),
             value: c.value,
             baseline: c.limit,
@@ -371,7 +377,7 @@ impl Control {
             warn!(trunk.name = %t.cfg.name, actor, command = %command, ?previous, ?state, "trunk command");
             metrics::counter!("dialmark_trunk_commands_total", "trunk" => t.cfg.name.clone(), "command" => command.to_string())
                 .increment(1);
-            let _ = self.sinks.trunk_events.push(TrunkEvent {
+            let event = TrunkEvent {
                 shifted_calls: shifted,
                 actor: actor.to_string(),
                 ..TrunkEvent::new(
@@ -383,7 +389,8 @@ impl Control {
                     TrunkCause::Manual,
                     reason,
                 )
-            });
+            };
+            self.trunk_event(event);
             self.publish();
         }
         let t = &self.trunks[idx];
@@ -453,7 +460,7 @@ impl Control {
         }
         metrics::counter!("dialmark_trunk_state_changes_total", "trunk" => t.name.clone())
             .increment(1);
-        let _ = self.sinks.trunk_events.push(TrunkEvent::new(
+        self.trunk_event(TrunkEvent::new(
             (now / 1000) as u32,
             &t.name,
             &t.group,

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::control::ControlMsg;
 use crate::manual::Command;
 use crate::now_ms;
-use crate::quality::{Stats, WINDOWS_S};
+use crate::quality::{Point, Stats, WINDOWS_S};
 use crate::shared::Shared;
 
 /// What `/status` and `/status.json` show of a trunk.
@@ -40,6 +40,11 @@ pub struct TrunkStatus {
     pub active_calls: u32,
     /// The 1-, 5- and 15-minute windows.
     pub windows: Vec<Stats>,
+    /// The last hour, a point a minute (oldest first).
+    pub history: Vec<Point>,
+    /// The same drawn: ASR, NER and PDD p95 sparklines (SVG), as the page
+    /// shows them.
+    pub history_svg: String,
 }
 
 #[derive(Clone)]
@@ -200,13 +205,125 @@ pub fn snapshot(shared: &Shared) -> Vec<TrunkStatus> {
             why: t.why.clone(),
             active_calls: t.live.active.load(Ordering::Relaxed),
             windows: WINDOWS_S.iter().map(|&w| t.live.window(now, w)).collect(),
+            history: t.live.history(now),
+            history_svg: String::new(),
+        })
+        .map(|mut t| {
+            t.history_svg = sparklines(&t.history);
+            t
         })
         .collect()
 }
 
+/// ASR and NER (0–100 %) and PDD p95 (0 to the hour's highest) over the
+/// last hour; minutes without attempts are gaps.
+fn sparklines(h: &[Point]) -> String {
+    let pdd_max = h.iter().filter_map(|p| p.pdd_p95_ms).max().unwrap_or(0);
+    let line = |name: &str, vals: Vec<Option<f64>>, max: f64, label: String| {
+        const W: f64 = 120.0;
+        const H: f64 = 22.0;
+        let step = W / (vals.len().max(2) - 1) as f64;
+        let mut segs: Vec<Vec<String>> = vec![vec![]];
+        for (i, v) in vals.iter().enumerate() {
+            match v {
+                Some(v) => {
+                    let y = H - 1.0 - (v / max.max(f64::MIN_POSITIVE)).min(1.0) * (H - 2.0);
+                    segs.last_mut()
+                        .expect("one")
+                        .push(format!("{:.1},{y:.1}", i as f64 * step));
+                }
+                None if segs.last().is_some_and(|s| !s.is_empty()) => segs.push(vec![]),
+                None => {}
+            }
+        }
+        let marks: String = segs
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| match s.as_slice() {
+                [one] => {
+                    let (x, y) = one.split_once(',').expect("x,y");
+                    format!("<circle cx=\"{x}\" cy=\"{y}\" r=\"1.5\"/>")
+                }
+                _ => format!("<polyline points=\"{}\"/>", s.join(" ")),
+            })
+            .collect();
+        format!(
+            "<span class=\"spark\" data-metric=\"{name}\"><svg width=\"120\" height=\"22\" viewBox=\"0 0 120 22\">\
+<rect width=\"120\" height=\"22\"/>{marks}</svg> {label}</span>"
+        )
+    };
+    let last = |f: fn(&Point) -> Option<f64>| h.iter().rev().find_map(f);
+    let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.0}%", v * 100.0));
+    [
+        line(
+            "asr",
+            h.iter().map(|p| p.asr).collect(),
+            1.0,
+            format!("ASR {}", pct(last(|p| p.asr))),
+        ),
+        line(
+            "ner",
+            h.iter().map(|p| p.ner).collect(),
+            1.0,
+            format!("NER {}", pct(last(|p| p.ner))),
+        ),
+        line(
+            "pdd_p95_ms",
+            h.iter().map(|p| p.pdd_p95_ms.map(f64::from)).collect(),
+            f64::from(pdd_max),
+            format!("PDD p95 max {pdd_max} ms"),
+        ),
+    ]
+    .join("<br>")
+}
+
+/// The status page's lists: the last failovers and trunk events, newest
+/// first, as lines of text.
+fn recent(shared: &Shared) -> (Vec<String>, Vec<String>) {
+    let failovers = shared
+        .recent_failovers
+        .lock()
+        .expect("status lock")
+        .iter()
+        .rev()
+        .map(|(at, trunk)| {
+            format!(
+                "{} — failover from {trunk}",
+                crate::alert::rfc3339(at / 1000)
+            )
+        })
+        .collect();
+    let events = shared
+        .recent_events
+        .lock()
+        .expect("status lock")
+        .iter()
+        .rev()
+        .map(|e| {
+            let mut line = format!(
+                "{} — {}: {} → {} ({}) {}",
+                crate::alert::rfc3339(u64::from(e.ts)),
+                e.trunk,
+                e.previous.as_str(),
+                e.state.as_str(),
+                e.cause.as_str(),
+                e.reason
+            );
+            if e.shifted_calls > 0 {
+                line += &format!("; {} calls shifted", e.shifted_calls);
+            }
+            line
+        })
+        .collect();
+    (failovers, events)
+}
+
 async fn status_json(State(s): State<HttpState>) -> Json<serde_json::Value> {
     let c = &s.shared.counts;
+    let (failovers, events) = recent(&s.shared);
     Json(serde_json::json!({
+        "recent_failovers": failovers,
+        "recent_trunk_events": events,
         "active_calls": c.calls.load(Ordering::Relaxed),
         "tombstones": c.tombstones.load(Ordering::Relaxed),
         "memory": {"budget_bytes": s.shared.budget.limit, "used_bytes": s.shared.budget.used()},
@@ -228,31 +345,23 @@ fn esc(s: &str) -> String {
 async fn status_page(State(s): State<HttpState>) -> Html<String> {
     let trunks = snapshot(&s.shared);
     let rows: String = trunks.iter().map(row_html).collect();
-    let failovers: String = s
-        .shared
-        .recent_failovers
-        .lock()
-        .expect("status lock")
-        .iter()
-        .rev()
-        .map(|(at, trunk)| {
-            format!(
-                "<li>{} — failover from {}</li>",
-                crate::alert::rfc3339(at / 1000),
-                esc(trunk)
-            )
-        })
-        .collect();
+    let (failovers, events) = recent(&s.shared);
+    let li =
+        |v: Vec<String>| -> String { v.iter().map(|l| format!("<li>{}</li>", esc(l))).collect() };
+    let (failovers, events) = (li(failovers), li(events));
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\">\
 <title>dialmark router status</title><style>body{{font:14px system-ui,sans-serif;margin:1.5rem}}\
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem}}\
 tr.down td.state{{background:#f88;font-weight:bold}}tr.up td.state{{background:#8e8}}\
-tr.degraded td.state{{background:#fc6;font-weight:bold}}tr.drained td.state{{background:#ccc}}</style></head><body>\
+tr.degraded td.state{{background:#fc6;font-weight:bold}}tr.drained td.state{{background:#ccc}}\
+.spark{{white-space:nowrap;font-size:12px}}.spark svg{{vertical-align:middle}}.spark rect{{fill:#f6f6f6}}\
+.spark polyline{{fill:none;stroke:#36c;stroke-width:1.5}}.spark circle{{fill:#36c}}</style></head><body>\
 <h1>dialmark router</h1><p>Active calls: <b id=\"active\">{active}</b> · <span id=\"updated\">refreshed every 5 s</span></p>\
 <table><thead><tr><th>trunk</th><th>group</th><th>address</th><th>state</th><th>why</th><th>since (UTC)</th>\
 <th>priority / weight</th><th>calls now</th><th>attempts 15m</th><th>ASR 15m</th><th>NER 1m / 15m</th>\
-<th>PDD p95 1m</th><th>failovers 15m</th></tr></thead><tbody id=\"trunks\">\n{rows}</tbody></table>\
+<th>PDD p95 1m</th><th>failovers 15m</th><th>last hour</th></tr></thead><tbody id=\"trunks\">\n{rows}</tbody></table>\
+<h2>Recent trunk events</h2><ul id=\"events\">{events}</ul>\
 <h2>Recent failovers</h2><ul id=\"failovers\">{failovers}</ul>\
 <script>{SCRIPT}</script></body></html>",
         active = s.shared.counts.calls.load(Ordering::Relaxed),
@@ -268,7 +377,8 @@ fn row_html(t: &TrunkStatus) -> String {
     format!(
         "<tr class=\"{state}\" data-trunk=\"{name}\"><td>{name}</td><td>{group}</td><td>{addr}</td>\
 <td class=\"state\">{state_uc}</td><td class=\"why\">{why}</td><td>{since}</td><td>{prio} / {weight}</td>\
-<td class=\"active\">{active}</td><td>{attempts}</td><td>{asr}</td><td>{ner1} / {ner15}</td><td>{pdd}</td><td>{fo}</td></tr>\n",
+<td class=\"active\">{active}</td><td>{attempts}</td><td>{asr}</td><td>{ner1} / {ner15}</td><td>{pdd}</td><td>{fo}</td>\
+<td class=\"history\">{history}</td></tr>\n",
         state = t.state,
         state_uc = t.state.to_uppercase(),
         name = esc(&t.name),
@@ -285,6 +395,7 @@ fn row_html(t: &TrunkStatus) -> String {
         ner15 = pct(m15.ner),
         pdd = m1.pdd_p95_ms.map_or("–".into(), |v| format!("{v} ms")),
         fo = m15.failover_share.map_or(0, |f| (f * f64::from(m15.attempts)).round() as u64),
+        history = t.history_svg,
     )
 }
 
@@ -306,8 +417,12 @@ async function refresh() {
         `<td>${esc(t.address)}</td><td class="state">${t.state.toUpperCase()}</td><td class="why">${esc(t.why)}</td>` +
         `<td>${iso(t.since_unix)}</td><td>${t.priority} / ${t.weight}</td><td class="active">${t.active_calls}</td>` +
         `<td>${m15.attempts}</td><td>${pct(m15.asr)}</td><td>${pct(m1.ner)} / ${pct(m15.ner)}</td>` +
-        `<td>${m1.pdd_p95_ms == null ? "–" : m1.pdd_p95_ms + " ms"}</td><td>${fo}</td></tr>`;
+        `<td>${m1.pdd_p95_ms == null ? "–" : m1.pdd_p95_ms + " ms"}</td><td>${fo}</td>` +
+        `<td class="history">${t.history_svg}</td></tr>`;
     }).join("\n");
+    const li = lines => lines.map(l => `<li>${esc(l)}</li>`).join("");
+    document.getElementById("events").innerHTML = li(s.recent_trunk_events);
+    document.getElementById("failovers").innerHTML = li(s.recent_failovers);
     document.getElementById("updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
   } catch (e) {
     document.getElementById("updated").textContent = "node unreachable: " + e;

@@ -20,6 +20,10 @@ pub const BUCKET_S: u64 = 5;
 pub const KEEP_S: u64 = 15 * 60;
 /// The windows reported.
 pub const WINDOWS_S: [u64; 3] = [60, 300, 900];
+/// The history drawn on `/status` (sparklines): one point a minute for
+/// the last hour.
+pub const HISTORY_POINT_S: u64 = 60;
+pub const HISTORY_S: u64 = 60 * 60;
 
 /// One finished attempt, as quality sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,9 +92,8 @@ struct Bucket {
     ineffective: u32,
     seer: u32,
     failovers: u32,
-    /// Answered calls that ended, and those of them shorter than the
-    /// short-call limit.
-    ended: u32,
+    /// Calls answered in this bucket that were over within the short-call
+    /// limit (counted when they end, in the bucket of their answer).
     short: u32,
     /// PDD of the attempts that rang.
     pdd: [u32; PDD_BINS],
@@ -106,7 +109,6 @@ impl Default for Bucket {
             ineffective: 0,
             seer: 0,
             failovers: 0,
-            ended: 0,
             short: 0,
             pdd: [0; PDD_BINS],
         }
@@ -125,9 +127,12 @@ pub struct Stats {
     pub pdd_p50_ms: Option<u32>,
     pub pdd_p95_ms: Option<u32>,
     pub failover_share: Option<f64>,
-    /// Answered calls that ended in the window.
-    pub ended_calls: u32,
-    /// Of those, the share shorter than [`SHORT_CALL_MS`].
+    /// Calls answered in the window at least [`SHORT_CALL_MS`] (and a
+    /// bucket) ago: each of them has shown whether it was short.
+    pub settled_answers: u32,
+    /// Of those, the share that was over within [`SHORT_CALL_MS`]. Judged
+    /// by answer time, so a trunk's long calls still ending from before an
+    /// incident do not dilute it.
     pub short_share: Option<f64>,
 }
 
@@ -137,50 +142,100 @@ pub struct Stats {
 /// under 3 s).
 pub const SHORT_CALL_MS: u32 = 3_000;
 
-/// One trunk's recent attempts.
+/// One point of a trunk's last hour.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Point {
+    /// The minute's start, Unix seconds.
+    pub t: u64,
+    pub attempts: u32,
+    pub asr: Option<f64>,
+    pub ner: Option<f64>,
+    pub pdd_p95_ms: Option<u32>,
+}
+
+/// One trunk's recent attempts: 5-second buckets for the windows judged
+/// and reported, minute buckets for the last hour's history (about 26 kB
+/// a trunk).
 #[derive(Debug, Default)]
 pub struct Quality {
     buckets: VecDeque<Bucket>,
+    minutes: VecDeque<Bucket>,
+}
+
+/// The bucket of `now_s` in a series of `width_s` buckets kept `keep_s`.
+fn slot(series: &mut VecDeque<Bucket>, width_s: u64, keep_s: u64, now_s: u64) -> &mut Bucket {
+    let start = now_s - now_s % width_s;
+    if series.back().is_none_or(|b| b.start_s != start) {
+        series.push_back(Bucket {
+            start_s: start,
+            ..Bucket::default()
+        });
+    }
+    while series.front().is_some_and(|b| b.start_s + keep_s <= start) {
+        series.pop_front();
+    }
+    series.back_mut().expect("pushed")
 }
 
 impl Quality {
     pub fn record(&mut self, now_s: u64, s: Sample) {
-        let b = self.bucket(now_s);
-        b.attempts += 1;
-        b.answered += u32::from(s.outcome == Outcome::Answered);
-        b.effective += u32::from(s.effective());
-        b.ineffective += u32::from(s.ineffective());
-        b.seer += u32::from(s.seer());
-        b.failovers += u32::from(s.failover);
-        if s.pdd_ms > 0 {
-            b.pdd[pdd_bin(s.pdd_ms)] += 1;
+        for b in self.buckets(now_s) {
+            b.attempts += 1;
+            b.answered += u32::from(s.outcome == Outcome::Answered);
+            b.effective += u32::from(s.effective());
+            b.ineffective += u32::from(s.ineffective());
+            b.seer += u32::from(s.seer());
+            b.failovers += u32::from(s.failover);
+            if s.pdd_ms > 0 {
+                b.pdd[pdd_bin(s.pdd_ms)] += 1;
+            }
         }
     }
 
-    /// An answered call on the trunk ended after `talk_ms`.
-    pub fn call_ended(&mut self, now_s: u64, talk_ms: u32) {
-        let b = self.bucket(now_s);
-        b.ended += 1;
-        b.short += u32::from(talk_ms < SHORT_CALL_MS);
+    /// A call answered in second `answered_s` was over within
+    /// [`SHORT_CALL_MS`]: counted in its answer's buckets (both series).
+    pub fn short_call(&mut self, answered_s: u64) {
+        for series in [&mut self.buckets, &mut self.minutes] {
+            if let Some(b) = series.iter_mut().rev().find(|b| b.start_s <= answered_s) {
+                b.short += 1;
+            }
+        }
     }
 
-    /// The bucket of `now_s`, dropping those older than [`KEEP_S`].
-    fn bucket(&mut self, now_s: u64) -> &mut Bucket {
-        let start = now_s - now_s % BUCKET_S;
-        if self.buckets.back().is_none_or(|b| b.start_s != start) {
-            self.buckets.push_back(Bucket {
-                start_s: start,
-                ..Bucket::default()
-            });
-        }
-        while self
-            .buckets
-            .front()
-            .is_some_and(|b| b.start_s + KEEP_S <= start)
-        {
-            self.buckets.pop_front();
-        }
-        self.buckets.back_mut().expect("pushed")
+    /// The 5-second and the minute bucket of `now_s`.
+    fn buckets(&mut self, now_s: u64) -> [&mut Bucket; 2] {
+        [
+            slot(&mut self.buckets, BUCKET_S, KEEP_S, now_s),
+            slot(&mut self.minutes, HISTORY_POINT_S, HISTORY_S, now_s),
+        ]
+    }
+
+    /// The last hour, a point a minute, oldest first; minutes without
+    /// attempts are points with none.
+    pub fn history(&self, now_s: u64) -> Vec<Point> {
+        let last = now_s - now_s % HISTORY_POINT_S;
+        let first = (last + HISTORY_POINT_S).saturating_sub(HISTORY_S);
+        let mut kept = self
+            .minutes
+            .iter()
+            .filter(|b| b.start_s >= first)
+            .peekable();
+        (first..=last)
+            .step_by(HISTORY_POINT_S as usize)
+            .map(|t| {
+                let s = match kept.next_if(|b| b.start_s == t) {
+                    Some(b) => stats(std::iter::once(b), HISTORY_POINT_S, now_s),
+                    None => Stats::default(),
+                };
+                Point {
+                    t,
+                    attempts: s.attempts,
+                    asr: s.asr,
+                    ner: s.ner,
+                    pdd_p95_ms: s.pdd_p95_ms,
+                }
+            })
+            .collect()
     }
 
     /// The last `window_s` seconds up to `now_s`.
@@ -190,51 +245,62 @@ impl Quality {
 
     /// The buckets overlapping `from_s..=to_s`, reported as `window_s`.
     fn span(&self, from_s: u64, to_s: u64, window_s: u64) -> Stats {
-        let mut t = Bucket::default();
-        for b in self
-            .buckets
-            .iter()
-            .filter(|b| b.start_s + BUCKET_S > from_s && b.start_s <= to_s)
-        {
-            t.attempts += b.attempts;
-            t.answered += b.answered;
-            t.effective += b.effective;
-            t.ineffective += b.ineffective;
-            t.seer += b.seer;
-            t.failovers += b.failovers;
-            t.ended += b.ended;
-            t.short += b.short;
-            for (sum, n) in t.pdd.iter_mut().zip(b.pdd) {
-                *sum += n;
-            }
-        }
-        let ratio = |n: u32| (t.attempts > 0).then(|| f64::from(n) / f64::from(t.attempts));
-        let rang: u32 = t.pdd.iter().sum();
-        let pct = |p: f64| {
-            let rank = (p * f64::from(rang)).ceil().max(1.0) as u32;
-            let mut seen = 0;
-            t.pdd
+        stats(
+            self.buckets
                 .iter()
-                .position(|&n| {
-                    seen += n;
-                    seen >= rank
-                })
-                .filter(|_| rang > 0)
-                .map(pdd_edge)
-        };
-        Stats {
+                .filter(|b| b.start_s + BUCKET_S > from_s && b.start_s <= to_s),
             window_s,
-            attempts: t.attempts,
-            asr: ratio(t.answered),
-            ner: ratio(t.effective),
-            seer: ratio(t.seer),
-            isa: ratio(t.ineffective),
-            pdd_p50_ms: pct(0.5),
-            pdd_p95_ms: pct(0.95),
-            failover_share: ratio(t.failovers),
-            ended_calls: t.ended,
-            short_share: (t.ended > 0).then(|| f64::from(t.short) / f64::from(t.ended)),
+            to_s,
+        )
+    }
+}
+
+/// The numbers of some buckets together, reported as `window_s`; short
+/// calls among the answers settled by `now_s`.
+fn stats<'a>(buckets: impl Iterator<Item = &'a Bucket>, window_s: u64, now_s: u64) -> Stats {
+    let mut t = Bucket::default();
+    let (mut settled, mut short) = (0, 0);
+    for b in buckets {
+        if b.start_s + BUCKET_S + u64::from(SHORT_CALL_MS / 1000) <= now_s {
+            settled += b.answered;
+            short += b.short;
         }
+        t.attempts += b.attempts;
+        t.answered += b.answered;
+        t.effective += b.effective;
+        t.ineffective += b.ineffective;
+        t.seer += b.seer;
+        t.failovers += b.failovers;
+        for (sum, n) in t.pdd.iter_mut().zip(b.pdd) {
+            *sum += n;
+        }
+    }
+    let ratio = |n: u32| (t.attempts > 0).then(|| f64::from(n) / f64::from(t.attempts));
+    let rang: u32 = t.pdd.iter().sum();
+    let pct = |p: f64| {
+        let rank = (p * f64::from(rang)).ceil().max(1.0) as u32;
+        let mut seen = 0;
+        t.pdd
+            .iter()
+            .position(|&n| {
+                seen += n;
+                seen >= rank
+            })
+            .filter(|_| rang > 0)
+            .map(pdd_edge)
+    };
+    Stats {
+        window_s,
+        attempts: t.attempts,
+        asr: ratio(t.answered),
+        ner: ratio(t.effective),
+        seer: ratio(t.seer),
+        isa: ratio(t.ineffective),
+        pdd_p50_ms: pct(0.5),
+        pdd_p95_ms: pct(0.95),
+        failover_share: ratio(t.failovers),
+        settled_answers: settled,
+        short_share: (settled > 0).then(|| f64::from(short) / f64::from(settled)),
     }
 }
 
@@ -313,7 +379,7 @@ impl Breaker {
                     if long.attempts >= r.min_attempts {
                         self.baseline_ner = long.ner;
                     }
-                    if long.ended_calls >= r.min_attempts {
+                    if long.settled_answers >= r.min_attempts {
                         self.baseline_short = long.short_share;
                     }
                     return None;
@@ -340,7 +406,7 @@ impl Breaker {
         // Judged on the probing share's attempts of the recovery window.
         let rec = q.window(now_s, r.recovery_s);
         let enough = rec.attempts >= (r.min_attempts / 4).max(1)
-            && (metric != "short_share" || rec.ended_calls >= (r.min_attempts / 4).max(1));
+            && (metric != "short_share" || rec.settled_answers >= (r.min_attempts / 4).max(1));
         let lenient = Rule {
             min_attempts: 0,
             ..r.clone()
@@ -410,7 +476,9 @@ impl Breaker {
                 ),
             ));
         }
-        let short = w.short_share.filter(|_| w.ended_calls >= r.min_attempts);
+        let short = w
+            .short_share
+            .filter(|_| w.settled_answers >= r.min_attempts);
         if let (Some(short), Some(base)) = (short, self.baseline_short) {
             if short > base + r.short_share_rise {
                 return Some(degraded(
@@ -418,11 +486,11 @@ impl Breaker {
                     short,
                     base,
                     format!(
-                        "{} of {} answered calls ended within {} s in {} s, up from its {} baseline",
+                        "{} of {} calls answered in {} s were over within {} s, up from its {} baseline",
                         pct(short),
-                        w.ended_calls,
-                        SHORT_CALL_MS / 1000,
+                        w.settled_answers,
                         w.window_s,
+                        SHORT_CALL_MS / 1000,
                         pct(base)
                     ),
                 ));
@@ -465,6 +533,37 @@ mod tests {
             short_share_rise: 0.4,
             recovery_s: 120,
         }
+    }
+
+    #[test]
+    fn history_has_a_point_a_minute_for_the_last_hour() {
+        let mut q = Quality::default();
+        let t0 = 1_000_040; // 20 s into a minute
+                            // Minute 0: 3 answered of 4 (PDD 1 s); minute 2: 1 failed; then
+                            // 70 minutes later one more answered: the first two fall out.
+        for i in 0..3 {
+            q.record(t0 + i, s(Outcome::Answered, 200, 990));
+        }
+        q.record(t0 + 5, s(Outcome::Rejected, 503, 0));
+        q.record(t0 + 120, s(Outcome::Rejected, 503, 0));
+        let h = q.history(t0 + 150);
+        assert_eq!(h.len(), 60);
+        let first = h.len() - 3;
+        assert_eq!(h[first].t, t0 - 20);
+        assert_eq!((h[first].attempts, h[first].asr), (4, Some(0.75)));
+        assert_eq!(h[first].pdd_p95_ms, Some(1_000));
+        assert_eq!((h[first + 1].attempts, h[first + 1].ner), (0, None));
+        assert_eq!((h[first + 2].attempts, h[first + 2].ner), (1, Some(0.0)));
+        assert!(h[..first].iter().all(|p| p.attempts == 0));
+        assert!(h.windows(2).all(|w| w[1].t == w[0].t + 60));
+
+        let later = t0 + 70 * 60;
+        q.record(later, s(Outcome::Answered, 200, 500));
+        let h = q.history(later);
+        assert_eq!(h.iter().map(|p| p.attempts).sum::<u32>(), 1);
+        assert_eq!(h.last().map(|p| p.attempts), Some(1));
+        // The 5-second windows still hold only the last 15 minutes.
+        assert_eq!(q.window(later, KEEP_S).attempts, 1);
     }
 
     #[test]
@@ -586,19 +685,26 @@ mod tests {
     fn a_trunk_that_answers_and_hangs_up_degrades_on_short_calls() {
         let (mut q, mut b, r) = (Quality::default(), Breaker::default(), rule());
         let mut t = 4_000_000;
-        // Ten minutes of real calls: 1 in 20 is short, the baseline.
+        // Ten minutes of real calls: 1 in 20 is over in a second, the
+        // baseline (a long call only ever counts as answered).
         for i in 0..600 {
             q.record(t, s(Outcome::Answered, 200, 400));
-            q.call_ended(t, if i % 20 == 0 { 1_000 } else { 95_000 });
+            if i % 20 == 0 {
+                q.short_call(t);
+            }
             t += 1;
             assert_eq!(b.evaluate(&q, t, &r), None);
         }
-        assert_eq!(q.window(t, 60).short_share, Some(3.0 / 60.0));
-        // Answered (NER 100 %), but every call is over in 2 s.
+        let w = q.window(t, 60);
+        // The last 3 s and their bucket are not settled yet.
+        assert!((50..60).contains(&w.settled_answers), "{w:?}");
+        assert_eq!(w.short_share, Some(3.0 / f64::from(w.settled_answers)));
+        // Answered (NER 100 %), but every call is over in 2 s: judged by
+        // the calls answered since, however many long ones still end.
         let mut tripped = None;
         for i in 0..60 {
             q.record(t, s(Outcome::Answered, 200, 400));
-            q.call_ended(t, 2_000);
+            q.short_call(t);
             t += 1;
             if let Some(c) = b.evaluate(&q, t, &r) {
                 tripped = Some((i, c));
@@ -607,13 +713,18 @@ mod tests {
         }
         let (after, c) = tripped.expect("short calls");
         assert_eq!(c.metric, "short_share");
-        assert!((0.05..0.06).contains(&c.limit), "its baseline: {c:?}");
+        assert!((0.05..0.07).contains(&c.limit), "its baseline: {c:?}");
         assert!(after < 40 && c.value > 0.45, "{after}: {c:?}");
+        assert!(
+            c.reason
+                .contains("calls answered in 60 s were over within 3 s"),
+            "{c:?}"
+        );
         // A trunk whose calls were always short (a test rig) is not judged on them.
         let (mut q, mut b) = (Quality::default(), Breaker::default());
         for i in 0..300 {
             q.record(t + i, s(Outcome::Answered, 200, 400));
-            q.call_ended(t + i, 0);
+            q.short_call(t + i);
             assert_eq!(b.evaluate(&q, t + i + 1, &r), None);
         }
     }

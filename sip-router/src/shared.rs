@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, RwLock};
 
 use dialmark_schemas::config::{Config, TrunkConfig};
+use dialmark_schemas::rows::TrunkEvent;
 use ipnet::IpNet;
 
 use crate::call::{Policy, TrunkRef};
-use crate::quality::{Quality, Sample, Stats};
+use crate::quality::{Point, Quality, Sample, Stats};
 
 /// Counters of one trunk that shards update while calls run.
 #[derive(Debug, Default)]
@@ -57,10 +58,12 @@ impl TrunkLive {
 
     /// An answered call on the trunk ended after `talk_ms`.
     pub fn call_ended(&self, now_ms: u64, talk_ms: u32) {
-        self.quality
-            .lock()
-            .expect("quality lock")
-            .call_ended(now_ms / 1000, talk_ms);
+        if talk_ms < crate::quality::SHORT_CALL_MS {
+            self.quality
+                .lock()
+                .expect("quality lock")
+                .short_call(now_ms.saturating_sub(u64::from(talk_ms)) / 1000);
+        }
     }
 
     /// The trunk's numbers over the last `window_s` seconds.
@@ -69,6 +72,14 @@ impl TrunkLive {
             .lock()
             .expect("quality lock")
             .window(now_ms / 1000, window_s)
+    }
+
+    /// The trunk's last hour, a point a minute.
+    pub fn history(&self, now_ms: u64) -> Vec<Point> {
+        self.quality
+            .lock()
+            .expect("quality lock")
+            .history(now_ms / 1000)
     }
 
     /// An attempt starts on the trunk in second `now_s`.
@@ -287,6 +298,9 @@ pub struct Shared {
     pub overloaded: Vec<AtomicBool>,
     /// The last failovers (unix ms, trunk), for the status page.
     pub recent_failovers: Mutex<std::collections::VecDeque<(u64, String)>>,
+    /// The last trunk events (state changes, quality, operators), for the
+    /// status page.
+    pub recent_events: Mutex<std::collections::VecDeque<TrunkEvent>>,
 }
 
 impl Shared {
@@ -298,6 +312,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             overloaded: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             recent_failovers: Mutex::default(),
+            recent_events: Mutex::default(),
         }
     }
 
@@ -314,6 +329,15 @@ impl Shared {
         self.draining.load(Ordering::Relaxed)
             || self.overloaded.iter().any(|o| o.load(Ordering::Relaxed))
             || !self.budget.fits(0)
+    }
+
+    /// A trunk event was recorded: the status page's list.
+    pub fn trunk_event(&self, ev: &TrunkEvent) {
+        let mut e = self.recent_events.lock().expect("status lock");
+        e.push_back(ev.clone());
+        while e.len() > 20 {
+            e.pop_front();
+        }
     }
 
     /// A call failed over from `trunk`: the status page's list.

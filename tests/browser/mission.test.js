@@ -404,6 +404,14 @@ test('visit from an ad -> tracking number -> carrier call with trunk failover ->
     assert.deepEqual(pick(rows, 'a'), ['UP', '1', '1', '0%'], `trunk a after a redraw: ${JSON.stringify(rows)}`);
     assert.deepEqual(pick(rows, 'b'), ['UP', '1', '0', '100%'], `trunk b after a redraw: ${JSON.stringify(rows)}`);
     assert.ok((await tab.textContent('#failovers')).includes('failover from a'), 'recent failovers list trunk a');
+    // The last hour, drawn: b's one answered call is a mark at 100 %, a's
+    // failed attempt one at 0 %.
+    const spark = t => tab.evaluate(name => {
+      const s = document.querySelector(`tr[data-trunk="${name}"] .spark[data-metric="asr"]`);
+      return s && { text: s.textContent.trim(), marks: s.querySelectorAll('circle, polyline').length };
+    }, t);
+    assert.deepEqual(await spark('b'), { text: 'ASR 100%', marks: 1 }, 'trunk b ASR sparkline');
+    assert.deepEqual(await spark('a'), { text: 'ASR 0%', marks: 1 }, 'trunk a ASR sparkline');
     assert.deepEqual(errors, [], 'no page errors');
     step('status page shows the failover');
   }

@@ -136,6 +136,31 @@ async fn a_trunk_failing_calls_is_rerouted_by_its_ner_and_restored() {
     assert!(down.value < 0.1 && down.baseline == 0.7, "{down:?}");
     assert!(down.reason.contains("under the 70 % floor"), "{down:?}");
     assert_eq!(trunk_state(&r, "a"), "degraded");
+    // The status page lists the event and draws a's last hour: its NER
+    // sparkline ends at 0 %.
+    let status = r.status();
+    let listed = status["recent_trunk_events"].to_string();
+    assert!(
+        listed.contains("a: up → degraded (quality) NER"),
+        "{listed}"
+    );
+    let shown = status["trunks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|x| x["name"] == "a"))
+        .cloned()
+        .unwrap_or_default();
+    let hist = shown["history"].as_array().cloned().unwrap_or_default();
+    assert_eq!(hist.len(), 60, "{shown}");
+    let attempts: u64 = hist.iter().filter_map(|p| p["attempts"].as_u64()).sum();
+    assert!(
+        attempts >= 10,
+        "the hour holds the attempts judged: {shown}"
+    );
+    let svg = shown["history_svg"].as_str().unwrap_or_default();
+    assert!(
+        svg.contains("data-metric=\"ner\"") && svg.contains("NER 0%"),
+        "{svg}"
+    );
     assert!(
         r.metric("dialmark_trunk_degraded{trunk=\"a\"}")
             .iter()
