@@ -69,6 +69,15 @@ dm_stop_pid() {
   rm -f "$pidfile"
 }
 
+# dm_router_stop CONFIG PIDFILE: TERM the router and wait for its drain
+# (router.drain_seconds in CONFIG, default 30) plus 30 s to hang up what is
+# left and flush its rows: a draining node is never SIGKILLed.
+dm_router_stop() {
+  local drain
+  drain=$(sed -n 's/^[[:space:]]*drain_seconds[[:space:]]*=[[:space:]]*\([0-9][0-9]*\).*/\1/p' "$1" 2>/dev/null | head -n 1)
+  dm_stop_pid router "$2" $((${drain:-30} + 30))
+}
+
 # dm_wait NAME SECONDS COMMAND...: retry COMMAND until it succeeds.
 dm_wait() {
   local name=$1 secs=$2 i

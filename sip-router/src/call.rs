@@ -647,22 +647,7 @@ impl Call {
         match event {
             Event::InviteRetransmit => self.invite_retransmit(&mut out),
             Event::Response { attempt, msg } => self.on_response(attempt, msg, now_ms, &mut out),
-            Event::Cancel => {
-                if self.phase == Phase::Trying {
-                    if let Some(n) = self.current().map(|a| a.n) {
-                        self.abandon(
-                            n,
-                            487,
-                            "canceled by the caller",
-                            Outcome::Canceled,
-                            false,
-                            now_ms,
-                            &mut out,
-                        );
-                    }
-                    self.fail(487, Disposition::Abandoned, now_ms, &mut out);
-                }
-            }
+            Event::Cancel => self.caller_left("canceled by the caller", now_ms, &mut out),
             Event::Ack => {
                 if self.phase == Phase::Completed {
                     self.final_reply = None;
@@ -690,11 +675,14 @@ impl Call {
                     );
                 }
             }
-            Event::Bye => {
-                if self.phase == Phase::Answered {
-                    self.finish_answered(now_ms, Disposition::Answered, &mut out);
-                }
-            }
+            Event::Bye => match self.phase {
+                Phase::Answered => self.finish_answered(now_ms, Disposition::Answered, &mut out),
+                // A BYE on the early dialog (RFC 3261 §15: the caller may
+                // send one; it went on to the trunk): the caller is gone,
+                // as after a CANCEL, and its INVITE gets 487.
+                Phase::Trying => self.caller_left("BYE before the answer", now_ms, &mut out),
+                Phase::Completed | Phase::Ended => {}
+            },
             Event::Release => match self.phase {
                 Phase::Answered => {
                     self.release(now_ms, &mut out);
@@ -719,6 +707,18 @@ impl Call {
             Event::Timer(t) => self.on_timer(t, now_ms, &mut out),
         }
         out
+    }
+
+    /// The caller gave up while the call was being set up: the branch is
+    /// cancelled, the INVITE answered 487.
+    fn caller_left(&mut self, why: &str, now_ms: u64, out: &mut Vec<Action>) {
+        if self.phase != Phase::Trying {
+            return;
+        }
+        if let Some(n) = self.current().map(|a| a.n) {
+            self.abandon(n, 487, why, Outcome::Canceled, false, now_ms, out);
+        }
+        self.fail(487, Disposition::Abandoned, now_ms, out);
     }
 
     fn current(&self) -> Option<&Attempt> {

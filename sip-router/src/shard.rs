@@ -546,6 +546,9 @@ impl Shard {
                 metrics::counter!("dialmark_untrusted_requests_total").increment(1);
                 self.reply(msg, from, 403);
             }
+            // Requests that exist only inside a dialog, without a To tag:
+            // no such dialog (RFC 3261 §12.2.2), not "method not allowed".
+            "BYE" | "PRACK" | "UPDATE" | "INFO" => self.reply(msg, from, 481),
             _ => self.reply(msg, from, 405),
         }
     }

@@ -398,6 +398,80 @@ async fn early_and_confirmed_dialogs_route_by_tags_whoever_sends() {
     );
     sbc2.send(rt, &stray);
     sbc2.expect(2 * S, "481", |m| m.is_reply(481, "BYE"));
+    // Nor is a BYE without a To tag (no dialog at all).
+    let untagged = in_dialog(
+        "BYE",
+        &contact(&ok),
+        &sbc2,
+        rt,
+        &caller,
+        "<sip:x@y>",
+        &call_id,
+        6,
+        &rawsip::branch(),
+        &[],
+    );
+    sbc2.send(rt, &untagged);
+    sbc2.expect(2 * S, "481 without a To tag", |m| m.is_reply(481, "BYE"));
+}
+
+/// RFC 3261 §15: the caller may hang up an early dialog with a BYE. It
+/// reaches the ringing trunk along the dialog, the trunk also gets a
+/// CANCEL (it stops ringing even if it ignores the BYE), the caller's
+/// INVITE gets 487 and the call is recorded as abandoned, not failed over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bye_on_the_early_dialog_reaches_the_trunk_and_abandons_the_call() {
+    let w = world("eebye").await;
+    let (ta, tb) = (Peer::bind(), Peer::bind());
+    let r = start(&w, &[("a", ta.port()), ("b", tb.port())], "", "");
+    let carrier = Peer::bind();
+    let rt = router_addr(&r);
+    let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
+    invite(&carrier, rt, &w.number, &call_id);
+    let inv = ta.expect(3 * S, "INVITE", |m| m.is_request("INVITE"));
+    let rr = inv.header("record-route").expect("the node record-routes");
+    ta.send(
+        inv.from,
+        &inv.reply(
+            180,
+            "tt",
+            &[
+                ("Contact", format!("<sip:pbx@{}>", ta.addr)),
+                ("Record-Route", rr),
+            ],
+        ),
+    );
+    let ringing = carrier.expect(2 * S, "180", |m| m.is_reply(180, "INVITE"));
+    let bye = in_dialog(
+        "BYE",
+        &contact(&ringing),
+        &carrier,
+        rt,
+        &format!("<sip:+79161234567@{}>;tag=ctag", carrier.addr),
+        &ringing.header("to").unwrap(),
+        &call_id,
+        2,
+        &rawsip::branch(),
+        &[],
+    );
+    carrier.send(rt, &bye);
+    // The node answers the INVITE as soon as it relays the BYE.
+    carrier.expect(2 * S, "487 for the INVITE", |m| m.is_reply(487, "INVITE"));
+    let got = ta.expect(2 * S, "BYE", |m| m.is_request("BYE"));
+    ta.send(got.from, &got.reply(200, "", &[]));
+    carrier.expect(2 * S, "200 for the BYE", |m| m.is_reply(200, "BYE"));
+    let cancel = ta.expect(2 * S, "CANCEL", |m| m.is_request("CANCEL"));
+    ta.send(cancel.from, &cancel.reply(200, "", &[]));
+    ta.send(inv.from, &inv.reply(487, "tt", &[]));
+    ta.expect(2 * S, "ACK for the 487", |m| m.is_request("ACK"));
+    let c = calls(&w, &w.number, 1).await;
+    assert_eq!((c[0].disposition.as_str(), c[0].attempts), ("abandoned", 1));
+    assert!(
+        tb.wait(Duration::from_millis(300), |m| m.is_request("INVITE"))
+            .0
+            .is_none(),
+        "no failover after the caller left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -673,6 +673,58 @@ fn every_trunk_failing_gives_480_and_a_failed_call() {
 }
 
 #[test]
+fn the_all_trunks_failed_reply_is_configurable() {
+    for code in [500u16, 503] {
+        let mut p = policy();
+        p.all_failed_code = code;
+        let (mut call, out) = Call::start(
+            INVITE.as_bytes().to_vec(),
+            setup(&["+74951234567"], vec![trunk("a", 5091)]),
+            p,
+            T0,
+        );
+        let (_, inv) = sent_invite(&out).unwrap();
+        let out = respond(&mut call, 1, &inv, 502, "Bad Gateway", T0 + 10);
+        let replies = to_carrier(&out);
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert!(
+            replies[0].starts_with(&format!("SIP/2.0 {code} ")),
+            "{replies:?}"
+        );
+        assert_eq!(record(&out).unwrap().disposition, Disposition::Failed);
+    }
+}
+
+#[test]
+fn a_bye_on_the_early_dialog_ends_the_call_like_a_cancel() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091), trunk("b", 5092)]),
+        policy(),
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    respond(&mut call, 1, &inv, 180, "Ringing", T0 + 100);
+    let out = call.handle(Event::Bye, T0 + 1_000);
+    assert_eq!(to_carrier(&out), vec!["SIP/2.0 487 Request Terminated"]);
+    assert_eq!(to_trunk(&out, "CANCEL").len(), 1, "the trunk stops ringing");
+    assert!(
+        sent_invite(&out).is_none(),
+        "no failover: the caller is gone"
+    );
+    let a = attempts(&out);
+    assert_eq!(
+        (a[0].outcome, a[0].reason.as_str()),
+        (Outcome::Canceled, "BYE before the answer")
+    );
+    assert_eq!(record(&out).unwrap().disposition, Disposition::Abandoned);
+    // The trunk's 487 to its INVITE is ACKed and goes no further.
+    let out = respond(&mut call, 1, &inv, 487, "Request Terminated", T0 + 1_050);
+    assert_eq!(to_trunk(&out, "ACK").len(), 1);
+    assert!(to_carrier(&out).is_empty() && record(&out).is_none());
+}
+
+#[test]
 fn the_caller_never_waits_past_the_overall_timer() {
     let mut p = policy();
     p.overall_timeout_ms = 5_000;
