@@ -183,6 +183,9 @@ pub struct Framer {
     scanned: usize,
     /// Its whole length, once its head is known.
     total: Option<usize>,
+    /// Bytes searched for heads' ends so far (the linearity test's count).
+    #[cfg(test)]
+    searched: usize,
 }
 
 impl Framer {
@@ -211,6 +214,10 @@ impl Framer {
             Some(t) => t,
             None => {
                 let from = self.scanned.saturating_sub(3);
+                #[cfg(test)]
+                {
+                    self.searched += cur.len() - from;
+                }
                 let Some(i) = find(&cur[from..], b"\r\n\r\n") else {
                     if cur.len() > MAX_MESSAGE {
                         return Err(ParseError::TooLarge);

@@ -16,7 +16,9 @@ use dialmark_e2e::process::free_port;
 use dialmark_e2e::rawsip::{self, in_dialog, Invite, Msg, Peer};
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{Scenario, Uas};
-use dialmark_e2e::world::{attempts, attempts_until, call, calls, expect, reject, world, World};
+use dialmark_e2e::world::{
+    attempts, attempts_until, call, calls, expect, reject, wait_for, world, World,
+};
 
 const S: Duration = Duration::from_secs(1);
 
@@ -650,6 +652,67 @@ async fn every_trunk_failing_gives_480_and_hop_and_loop_refusals_are_recorded() 
             ("failed".into(), 483, 0)
         ]
     );
+}
+
+/// OPTIONS probes carry random branches, and only the trunk probed can
+/// answer one: a 503 from elsewhere with the right branch is ignored
+/// (with `down_after = 1` it would down the trunk at once), the trunk's
+/// own 503 does.
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_branches_are_random_and_only_the_trunk_can_answer_them() {
+    let w = world("eprobe").await;
+    let (a, spoofer) = (Peer::bind(), Peer::bind());
+    let r = start(
+        &w,
+        &[("a", a.port())],
+        "",
+        "interval_seconds = 1\ntimeout_ms = 900\ndown_after = 1\nup_after = 1",
+    );
+    let rt = router_addr(&r);
+    let state = || {
+        r.status()["trunks"][0]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut branches = Vec::new();
+    for _ in 0..3 {
+        let o = a.expect(3 * S, "OPTIONS", |m| m.is_request("OPTIONS"));
+        spoofer.send(rt, &o.reply(503, "", &[]));
+        tokio::time::sleep(ms(50)).await;
+        a.send(o.from, &o.reply(200, "", &[]));
+        branches.push(o.branch());
+    }
+    // 128 random bits each (no counter an attacker could guess).
+    let random: Vec<&str> = branches
+        .iter()
+        .map(|b| b.rsplit('-').next().unwrap_or_default())
+        .collect();
+    assert!(
+        random
+            .iter()
+            .all(|r| r.len() == 32 && r.chars().all(|c| c.is_ascii_hexdigit()))
+            && random[0] != random[1]
+            && random[1] != random[2],
+        "{branches:?}"
+    );
+    assert_eq!(state(), "up");
+    let spoofed: f64 = r
+        .metric("dialmark_sip_spoofed_responses_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert!(spoofed >= 3.0, "every spoofed reply counted: {spoofed}");
+    assert!(
+        !r.status()["recent_trunk_events"]
+            .to_string()
+            .contains("→ down"),
+        "{}",
+        r.status()
+    );
+    let o = a.expect(3 * S, "OPTIONS", |m| m.is_request("OPTIONS"));
+    a.send(o.from, &o.reply(503, "", &[]));
+    wait_for("a down on its own 503", 5, || state() == "down").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

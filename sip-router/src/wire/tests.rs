@@ -132,6 +132,36 @@ fn framer_splits_a_stream_and_resumes_its_search() {
 }
 
 #[test]
+fn framing_is_linear_in_the_bytes_read() {
+    // A 60 kB head arriving a byte at a time, then a small message: a
+    // search from the message's start on every read would look at about
+    // 1.8 G bytes; resuming where the last search stopped, each byte is
+    // looked at about once.
+    let head = [
+        b"OPTIONS sip:x@h SIP/2.0\r\nContent-Length: 0\r\nX-Padding: ".as_slice(),
+        &[b'a'; 60_000],
+        b"\r\n\r\n",
+    ]
+    .concat();
+    let stream = [head.as_slice(), INVITE].concat();
+    let mut f = Framer::default();
+    let mut out = 0;
+    for b in &stream {
+        f.push(std::slice::from_ref(b));
+        while f.next_message().unwrap().is_some() {
+            out += 1;
+        }
+    }
+    assert_eq!(out, 2);
+    assert!(
+        f.searched <= 4 * stream.len(),
+        "searched {} bytes to frame {}",
+        f.searched,
+        stream.len()
+    );
+}
+
+#[test]
 fn hostile_input_never_panics() {
     let mut cases: Vec<Vec<u8>> = vec![
         Vec::new(),
