@@ -809,8 +809,11 @@ async fn the_drain_deadline_hangs_up_both_legs_and_records_the_call() {
     assert!(options(&pinger).is_reply(200, "OPTIONS"));
     let signalled = Instant::now();
     r.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let o = options(&pinger);
+    let mut o = options(&pinger);
+    while !o.is_reply(503, "OPTIONS") && signalled.elapsed() < Duration::from_millis(1500) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        o = options(&pinger);
+    }
     assert!(o.is_reply(503, "OPTIONS"), "draining: {}", o.start_line());
     // At the deadline both legs get a BYE.
     let to_caller = carrier.expect(4 * S, "BYE to the caller", |m| m.is_request("BYE"));

@@ -313,11 +313,10 @@ async fn probe_down_trunk_alerts_and_is_skipped_until_it_recovers() {
             .and_then(|t| t.iter().find(|x| x["name"] == "a"))
             .map(|x| x["up"] == true)
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(a_up(&status(r.http_port)), Some(true), "a answers probes");
+    let hp = r.http_port;
+    wait_for("a up on its probes", 10, || a_up(&status(hp)) == Some(true)).await;
 
     drop(a); // trunk A's SIP stack dies
-    let hp = r.http_port;
     wait_for("trunk a down", 10, || a_up(&status(hp)) == Some(false)).await;
     wait_for("down alert", 10, || {
         hooks
@@ -601,7 +600,10 @@ async fn sighup_swaps_trunks_without_dropping_calls_and_sigterm_drains() {
         "127.0.0.1",
         &["-d", "4000"],
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    wait_for("the call up on trunk a", 10, || {
+        r.status()["trunks"][0]["active_calls"].as_u64() == Some(1)
+    })
+    .await;
     let path = r.config_path().to_path_buf();
     let text = std::fs::read_to_string(&path).unwrap();
     let swapped = text.replace(
