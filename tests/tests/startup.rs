@@ -114,3 +114,66 @@ async fn services_start_migrate_and_stop() {
         .await
         .unwrap();
 }
+
+/// `ops/up` after real use (issue #24): its steps (migrate, `admin apply`
+/// of the demo inventory) run again after a demo number was retired. The
+/// second apply goes on, reports the number, and leaves it in quarantine.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_inventory_applies_again_after_a_number_is_retired() {
+    let mut stack = StackConfig::new("reapply");
+    // The demo's fixed numbers, in a Redis database no other test uses.
+    stack.redis_url = match stack.redis_url.rsplit_once('/') {
+        Some((head, db)) if db.chars().all(|c| c.is_ascii_digit()) => format!("{head}/9"),
+        _ => format!("{}/9", stack.redis_url),
+    };
+    let mut con = redis::Client::open(stack.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("FLUSHDB")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = stack.write(dir.path());
+    let demo = dialmark_e2e::env::repo_root().join("ops/demo-inventory.toml");
+    let tracker = |args: &[&str]| {
+        let out = Command::new(bin("dialmark-tracker"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?} failed: {text}");
+        text
+    };
+    let demo = demo.to_str().unwrap();
+    for round in 0..2 {
+        tracker(&["migrate"]);
+        let applied = tracker(&["admin", "apply", demo]);
+        assert!(
+            !applied.contains("skipped"),
+            "round {round}: nothing to skip yet: {applied}"
+        );
+    }
+    tracker(&["admin", "retire", "+74950000020"]);
+    tracker(&["migrate"]);
+    let applied = tracker(&["admin", "apply", demo]);
+    assert!(
+        applied.contains("skipped 1: +74950000020 is in quarantine"),
+        "{applied}"
+    );
+    let shown = tracker(&["admin", "show", "+74950000020"]);
+    assert!(shown.contains("\"quarantine\""), "{shown}");
+    dialmark_schemas::ch::server_client(&stack.clickhouse)
+        .query(&format!("DROP DATABASE {}", stack.clickhouse.database))
+        .execute()
+        .await
+        .unwrap();
+}
