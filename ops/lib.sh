@@ -74,8 +74,8 @@ dm_stop_pid() {
 # left and flush its rows: a draining node is never SIGKILLed.
 dm_router_stop() {
   local drain
-  drain=$(sed -n 's/^[[:space:]]*drain_seconds[[:space:]]*=[[:space:]]*\([0-9][0-9]*\).*/\1/p' "$1" 2>/dev/null | head -n 1)
-  dm_stop_pid router "$2" $((${drain:-30} + 30))
+  drain=$(sed -n 's/^[[:space:]]*drain_seconds[[:space:]]*=[[:space:]]*\([0-9][0-9]*\).*/\1/p' "$1" 2>/dev/null | head -n 1 || true)
+  dm_stop_pid router "$2" $((10#${drain:-30} + 30))
 }
 
 # dm_wait NAME SECONDS COMMAND...: retry COMMAND until it succeeds.

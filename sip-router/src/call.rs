@@ -195,7 +195,10 @@ pub enum Event<'a> {
         attempt: u8,
     },
     /// A BYE in the dialog from either side (forwarded by the shard).
-    Bye,
+    Bye {
+        /// Sent by the caller (the carrier's side), not by a trunk.
+        from_caller: bool,
+    },
     /// The node stops (drain deadline): release the call now.
     Release,
     Timer(Timer),
@@ -675,13 +678,17 @@ impl Call {
                     );
                 }
             }
-            Event::Bye => match self.phase {
+            Event::Bye { from_caller } => match self.phase {
                 Phase::Answered => self.finish_answered(now_ms, Disposition::Answered, &mut out),
                 // A BYE on the early dialog (RFC 3261 §15: the caller may
                 // send one; it went on to the trunk): the caller is gone,
                 // as after a CANCEL, and its INVITE gets 487.
-                Phase::Trying => self.caller_left("BYE before the answer", now_ms, &mut out),
-                Phase::Completed | Phase::Ended => {}
+                Phase::Trying if from_caller => {
+                    self.caller_left("BYE before the answer", now_ms, &mut out)
+                }
+                // A callee must not (§15); the trunk's final reply to the
+                // INVITE, or its timers, settle the attempt.
+                Phase::Trying | Phase::Completed | Phase::Ended => {}
             },
             Event::Release => match self.phase {
                 Phase::Answered => {

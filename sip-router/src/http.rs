@@ -218,7 +218,10 @@ pub fn snapshot(shared: &Shared) -> Vec<TrunkStatus> {
 /// ASR and NER (0–100 %) and PDD p95 (0 to the hour's highest) over the
 /// last hour; minutes without attempts are gaps.
 fn sparklines(h: &[Point]) -> String {
-    let pdd_max = h.iter().filter_map(|p| p.pdd_p95_ms).max().unwrap_or(0);
+    // PDD past a minute is one bin (no upper edge): drawn at 60 s.
+    const PDD_CAP_MS: u32 = 60_000;
+    let pdd = |p: &Point| p.pdd_p95_ms.map(|v| v.min(PDD_CAP_MS));
+    let pdd_max = h.iter().filter_map(pdd).max().unwrap_or(0);
     let line = |name: &str, vals: Vec<Option<f64>>, max: f64, label: String| {
         const W: f64 = 120.0;
         const H: f64 = 22.0;
@@ -269,9 +272,13 @@ fn sparklines(h: &[Point]) -> String {
         ),
         line(
             "pdd_p95_ms",
-            h.iter().map(|p| p.pdd_p95_ms.map(f64::from)).collect(),
+            h.iter().map(|p| pdd(p).map(f64::from)).collect(),
             f64::from(pdd_max),
-            format!("PDD p95 max {pdd_max} ms"),
+            if pdd_max == PDD_CAP_MS {
+                "PDD p95 max ≥ 60 s".to_string()
+            } else {
+                format!("PDD p95 max {pdd_max} ms")
+            },
         ),
     ]
     .join("<br>")

@@ -215,16 +215,13 @@ impl Quality {
     pub fn history(&self, now_s: u64) -> Vec<Point> {
         let last = now_s - now_s % HISTORY_POINT_S;
         let first = (last + HISTORY_POINT_S).saturating_sub(HISTORY_S);
-        let mut kept = self
-            .minutes
-            .iter()
-            .filter(|b| b.start_s >= first)
-            .peekable();
         (first..=last)
             .step_by(HISTORY_POINT_S as usize)
             .map(|t| {
-                let s = match kept.next_if(|b| b.start_s == t) {
-                    Some(b) => stats(std::iter::once(b), HISTORY_POINT_S, now_s),
+                // By start, not by position: a clock stepped back leaves
+                // the series out of order.
+                let s = match self.minutes.iter().find(|b| b.start_s == t) {
+                    Some(b) => stats(std::iter::once(b), HISTORY_POINT_S, HISTORY_POINT_S, now_s),
                     None => Stats::default(),
                 };
                 Point {
@@ -249,19 +246,25 @@ impl Quality {
             self.buckets
                 .iter()
                 .filter(|b| b.start_s + BUCKET_S > from_s && b.start_s <= to_s),
+            BUCKET_S,
             window_s,
             to_s,
         )
     }
 }
 
-/// The numbers of some buckets together, reported as `window_s`; short
-/// calls among the answers settled by `now_s`.
-fn stats<'a>(buckets: impl Iterator<Item = &'a Bucket>, window_s: u64, now_s: u64) -> Stats {
+/// The numbers of some buckets `width_s` wide together, reported as
+/// `window_s`; short calls among the answers settled by `now_s`.
+fn stats<'a>(
+    buckets: impl Iterator<Item = &'a Bucket>,
+    width_s: u64,
+    window_s: u64,
+    now_s: u64,
+) -> Stats {
     let mut t = Bucket::default();
     let (mut settled, mut short) = (0, 0);
     for b in buckets {
-        if b.start_s + BUCKET_S + u64::from(SHORT_CALL_MS / 1000) <= now_s {
+        if b.start_s + width_s + u64::from(SHORT_CALL_MS / 1000) <= now_s {
             settled += b.answered;
             short += b.short;
         }

@@ -1280,7 +1280,7 @@ impl Shard {
             Hop::Carrier(peer, back) => self.transport.send_or_reopen(peer, back, bytes),
         }
         if method == "BYE" {
-            self.drive(key, Event::Bye);
+            self.drive(key, Event::Bye { from_caller });
         }
     }
 

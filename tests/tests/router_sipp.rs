@@ -600,10 +600,23 @@ async fn sighup_swaps_trunks_without_dropping_calls_and_sigterm_drains() {
         "127.0.0.1",
         &["-d", "4000"],
     );
-    wait_for("the call up on trunk a", 10, || {
-        r.status()["trunks"][0]["active_calls"].as_u64() == Some(1)
-    })
-    .await;
+    // Answered before the reload: its row is in ClickHouse from the answer
+    // on (`ended = 0`), long before it ends.
+    let db = dialmark_schemas::ch::client(&w.tracker.config.clickhouse);
+    let mut answered = 0u64;
+    for _ in 0..100 {
+        answered = db
+            .query("SELECT count() FROM calls WHERE number = ? AND ended = 0 AND toUInt32(answered) > 0")
+            .bind(&w.number)
+            .fetch_one()
+            .await
+            .unwrap();
+        if answered > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered, 1, "the call's answer row, before it ends");
     let path = r.config_path().to_path_buf();
     let text = std::fs::read_to_string(&path).unwrap();
     let swapped = text.replace(

@@ -202,7 +202,7 @@ fn answered_call_forwards_and_records_talk_time() {
     let out = respond(&mut call, 1, &inv, 200, "OK", T0 + 3_800);
     assert_eq!(to_carrier(&out), vec!["SIP/2.0 200 OK"]);
 
-    let out = call.handle(Event::Bye, T0 + 63_300);
+    let out = call.handle(Event::Bye { from_caller: true }, T0 + 63_300);
     let a = attempts(&out);
     assert_eq!(a.len(), 1);
     assert_eq!(
@@ -273,7 +273,7 @@ fn failover_on_503_then_answer() {
         !out.iter().any(|a| matches!(a, Action::TrunkReplied(_))),
         "once per attempt"
     );
-    let out = call.handle(Event::Bye, T0 + 11_100);
+    let out = call.handle(Event::Bye { from_caller: true }, T0 + 11_100);
     let r = record(&out).unwrap();
     assert_eq!(
         (r.disposition, r.attempts, r.final_trunk.as_str(), r.talk_ms),
@@ -495,7 +495,7 @@ fn a_branch_given_up_on_is_cancelled_or_hung_up_when_it_wakes() {
         out.contains(&Action::Disarm(Timer::Resend(1))),
         "the BYE was answered"
     );
-    call.handle(Event::Bye, T0 + 9_000);
+    call.handle(Event::Bye { from_caller: true }, T0 + 9_000);
     assert!(call.is_done());
 }
 
@@ -705,7 +705,7 @@ fn a_bye_on_the_early_dialog_ends_the_call_like_a_cancel() {
     );
     let (_, inv) = sent_invite(&out).unwrap();
     respond(&mut call, 1, &inv, 180, "Ringing", T0 + 100);
-    let out = call.handle(Event::Bye, T0 + 1_000);
+    let out = call.handle(Event::Bye { from_caller: true }, T0 + 1_000);
     assert_eq!(to_carrier(&out), vec!["SIP/2.0 487 Request Terminated"]);
     assert_eq!(to_trunk(&out, "CANCEL").len(), 1, "the trunk stops ringing");
     assert!(
@@ -722,6 +722,27 @@ fn a_bye_on_the_early_dialog_ends_the_call_like_a_cancel() {
     let out = respond(&mut call, 1, &inv, 487, "Request Terminated", T0 + 1_050);
     assert_eq!(to_trunk(&out, "ACK").len(), 1);
     assert!(to_carrier(&out).is_empty() && record(&out).is_none());
+}
+
+#[test]
+fn a_trunks_bye_on_the_early_dialog_does_not_end_the_call() {
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], vec![trunk("a", 5091), trunk("b", 5092)]),
+        policy(),
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    respond(&mut call, 1, &inv, 180, "Ringing", T0 + 100);
+    // A callee must not send one (RFC 3261 §15): not taken as the caller
+    // hanging up; the trunk's final reply decides.
+    let out = call.handle(Event::Bye { from_caller: false }, T0 + 1_000);
+    assert!(
+        to_carrier(&out).is_empty() && record(&out).is_none(),
+        "{out:?}"
+    );
+    let out = respond(&mut call, 1, &inv, 503, "Service Unavailable", T0 + 1_100);
+    assert!(sent_invite(&out).is_some(), "a 503 still fails over");
 }
 
 #[test]
