@@ -106,7 +106,7 @@ fn call(script: &[(u8, &[u8])]) -> usize {
             now,
         ));
     }
-    actions.extend(call.handle(Event::Bye, now + 60_000));
+    actions.extend(call.handle(Event::Bye { from_caller: true }, now + 60_000));
     assert!(call.is_finished());
     actions.len()
 }

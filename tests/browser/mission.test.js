@@ -19,7 +19,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startTracker, launch, openPage, waitNumber, formats, chRows, env, freePort, poll, sleep, ROOT, STATIC } from './lib/harness.js';
+import { startTracker, launch, openPage, waitNumber, formats, chRows, env, freePort, poll, sleep, udpBound, ROOT, STATIC } from './lib/harness.js';
 
 const BREAK = process.env.DIALMARK_MISSION_BREAK || '';
 const FIXTURES = path.join(ROOT, 'tests/fixtures/sipp');
@@ -213,7 +213,7 @@ test('visit from an ad -> tracking number -> carrier call with trunk failover ->
   const [pa, pb, dead] = [await freePort(), await freePort(), await freePort()];
   const trunkA = trunk(dir, 'a', pa, ['-sf', scenario(dir, 'uas_reject.xml', { CODE: '503', REASON: 'Service Unavailable' })]);
   const trunkB = trunk(dir, 'b', pb, ['-sn', 'uas']);
-  await sleep(300); // SIPp binds at once; give it a moment
+  assert.ok(await poll(() => udpBound(pa) && udpBound(pb), Boolean, 5000), 'both trunks listening');
 
   // 3. The routing node, on the tracker's Redis and ClickHouse database.
   const router = await startRouter({

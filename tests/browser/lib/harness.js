@@ -6,6 +6,7 @@
 import { spawn, execFile } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import fs from 'node:fs';
+import dgram from 'node:dgram';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -39,16 +40,44 @@ export const env = () => ({
 export const sleep = ms => new Promise(r => setTimeout(r, ms));
 export const hex = n => randomBytes(n).toString('hex');
 
-/** A loopback port nobody listens on right now. */
-export const freePort = () =>
-  new Promise((resolve, reject) => {
+/** Whether `port` can be bound on loopback for TCP and UDP right now. */
+const bindable = port =>
+  new Promise(resolve => {
     const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => {
+      const u = dgram.createSocket('udp4');
+      u.once('error', () => s.close(() => resolve(false)));
+      u.bind(port, '127.0.0.1', () => u.close(() => s.close(() => resolve(true))));
     });
   });
+
+let nextPort = 0;
+/**
+ * A loopback port free for TCP and UDP, for a child to bind. Taken from
+ * 20000-31999, below the kernel's ephemeral range (32768 and up), so no
+ * outgoing connection can be given it between this check and the child's
+ * bind (as `free_port` in tests/src/process.rs); each run walks its own
+ * stretch of the range.
+ */
+export const freePort = async () => {
+  const LOW = 20000, SPAN = 12000, start = (process.pid % 60) * 200;
+  for (let i = 0; i < SPAN; i++) {
+    const port = LOW + ((start + nextPort++) % SPAN);
+    if (await bindable(port)) return port;
+  }
+  throw new Error('no free port in 20000-31999');
+};
+
+/** Whether something is bound to UDP `port` (/proc/net/udp): a child is ready. */
+export const udpBound = port => {
+  const hex = ':' + port.toString(16).toUpperCase().padStart(4, '0');
+  return fs
+    .readFileSync('/proc/net/udp', 'utf8')
+    .split('\n')
+    .slice(1)
+    .some(l => (l.trim().split(/\s+/)[1] || '').endsWith(hex));
+};
 
 /** Polls `fn` until `ok(value)` or `ms` pass; returns the last value. */
 export const poll = async (fn, ok, ms = 5000, every = 50) => {
