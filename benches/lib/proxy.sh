@@ -139,6 +139,21 @@ helper_ticks() {
   echo "$tr $rd $ch"
 }
 
+# build_label: the router build the reports name: the commit it was built
+# from (for a pinned DIALMARK_BIN, the COMMIT file beside it; else the
+# checkout's HEAD, "+uncommitted" when the router's sources differ from it)
+# and when it was built.
+build_label() {
+  local rev pin
+  pin=$(dirname "${DIALMARK_BIN:-/nonexistent/x}")/COMMIT
+  if [ -n "${DIALMARK_BIN:-}" ] && [ -f "$pin" ]; then
+    rev="$(cat "$pin") (pinned binary)"
+  else
+    rev="$(git -C "$DM_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$DM_ROOT" diff --quiet HEAD -- sip-router schemas 2>/dev/null || echo '+uncommitted')"
+  fi
+  echo "router $rev built $(date -u -r "$ROUTER_BIN" '+%Y-%m-%d %H:%M UTC')"
+}
+
 build_dialmark() {
   if [ -n "${DIALMARK_BIN:-}" ]; then
     [ -x "$DIALMARK_BIN" ] || die "DIALMARK_BIN=$DIALMARK_BIN is not executable"
