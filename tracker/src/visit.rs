@@ -103,8 +103,53 @@ impl VisitRequest {
     pub fn decode(body: &[u8]) -> Result<Self, TrackerError> {
         let mut req: VisitRequest = parse_json(body)?;
         req.validate()?;
+        req.source_from_url();
         req.cut_long_fields();
         Ok(req)
+    }
+
+    /// The snippet sends the utm tags and click ids it read from the page;
+    /// a client that sends only the URL (a server-side integration, a
+    /// hand-written beacon) gets them read from the session's landing URL
+    /// (or the URL) here. Only when it sent none of them: a client's own
+    /// values are never mixed with the URL's.
+    fn source_from_url(&mut self) {
+        let sent = [
+            &self.utm_source,
+            &self.utm_medium,
+            &self.utm_campaign,
+            &self.utm_term,
+            &self.utm_content,
+            &self.gclid,
+            &self.yclid,
+            &self.fbclid,
+            &self.msclkid,
+        ];
+        if sent.iter().any(|f| !f.is_empty()) {
+            return;
+        }
+        let Some((_, query)) = self.landing().split_once('?') else {
+            return;
+        };
+        let query = query.split('#').next().unwrap_or_default().to_string();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let slot = match k.as_ref() {
+                "utm_source" => &mut self.utm_source,
+                "utm_medium" => &mut self.utm_medium,
+                "utm_campaign" => &mut self.utm_campaign,
+                "utm_term" => &mut self.utm_term,
+                "utm_content" => &mut self.utm_content,
+                "gclid" => &mut self.gclid,
+                "yclid" => &mut self.yclid,
+                "fbclid" => &mut self.fbclid,
+                "msclkid" => &mut self.msclkid,
+                _ => continue,
+            };
+            // A tag given twice: the first one counts.
+            if slot.is_empty() {
+                *slot = v.into_owned();
+            }
+        }
     }
 
     /// Cuts over-long source fields: a visit with a huge URL still gets a number.
@@ -469,6 +514,50 @@ fn new_id() -> String {
 mod tests {
     use super::*;
     use crate::inventory::GeoPool;
+
+    #[test]
+    fn a_visit_with_only_a_url_gets_its_source_from_it() {
+        let req = VisitRequest::decode(
+            br#"{"site":"s","url":"https://a.example/p?utm_source=google&utm_medium=cpc&utm_campaign=spring%20sale&utm_term=a+b&gclid=G1&utm_source=bing#top"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                req.utm_source.as_str(),
+                req.utm_medium.as_str(),
+                req.utm_campaign.as_str(),
+                req.utm_term.as_str(),
+                req.gclid.as_str()
+            ),
+            ("google", "cpc", "spring sale", "a b", "G1")
+        );
+        // The session's landing URL is where the click landed.
+        let req = VisitRequest::decode(
+            br#"{"site":"s","url":"https://a.example/cart","landing_url":"https://a.example/?yclid=Y7&fbclid=F&msclkid=M"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                req.yclid.as_str(),
+                req.fbclid.as_str(),
+                req.msclkid.as_str()
+            ),
+            ("Y7", "F", "M")
+        );
+        // A client that sent any source field keeps its own, unmixed.
+        let req = VisitRequest::decode(
+            br#"{"site":"s","utm_source":"newsletter","url":"https://a.example/?utm_source=google&gclid=G1"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (req.utm_source.as_str(), req.gclid.as_str()),
+            ("newsletter", "")
+        );
+        // No query, or a fragment only: nothing.
+        let req = VisitRequest::decode(br#"{"site":"s","url":"https://a.example/#utm_source=x"}"#)
+            .unwrap();
+        assert_eq!(req.utm_source, "");
+    }
 
     fn site() -> Site {
         Site {
