@@ -87,8 +87,8 @@ def section(results):
         % (any_r["incident_seconds"], max(r["pair"] for r in results), any_r["settings"], TARGET_DETECT_S,
            TARGET_FAILED_PCT),
         "",
-        "| incident | arm | calls | detected after, s | as | trunk A state changes during it | failed, % | delayed, % | restored, s after it ended (negative: while it lasted) | target |",
-        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        "| incident | arm | calls | detected after, s | as | trunk A state changes during it | failed, % | delayed, % | target |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- |",
     ]
     for inc, label in INCIDENTS.items():
         for arm in ("quality", "probes"):
@@ -101,13 +101,12 @@ def section(results):
             ok_fail = all(f is not None and f < TARGET_FAILED_PCT for f in fails)
             verdict = "met" if ok_detect and ok_fail else "not met (%s)" % ", ".join(
                 x for x, ok in (("detection", ok_detect), ("failed calls", ok_fail)) if not ok)
-            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 label, arm, med([r["calls"] for r in rs], "%d"),
                 med(detects, "%d") if any(d is not None for d in detects) else "not detected",
                 ", ".join(sorted({r["detected_as"] for r in rs if r["detected_as"]})) or "–",
                 med([r.get("changes_during") for r in rs], "%d"),
                 med(fails, "%.2f"), med([r["delayed_pct"] for r in rs], "%.1f"),
-                med([r["restored_after_incident_s"] for r in rs], "%d"),
                 verdict if arm == "quality" else "(peer)"))
     out += ["", END]
     return "\n".join(out)
