@@ -342,6 +342,18 @@ def run(dirpath, target, variant, run_id, date, command, settings):
     print("%s/%s: max clean CPS %s" % (target, variant, res["max_clean_cps"]))
 
 
+def first_unclean_step(r):
+    return next((s for s in r["steps"] if not s["clean"]), {})
+
+
+def generator_limited(r):
+    """The run's first failing step fell short at the load generator: the
+    carrier reached under 95% of the rate and nothing was dropped at the
+    proxy's own socket."""
+    s = first_unclean_step(r)
+    return bool(s) and s.get("proxy_udp_drops", 1) == 0 and (s.get("achieved_cps") or 0) < 0.95 * s["rate"]
+
+
 def fmt(v, nd=1):
     if v is None:
         return "–"
@@ -429,6 +441,15 @@ def section(results):
             if capped:
                 out += ["", "dialmark did not fail at the highest step of some runs: the load generator"
                         " (SIPp ×3 on the same 2 cores), not the router, was the limit there, so those ratios are lower bounds."]
+            # A step lost at the generator: the carrier fell short of the rate
+            # and the datagrams were dropped at SIPp's sockets, none at the proxy's.
+            gen = [x[2] for x in ratios if generator_limited(x[2])]
+            if gen:
+                out += ["", "Where dialmark's first failing step was lost at the load generator (the SIPp carrier"
+                        " reached only %s CPS; 0 datagrams dropped at the router's socket, %s at SIPp's), the router was not"
+                        " the limit: those ratios are lower bounds." % (
+                            ", ".join(fmt(g["first_unclean"]["achieved_cps"], 0) for g in gen),
+                            ", ".join(str(first_unclean_step(g).get("udp_rcvbuf_drops", "–")) for g in gen))]
         out += ["", "CPU, latency and memory in this table are at each target's own max clean rate"
                 " (the router's CPU excludes ClickHouse's). Per step, for the pair whose ratio is the median:", ""]
         shown = ()
