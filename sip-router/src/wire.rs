@@ -937,5 +937,60 @@ pub fn error_reply(raw: &[u8], err: &ParseError) -> Option<Vec<u8>> {
     Some(out.into_bytes())
 }
 
+/// Any bytes through what the node does with a datagram or a TCP stream:
+/// framing (whole and in two chunks), parsing, the header accessors, the
+/// Via stamping, and the error reply. Panics if any of them does, or if a
+/// reply is not itself valid SIP (but for the headers it copies from the
+/// request). The fuzz target (`sip-router/fuzz`) and the unit tests share it.
+#[doc(hidden)]
+pub fn exercise(data: &[u8]) {
+    let _ = frame(data);
+    // A TCP stream arriving in two reads frames like one read would.
+    let cut = data.first().map_or(0, |b| *b as usize % (data.len() + 1));
+    let mut framer = Framer::default();
+    framer.push(&data[..cut]);
+    let mut seen = 0usize;
+    while let Ok(Some(m)) = framer.next_message() {
+        seen += m.len();
+    }
+    framer.push(&data[cut..]);
+    while let Ok(Some(m)) = framer.next_message() {
+        seen += m.len();
+    }
+    assert!(seen <= data.len(), "framed more than was read");
+    match parse(data) {
+        Ok(m) => {
+            let _ = (
+                m.method(),
+                m.uri(),
+                m.branch(),
+                m.cseq(),
+                m.to_tag(),
+                m.top_via(),
+            );
+            if let Some(v) = m.top_via() {
+                let _ = stamp_via(v, "192.0.2.1:5060".parse().unwrap());
+                let _ = via_destination(v);
+            }
+        }
+        Err(e) => {
+            if let Some(reply) = error_reply(data, &e) {
+                assert_eq!(
+                    frame(&reply).ok().flatten(),
+                    Some(reply.len()),
+                    "the error reply is one whole message"
+                );
+                match parse(&reply) {
+                    Ok(_) => {}
+                    // Via, From, To and CSeq are copied from the request
+                    // (RFC 3261 §8.2.6.2): they may be as malformed as its own.
+                    Err(ParseError::Bad("Via" | "From" | "To" | "CSeq")) => {}
+                    Err(e) => panic!("the error reply does not parse: {e}"),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -201,6 +201,21 @@ fn hostile_input_never_panics() {
 /// Cases whose named header we never read: parsing may accept them.
 const HEADERS_WE_IGNORE: &[&str] = &["Date", "Contact"];
 
+/// The fuzz target's checks (`wire::exercise`) on its seed corpus, on
+/// stable Rust: every RFC 4475 torture message, whole and cut short every
+/// 7 bytes (a stream read part way).
+#[test]
+fn the_fuzz_targets_checks_hold_on_the_torture_corpus() {
+    let mut runs = 0;
+    for case in rfc4475::classified() {
+        for n in (0..case.bytes.len()).step_by(7).chain([case.bytes.len()]) {
+            exercise(&case.bytes[..n]);
+            runs += 1;
+        }
+    }
+    assert!(runs > 1_000, "{runs}");
+}
+
 #[test]
 fn rfc4475_torture_corpus() {
     let mut failures = Vec::new();
