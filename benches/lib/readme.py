@@ -28,6 +28,23 @@ def machine():
         platform.node() or "?", os.cpu_count(), cpu, mem_kb / 1048576, platform.release())
 
 
+def put_section(path, begin, end, block, after=None):
+    """Puts `block` (its own `begin` and `end` markers included) where the
+    file at `path` has those markers; without them, right after the marker
+    `after` if given and present, else at the end."""
+    text = open(path).read()
+    if begin in text and end in text:
+        a, b = text.index(begin), text.index(end) + len(end)
+        text = text[:a] + block + text[b:]
+    elif after and after in text:
+        i = text.index(after) + len(after)
+        text = text[:i] + "\n\n" + block + text[i:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as fh:
+        fh.write(text if text.endswith("\n") else text + "\n")
+
+
 def main():
     name, heading, command, body_file = sys.argv[1:5]
     command = command.strip()
