@@ -164,6 +164,25 @@ pub async fn call(
         .unwrap()
 }
 
+/// `calls` SIPp carrier calls to `number` through the router on loopback
+/// (`extra`: SIPp options, e.g. `-r` for the rate), off the async threads.
+pub async fn place_calls(
+    router: u16,
+    number: &str,
+    scenario: Scenario,
+    calls: u32,
+    extra: &[&str],
+) -> sipp::UacRun {
+    let number = number.to_string();
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        sipp::uac(router, &number, scenario, "127.0.0.1", calls, &extra)
+    })
+    .await
+    .unwrap()
+}
+
 pub fn reject(code: u16, reason: &str) -> Scenario {
     Scenario::File(
         "uas_reject.xml",

@@ -15,6 +15,7 @@ use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::services::PrivateRedis;
 use dialmark_e2e::sipp::{self, Scenario, Uas};
 use dialmark_e2e::tracker::{config, config_on, single_redis, TestTracker};
+use dialmark_e2e::world::call;
 use dialmark_tracker::inventory::{AddNumbers, PoolDef, Site};
 use serde::Deserialize;
 
@@ -51,12 +52,7 @@ async fn rows(t: &TestTracker, number: &str, want: usize) -> Vec<Row3> {
 }
 
 async fn place(r: &TestRouter, number: &str, scenario: Scenario) -> sipp::UacRun {
-    let (port, number) = (r.sip_port, number.to_string());
-    tokio::task::spawn_blocking(move || {
-        sipp::uac(port, &number, scenario, "127.0.0.1", 1, &["-d", "200"])
-    })
-    .await
-    .unwrap()
+    call(r.sip_port, number, scenario, "127.0.0.1", &["-d", "200"]).await
 }
 
 fn expect(code: u16) -> Scenario {

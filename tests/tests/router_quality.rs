@@ -10,7 +10,7 @@ use std::time::Duration;
 use dialmark_e2e::process::{bin, free_port};
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{self, Scenario, Uas};
-use dialmark_e2e::world::{wait_for, world, World};
+use dialmark_e2e::world::{place_calls, wait_for, world, World};
 
 #[derive(clickhouse::Row, serde::Deserialize, Debug)]
 struct Event {
@@ -62,20 +62,15 @@ async fn attempts_on(w: &World, trunk: &str) -> (u64, u64) {
         .unwrap()
 }
 
-async fn place(r: &TestRouter, w: &World, calls: u32, rate: &'static str) -> sipp::UacRun {
-    let (port, number) = (r.sip_port, w.number.clone());
-    let run = tokio::task::spawn_blocking(move || {
-        sipp::uac(
-            port,
-            &number,
-            Scenario::Builtin("uac"),
-            "127.0.0.1",
-            calls,
-            &["-r", rate],
-        )
-    })
-    .await
-    .unwrap();
+async fn place(r: &TestRouter, w: &World, calls: u32, rate: &str) -> sipp::UacRun {
+    let run = place_calls(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        calls,
+        &["-r", rate],
+    )
+    .await;
     assert!(
         run.success,
         "every call is answered (by b if not by a): {}",

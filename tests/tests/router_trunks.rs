@@ -9,7 +9,7 @@ use std::time::Duration;
 use dialmark_e2e::process::free_port;
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{self, Scenario, Uas};
-use dialmark_e2e::world::{world, World};
+use dialmark_e2e::world::{place_calls, world, World};
 
 fn trunks(list: &[(&str, u16, &str)]) -> String {
     list.iter()
@@ -54,25 +54,15 @@ async fn per_trunk(w: &World, want: u64) -> Vec<(String, u64)> {
     rows
 }
 
-async fn load(
-    r: &TestRouter,
-    w: &World,
-    calls: u32,
-    extra: &'static [&'static str],
-) -> sipp::UacRun {
-    let (port, number) = (r.sip_port, w.number.clone());
-    tokio::task::spawn_blocking(move || {
-        sipp::uac(
-            port,
-            &number,
-            Scenario::Builtin("uac"),
-            "127.0.0.1",
-            calls,
-            extra,
-        )
-    })
+async fn load(r: &TestRouter, w: &World, calls: u32, extra: &[&str]) -> sipp::UacRun {
+    place_calls(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        calls,
+        extra,
+    )
     .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
