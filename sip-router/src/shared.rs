@@ -333,20 +333,21 @@ impl Shared {
 
     /// A trunk event was recorded: the status page's list.
     pub fn trunk_event(&self, ev: &TrunkEvent) {
-        let mut e = self.recent_events.lock().expect("status lock");
-        e.push_back(ev.clone());
-        while e.len() > 20 {
-            e.pop_front();
-        }
+        push_recent(&self.recent_events, ev.clone());
     }
 
     /// A call failed over from `trunk`: the status page's list.
     pub fn failed_over(&self, now_ms: u64, trunk: &str) {
-        let mut f = self.recent_failovers.lock().expect("status lock");
-        f.push_back((now_ms, trunk.to_string()));
-        while f.len() > 20 {
-            f.pop_front();
-        }
+        push_recent(&self.recent_failovers, (now_ms, trunk.to_string()));
+    }
+}
+
+/// Appends to one of the status page's lists, which keep the last 20.
+fn push_recent<T>(list: &Mutex<std::collections::VecDeque<T>>, item: T) {
+    let mut l = list.lock().expect("status lock");
+    l.push_back(item);
+    while l.len() > 20 {
+        l.pop_front();
     }
 }
 
