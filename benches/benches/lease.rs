@@ -90,7 +90,7 @@ fn lease(c: &mut Criterion) {
             n += 1;
             let session = format!("s{n}");
             rt.block_on(pool::allocate(
-                &mut redis, &scripts, &fresh, now, TIMING, &session, FIELDS,
+                &mut redis, &scripts, &fresh, now, TIMING, &session, None, FIELDS,
             ))
             .expect("allocate")
         })
@@ -98,20 +98,20 @@ fn lease(c: &mut Criterion) {
 
     let now = 1_800_000_000u32;
     rt.block_on(pool::allocate(
-        &mut redis, &scripts, &renew, now, TIMING, "renewing", FIELDS,
+        &mut redis, &scripts, &renew, now, TIMING, "renewing", None, FIELDS,
     ))
     .expect("allocate");
     g.bench_function("allocate: same session again (renewal)", |b| {
         b.iter(|| {
             rt.block_on(pool::allocate(
-                &mut redis, &scripts, &renew, now, TIMING, "renewing", FIELDS,
+                &mut redis, &scripts, &renew, now, TIMING, "renewing", None, FIELDS,
             ))
             .expect("allocate")
         })
     });
 
     rt.block_on(pool::allocate(
-        &mut redis, &scripts, &keep, now, TIMING, "kept", FIELDS,
+        &mut redis, &scripts, &keep, now, TIMING, "kept", None, FIELDS,
     ))
     .expect("allocate");
     g.bench_function("keepalive of a live lease", |b| {

@@ -1,6 +1,6 @@
 // dialmark snippet entry: <script async src="https://TRACKER/snippet.js" data-site="SITE_ID"></script>
 import { replacer } from './phone.js';
-import { touches, visitorId, saveVid, get, set, del } from './source.js';
+import { touches, sendable, visitorId, saveVid, get, set, del } from './source.js';
 import { swap } from './swap.js';
 import { post } from './api.js';
 
@@ -62,7 +62,7 @@ const init = () => {
     if (busy) return;
     busy = 1;
     const st = get(ls, SK), young = st && Date.now() - st.ts < (st.hold_seconds || 900) * 1000;
-    post(base + '/v1/visits', Object.assign({ site, visitor_id: vid, session_id: young ? st.session_id : void 0, url: L.href }, src.c, { first_touch: src.f }), ms)
+    post(base + '/v1/visits', Object.assign({ site, visitor_id: vid, session_id: young ? st.session_id : void 0, url: L.href, ym_uid: (/(?:^|;\s*)_ym_uid=(\d+)/.exec(d.cookie) || [])[1] }, sendable(src)), ms)
       .then(r => { if (!r.ok) throw 0; return r.json(); })
       .then(r => {
         if (!on || !r.number) return;

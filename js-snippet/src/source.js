@@ -1,6 +1,6 @@
 // Attribution capture and visitor id. Storage is passed in (tests use a fake).
 
-export const KEYS = 'utm_source utm_medium utm_campaign utm_term utm_content gclid yclid fbclid msclkid'.split(' ');
+export const KEYS = 'utm_source utm_medium utm_campaign utm_term utm_content gclid gbraid wbraid yclid fbclid msclkid'.split(' ');
 
 // JSON helpers that never throw (storage may be missing, full or blocked).
 export const get = (st, k) => {
@@ -26,14 +26,28 @@ export const capture = (href, ref) => {
 
 // First touch is written once. Current touch is replaced when this page brings
 // new attribution (any utm/click id, or a referrer from another host); internal
-// navigation and direct reloads keep it. Stored in localStorage `_dm_src`.
-export const touches = (st, href, ref) => {
+// navigation and direct reloads keep it. Stored in localStorage `_dm_src`,
+// each touch with its time (`ts`, ms) so the tracker can tell a newer click
+// and forget ones past their age.
+export const touches = (st, href, ref, now = Date.now()) => {
   const t = capture(href, ref), j = get(st, '_dm_src') || {}, r = host(ref);
+  t.ts = now;
   if (!j.f) j.f = t;
   if (!j.c || KEYS.some(k => t[k]) || (r && r != host(href))) j.c = t;
   set(st, '_dm_src', j);
   return j;
 };
+
+// A touch as sent: its age in seconds instead of our clock's time (the
+// tracker's clock may differ from the visitor's).
+const aged = (t, now) => {
+  const o = Object.assign({}, t);
+  delete o.ts;
+  if (t.ts) o.touch_age = Math.max(0, Math.round((now - t.ts) / 1000));
+  return o;
+};
+// The touch fields of a visit: the current touch flat, the first one nested.
+export const sendable = (j, now = Date.now()) => Object.assign(aged(j.c, now), { first_touch: aged(j.f, now) });
 
 export const uid = () => [...crypto.getRandomValues(new Uint8Array(16))].map(b => (b + 256).toString(16).slice(1)).join('');
 

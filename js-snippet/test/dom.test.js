@@ -127,7 +127,7 @@ const page = (opts = {}) => {
     h('div', { 'data-dialmark-noswap': '' }, '84950000000'),
   );
   const html = h('html', {}, h('head', {}, script), body);
-  const jar = new Map();
+  const jar = new Map(Object.entries(opts.cookies || {}));
   const doc = emitter({
     documentElement: html, body, currentScript: script, referrer: opts.referrer ?? 'https://www.google.com/',
     visibilityState: 'visible', readyState: 'complete',
@@ -169,6 +169,13 @@ const page = (opts = {}) => {
   return { ctx, doc, body, html, calls, beacons, jar, hist, text, close, dm: ctx.dialmark, storage: ctx.localStorage, intervals };
 };
 
+test('bundle: Yandex Metrica ClientId is sent from its cookie', async () => {
+  const p = page({ cookies: { _ym_uid: '1690000000123456789' } });
+  try {
+    assert.equal(p.calls[0].body.ym_uid, '1690000000123456789');
+  } finally { p.close(); }
+});
+
 test('bundle: visit request, swap, storage', async () => {
   const p = page();
   try {
@@ -182,10 +189,10 @@ test('bundle: visit request, swap, storage', async () => {
     assert.deepEqual(c.body, {
       site: 'site1', visitor_id: vid, url: 'https://shop.example/landing?utm_source=google&utm_medium=cpc&gclid=G1',
       landing_url: 'https://shop.example/landing?utm_source=google&utm_medium=cpc&gclid=G1', referrer: 'https://www.google.com/',
-      utm_source: 'google', utm_medium: 'cpc', gclid: 'G1',
+      utm_source: 'google', utm_medium: 'cpc', gclid: 'G1', touch_age: 0,
       first_touch: {
         landing_url: 'https://shop.example/landing?utm_source=google&utm_medium=cpc&gclid=G1', referrer: 'https://www.google.com/',
-        utm_source: 'google', utm_medium: 'cpc', gclid: 'G1',
+        utm_source: 'google', utm_medium: 'cpc', gclid: 'G1', touch_age: 0,
       },
     });
     assert.equal(p.text(), 'Moscow: +7 (495) 000-00-00' + '8 495 000 00 00' + 'SF: (415) 555-0100' + '84950000000'); // not yet

@@ -1,6 +1,6 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { KEYS, capture, touches, get, set, del, uid, visitorId, saveVid } from '../src/source.js';
+import { KEYS, capture, touches, sendable, get, set, del, uid, visitorId, saveVid } from '../src/source.js';
 
 const fakeStorage = () => {
   const m = new Map();
@@ -21,7 +21,8 @@ test('capture utm and click ids from a URL', () => {
     gclid: 'G1', yclid: 'Y1', fbclid: 'F1', msclkid: 'M1',
   });
   assert.deepEqual(capture('https://shop.example/', ''), { landing_url: 'https://shop.example/', referrer: '' });
-  assert.equal(KEYS.length, 9);
+  assert.equal(KEYS.length, 11);
+  assert.equal(capture('https://shop.example/?gbraid=GB&wbraid=WB', '').gbraid, 'GB');
 });
 
 test('first touch is kept, current touch follows new attribution only', () => {
@@ -47,6 +48,22 @@ test('first touch is kept, current touch follows new attribution only', () => {
   assert.equal(t.c.gclid, 'abc');
   assert.equal(t.f.yclid, '1');
   assert.deepEqual(get(st, '_dm_src'), t);
+});
+
+test('touches are stamped and sent with their age, a second click is newer', () => {
+  const st = fakeStorage(), t0 = 1_700_000_000_000;
+  touches(st, 'https://shop.example/?utm_source=yandex&yclid=1', 'https://yandex.ru/', t0);
+  let j = touches(st, 'https://shop.example/cart', 'https://shop.example/', t0 + 5_000);
+  assert.equal(j.c.ts, t0, 'internal navigation keeps the click and its time');
+  let body = sendable(j, t0 + 60_000);
+  assert.deepEqual([body.utm_source, body.touch_age, body.ts], ['yandex', 60, undefined]);
+  assert.deepEqual([body.first_touch.yclid, body.first_touch.touch_age], ['1', 60]);
+  // The second ad click, a minute later: newer than the first.
+  j = touches(st, 'https://shop.example/?utm_source=google&gclid=G2', '', t0 + 60_000);
+  body = sendable(j, t0 + 61_000);
+  assert.deepEqual([body.gclid, body.touch_age, body.first_touch.utm_source, body.first_touch.touch_age], ['G2', 1, 'yandex', 61]);
+  // A touch stored by an older snippet has no time: sent without an age.
+  assert.equal(sendable({ c: { utm_source: 'x' }, f: { utm_source: 'x' } }).touch_age, undefined);
 });
 
 test('first visit without attribution sets both touches', () => {

@@ -1,11 +1,16 @@
 -- Lease a number from one pool for one session. Atomic; single slot: every
 -- key starts with KEYS[1], the pool prefix `dm:{pool:ID}:`.
 --
--- ARGV: now, hold, max_hold, cooldown, attribution_window, session,
+-- ARGV: now, hold, max_hold, cooldown, attribution_window, session, touch,
 --       then field/value pairs stored on the lease (visitor, utm_*, ...).
+--       touch: when the visit's own touch (ad click, referral) happened,
+--       0 when it brings none (an internal page view).
 -- Returns {status, number, expires_at, {reclaimed numbers}}
 --   status: 'leased' (new lease), 'renewed' (same session, same number),
---           'exhausted' (no free number rested long enough).
+--           'retouched' (renewed, and the visit's touch is newer than the
+--           lease's `touch_ts`: its fields replace the lease's, so a call
+--           carries the latest click), 'exhausted' (no free number rested
+--           long enough).
 --
 -- Expired leases are reclaimed here, lazily: no cron is needed for
 -- correctness. A reclaimed lease is kept as `last:N` for the attribution
@@ -19,6 +24,7 @@ local max_hold = tonumber(ARGV[3])
 local cooldown = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
 local session = ARGV[6]
+local touch = tonumber(ARGV[7])
 
 local reclaimed = {}
 local expired = redis.call('ZRANGEBYSCORE', p .. 'leased', '-inf', now, 'LIMIT', 0, 64)
@@ -51,7 +57,12 @@ if current then
     if exp > now then
       redis.call('HSET', lease, 'expires_at', exp)
       redis.call('ZADD', p .. 'leased', exp, current)
-      return {'renewed', current, exp, reclaimed}
+      local status = 'renewed'
+      if touch > 0 and #ARGV > 7 and touch > (tonumber(redis.call('HGET', lease, 'touch_ts')) or 0) then
+        redis.call('HSET', lease, unpack(ARGV, 8))
+        status = 'retouched'
+      end
+      return {status, current, exp, reclaimed}
     end
   end
 end
@@ -67,7 +78,7 @@ local lease = p .. 'lease:' .. n
 redis.call('ZREM', p .. 'free', n)
 redis.call('DEL', lease)
 redis.call('HSET', lease, 'session', session, 'leased_at', now, 'expires_at', exp,
-  'hard_expires_at', now + max_hold, unpack(ARGV, 7))
+  'hard_expires_at', now + max_hold, unpack(ARGV, 8))
 redis.call('ZADD', p .. 'leased', exp, n)
 redis.call('SET', p .. 'session:' .. session, n, 'EX', max_hold + window)
 return {'leased', n, exp, reclaimed}

@@ -159,6 +159,9 @@ pub struct TrackerConfig {
     pub cooldown_seconds: u32,
     /// A call within this long after a lease ended is still attributed to it.
     pub attribution_window_seconds: u32,
+    /// A touch (ad click, referral) older than this no longer counts as
+    /// a visit's source, current or first (Google's click window).
+    pub touch_max_age_days: u32,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
 }
@@ -178,6 +181,7 @@ impl Default for TrackerConfig {
             max_hold_seconds: 4 * 3600,
             cooldown_seconds: 60,
             attribution_window_seconds: 1800,
+            touch_max_age_days: 90,
             max_body_bytes: 16 * 1024,
         }
     }

@@ -192,6 +192,18 @@ pub const LEASE_FIELDS: &[&str] = &[
     "country",
     "region",
     "city",
+    "gbraid",
+    "wbraid",
+    "fbclid",
+    "msclkid",
+    "ym_uid",
+    "channel",
+    "touch_ts",
+    "first_touch_ts",
+    "first_channel",
+    "first_utm_source",
+    "first_utm_medium",
+    "first_utm_campaign",
 ];
 
 #[cfg(test)]

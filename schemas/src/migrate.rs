@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_trunk_quality.sql",
         sql: include_str!("../migrations/0007_trunk_quality.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_touches.sql",
+        sql: include_str!("../migrations/0008_touches.sql"),
+    },
 ];
 
 #[derive(Debug, Row, Serialize, Deserialize)]

@@ -52,6 +52,16 @@ pub struct Visit {
     pub region: String,
     pub city: String,
     pub user_agent: String,
+    pub gbraid: String,
+    pub wbraid: String,
+    pub ym_uid: String,
+    pub channel: String,
+    pub touch_ts: u32,
+    pub first_touch_ts: u32,
+    pub first_channel: String,
+    pub first_utm_source: String,
+    pub first_utm_medium: String,
+    pub first_utm_campaign: String,
 }
 
 impl Table for Visit {
@@ -222,6 +232,18 @@ pub struct Call {
     /// call, the newer wins (an answered call's first row has `ended` = 0).
     #[serde(default)]
     pub version: u64,
+    pub gbraid: String,
+    pub wbraid: String,
+    pub fbclid: String,
+    pub msclkid: String,
+    pub ym_uid: String,
+    pub channel: String,
+    pub touch_ts: u32,
+    pub first_touch_ts: u32,
+    pub first_channel: String,
+    pub first_utm_source: String,
+    pub first_utm_medium: String,
+    pub first_utm_campaign: String,
 }
 
 impl Table for Call {

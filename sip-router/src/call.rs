@@ -125,6 +125,21 @@ pub struct Source {
     pub country: String,
     pub region: String,
     pub city: String,
+    pub gbraid: String,
+    pub wbraid: String,
+    pub fbclid: String,
+    pub msclkid: String,
+    /// Yandex Metrica's ClientId.
+    pub ym_uid: String,
+    /// The touch's channel (`paid_search`, `offline`…), '' when unknown.
+    pub channel: String,
+    /// When the touch (the ad click) happened, Unix seconds.
+    pub touch_ts: u32,
+    pub first_touch_ts: u32,
+    pub first_channel: String,
+    pub first_utm_source: String,
+    pub first_utm_medium: String,
+    pub first_utm_campaign: String,
 }
 
 /// Everything known about the call when routing starts.
@@ -608,6 +623,16 @@ impl Call {
             &src.country,
             &src.region,
             &src.city,
+            &src.gbraid,
+            &src.wbraid,
+            &src.fbclid,
+            &src.msclkid,
+            &src.ym_uid,
+            &src.channel,
+            &src.first_channel,
+            &src.first_utm_source,
+            &src.first_utm_medium,
+            &src.first_utm_campaign,
         ]
         .iter()
         .map(|s| s.capacity())
@@ -1694,6 +1719,18 @@ fn row(
         region: s.region.clone(),
         city: s.city.clone(),
         version: ended_ms,
+        gbraid: s.gbraid.clone(),
+        wbraid: s.wbraid.clone(),
+        fbclid: s.fbclid.clone(),
+        msclkid: s.msclkid.clone(),
+        ym_uid: s.ym_uid.clone(),
+        channel: s.channel.clone(),
+        touch_ts: s.touch_ts,
+        first_touch_ts: s.first_touch_ts,
+        first_channel: s.first_channel.clone(),
+        first_utm_source: s.first_utm_source.clone(),
+        first_utm_medium: s.first_utm_medium.clone(),
+        first_utm_campaign: s.first_utm_campaign.clone(),
     }
 }
 

@@ -126,9 +126,15 @@ impl Directory {
             NumberKind::Static => {
                 return Source {
                     attribution: Attribution::Static,
+                    // A number printed on a billboard or a flyer.
+                    channel: if rec.source_label.is_empty() {
+                        String::new()
+                    } else {
+                        "offline".into()
+                    },
                     source_label: rec.source_label.clone(),
                     ..Source::default()
-                }
+                };
             }
             NumberKind::Overflow => {
                 return Source {
@@ -205,6 +211,18 @@ pub fn classify(
         country: get("country"),
         region: get("region"),
         city: get("city"),
+        gbraid: get("gbraid"),
+        wbraid: get("wbraid"),
+        fbclid: get("fbclid"),
+        msclkid: get("msclkid"),
+        ym_uid: get("ym_uid"),
+        channel: get("channel"),
+        touch_ts: num(fields, "touch_ts"),
+        first_touch_ts: num(fields, "first_touch_ts"),
+        first_channel: get("first_channel"),
+        first_utm_source: get("first_utm_source"),
+        first_utm_medium: get("first_utm_medium"),
+        first_utm_campaign: get("first_utm_campaign"),
     }
 }
 

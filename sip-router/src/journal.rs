@@ -202,6 +202,18 @@ mod tests {
             region: String::new(),
             city: String::new(),
             version: u64::from(answered) * 1000,
+            gbraid: String::new(),
+            wbraid: String::new(),
+            fbclid: String::new(),
+            msclkid: String::new(),
+            ym_uid: String::new(),
+            channel: String::new(),
+            touch_ts: 0,
+            first_touch_ts: 0,
+            first_channel: String::new(),
+            first_utm_source: String::new(),
+            first_utm_medium: String::new(),
+            first_utm_campaign: String::new(),
         }
     }
 

@@ -62,6 +62,13 @@ pub fn signature(secret: &[u8], unix: u64, body: &[u8]) -> String {
 /// The JSON document of a completed call (documented in README).
 pub fn payload(c: &Call) -> serde_json::Value {
     let time = |t: u32| (t > 0).then(|| rfc3339(t.into()));
+    let first_touch = serde_json::json!({
+        "ts": time(c.first_touch_ts),
+        "channel": c.first_channel,
+        "utm_source": c.first_utm_source,
+        "utm_medium": c.first_utm_medium,
+        "utm_campaign": c.first_utm_campaign,
+    });
     serde_json::json!({
         "event": "call.completed",
         "call_id": c.call_id.to_string(),
@@ -85,6 +92,7 @@ pub fn payload(c: &Call) -> serde_json::Value {
         "session_id": c.session_id,
         "visitor_id": c.visitor_id,
         "source": {
+            "channel": c.channel,
             "label": c.source_label,
             "utm_source": c.utm_source,
             "utm_medium": c.utm_medium,
@@ -93,8 +101,15 @@ pub fn payload(c: &Call) -> serde_json::Value {
             "utm_content": c.utm_content,
             "gclid": c.gclid,
             "yclid": c.yclid,
+            "gbraid": c.gbraid,
+            "wbraid": c.wbraid,
+            "fbclid": c.fbclid,
+            "msclkid": c.msclkid,
+            "ym_uid": c.ym_uid,
+            "touch_ts": time(c.touch_ts),
             "referrer": c.referrer,
             "landing_url": c.landing_url,
+            "first_touch": first_touch,
         },
         "geo": { "country": c.country, "region": c.region, "city": c.city },
     })

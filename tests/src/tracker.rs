@@ -104,6 +104,7 @@ pub async fn provision(t: &TestTracker, n: usize) -> (String, String, Vec<String
         display_mask: String::new(),
         default_pool: pool.clone(),
         geo_pools: vec![],
+        ignore_referrers: vec![],
     })
     .await
     .expect("site");

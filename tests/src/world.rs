@@ -31,21 +31,21 @@ pub async fn world(test: &str) -> World {
         .retire(&quarantine, "test", "test", dialmark_schemas::unix_now())
         .await
         .unwrap();
-    let body = serde_json::json!({"site": site, "url": "https://shop.test/?utm_source=google&utm_campaign=spring&gclid=TEST",
-        "utm_source": "google", "utm_campaign": "spring", "gclid": "TEST"})
-    .to_string();
-    let url = tracker.url("/v1/visits");
-    let resp: serde_json::Value = tokio::task::spawn_blocking(move || {
-        ureq::post(&url)
-            .send(body)
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    // The visitor came from a Yandex ad a minute ago, then clicked a
+    // Google ad in the same session: the lease (and so the call) carries
+    // the latest click, the first one stays the first touch.
+    let yandex = serde_json::json!({"utm_source": "yandex", "utm_medium": "cpc", "yclid": "Y1",
+        "landing_url": "https://shop.test/?utm_source=yandex&utm_medium=cpc&yclid=Y1", "touch_age": 60});
+    let mut body = yandex.clone();
+    body["site"] = site.as_str().into();
+    body["url"] = yandex["landing_url"].clone();
+    body["first_touch"] = yandex.clone();
+    let first = post_visit(&tracker, body).await;
+    let resp = post_visit(&tracker, serde_json::json!({"site": site, "session_id": first["session_id"],
+        "url": "https://shop.test/?utm_source=google&utm_campaign=spring&gclid=TEST",
+        "utm_source": "google", "utm_campaign": "spring", "gclid": "TEST", "touch_age": 0, "first_touch": yandex})).await;
     assert_eq!(resp["number"], number.as_str(), "{resp}");
+    assert_eq!(resp["session_id"], first["session_id"], "{resp}");
     World {
         number,
         session: resp["session_id"].as_str().unwrap().to_string(),
@@ -53,6 +53,21 @@ pub async fn world(test: &str) -> World {
         unknown: unique_number(),
         tracker,
     }
+}
+
+/// `POST /v1/visits` with `body`; the tracker's answer.
+pub async fn post_visit(tracker: &TestTracker, body: serde_json::Value) -> serde_json::Value {
+    let url = tracker.url("/v1/visits");
+    tokio::task::spawn_blocking(move || {
+        ureq::post(&url)
+            .send(body.to_string())
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 #[derive(Row, Deserialize, Debug)]
@@ -79,6 +94,9 @@ pub struct CallRow {
     pub utm_campaign: String,
     pub gclid: String,
     pub final_code: u16,
+    pub channel: String,
+    pub first_utm_source: String,
+    pub first_channel: String,
 }
 
 /// Completed `calls` rows of a number (`ended` set: an answered call's
@@ -90,7 +108,7 @@ pub async fn calls(w: &World, number: &str, expect: usize) -> Vec<CallRow> {
         rows = db
             .query(
                 "SELECT toString(disposition), toString(number_status), attempts, final_trunk, talk_ms, toString(attribution), \
-                 session_id, utm_source, utm_campaign, gclid, final_code FROM calls FINAL WHERE number = ? AND ended != 0 ORDER BY received",
+                 session_id, utm_source, utm_campaign, gclid, final_code, channel, first_utm_source, first_channel FROM calls FINAL WHERE number = ? AND ended != 0 ORDER BY received",
             )
             .bind(number)
             .fetch_all()

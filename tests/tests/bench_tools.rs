@@ -63,6 +63,7 @@ async fn tracker_load_measures_real_visits_in_both_modes() {
             display_mask: String::new(),
             default_pool: pool,
             geo_pools: vec![],
+            ignore_referrers: vec![],
         })
         .await
         .expect("site with the load generator's origin");

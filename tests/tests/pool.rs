@@ -1,6 +1,6 @@
 //! The lease engine on real Redis, single node and a 3-node Redis Cluster,
 //! with the clock controlled by the test: LRU order with cool-down,
-//! stickiness, lazy expiry reclaim, the hard cap, exhaustion, withdrawal,
+//! stickiness, the latest touch replacing the lease's source, lazy expiry reclaim, the hard cap, exhaustion, withdrawal,
 //! and no double lease under concurrency.
 
 use dialmark_e2e::env::unique;
@@ -32,6 +32,7 @@ async fn alloc(
         now,
         TIMING,
         session,
+        None,
         &[("visitor", "v"), ("utm_source", "google")],
     )
     .await
@@ -74,9 +75,54 @@ async fn lifecycle(redis_cfg: RedisConfig) {
         alloc(&mut r, &s, &pool_id, T + 10, "A").await.allocation,
         Allocation::Renewed {
             number: nums[0].into(),
-            expires_at: T + 110
+            expires_at: T + 110,
+            retouched: false
         }
     );
+    // The latest touch wins: a newer click replaces the lease's source; an
+    // older touch, the same one again, or a visit without a touch of its
+    // own (an internal page view) leaves it.
+    for (touch, src, retouched, kept) in [
+        (Some(T + 8), "bing", true, "bing"),
+        (Some(T + 7), "yandex", false, "bing"),
+        (Some(T + 8), "vk", false, "bing"),
+        (None, "", false, "bing"),
+        (Some(T + 9), "vk", true, "vk"),
+    ] {
+        let ts = touch.unwrap_or(T + 10).to_string();
+        let o = pool::allocate(
+            &mut r,
+            &s,
+            &pool_id,
+            T + 10,
+            TIMING,
+            "A",
+            touch,
+            &[("touch_ts", &ts), ("utm_source", src)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            o.allocation,
+            Allocation::Renewed {
+                number: nums[0].into(),
+                expires_at: T + 110,
+                retouched
+            },
+            "{touch:?} {src}"
+        );
+        let on_lease: Option<String> = redis::cmd("HGET")
+            .arg(format!(
+                "{}lease:{}",
+                dialmark_schemas::layout::pool_prefix(&pool_id),
+                nums[0]
+            ))
+            .arg("utm_source")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        assert_eq!(on_lease.as_deref(), Some(kept), "{touch:?} {src}");
+    }
     // Keep-alives: C until T+140, B until T+150.
     assert_eq!(
         pool::keepalive(&mut r, &s, &pool_id, T + 40, 100, "C")
@@ -226,10 +272,10 @@ async fn no_double_lease(redis_cfg: RedisConfig) {
         let pool_id = pool_id.clone();
         tasks.push(tokio::spawn(async move {
             // Each session asks twice, as a page reload would.
-            let a = pool::allocate(&mut c, &s, &pool_id, T, TIMING, &format!("s{i}"), &[])
+            let a = pool::allocate(&mut c, &s, &pool_id, T, TIMING, &format!("s{i}"), None, &[])
                 .await
                 .unwrap();
-            let b = pool::allocate(&mut c, &s, &pool_id, T, TIMING, &format!("s{i}"), &[])
+            let b = pool::allocate(&mut c, &s, &pool_id, T, TIMING, &format!("s{i}"), None, &[])
                 .await
                 .unwrap();
             (a.allocation, b.allocation)

@@ -85,6 +85,7 @@ async fn site(t: &TestTracker) -> (String, String, String, String) {
         display_mask: String::new(),
         default_pool: pool.clone(),
         geo_pools: vec![],
+        ignore_referrers: vec![],
     })
     .await
     .unwrap();

@@ -87,7 +87,17 @@ async fn trunk_a_503_fails_over_to_b_and_both_attempts_are_recorded() {
             c.utm_campaign.as_str(),
             c.gclid.as_str()
         ),
-        ("google", "spring", "TEST")
+        ("google", "spring", "TEST"),
+        "the latest ad click in the session"
+    );
+    assert_eq!(
+        (
+            c.channel.as_str(),
+            c.first_utm_source.as_str(),
+            c.first_channel.as_str()
+        ),
+        ("paid_search", "yandex", "paid_search"),
+        "channel and first touch"
     );
 }
 

@@ -52,6 +52,11 @@ pub struct Site {
     pub default_pool: String,
     #[serde(default)]
     pub geo_pools: Vec<GeoPool>,
+    /// Referrer domains that never count as a source (and their
+    /// subdomains), besides the site's own hosts and the built-in list of
+    /// payment gateways and sign-in pages.
+    #[serde(default)]
+    pub ignore_referrers: Vec<String>,
 }
 
 /// A pool of tracking numbers.
@@ -153,6 +158,14 @@ impl Inventory {
             if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
                 return Err(TrackerError::BadRequest(format!(
                     "origins[{i}]: {o:?} is not an origin like https://shop.example"
+                )));
+            }
+        }
+        for (i, d) in site.ignore_referrers.iter_mut().enumerate() {
+            *d = d.trim().trim_start_matches("*.").to_ascii_lowercase();
+            if d.is_empty() || !d.contains('.') || d.contains(['/', ':', ' ', '*']) {
+                return Err(TrackerError::BadRequest(format!(
+                    "ignore_referrers[{i}]: {d:?} is not a domain like pay.example"
                 )));
             }
         }

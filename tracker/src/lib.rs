@@ -5,6 +5,7 @@
 //! - [`app`]: the axum router, shared state, snippet file, `/metrics`.
 //! - [`visit`]: the snippet API (`/v1/visits`, keep-alive, CORS).
 //! - [`pool`]: the lease engine (atomic Lua scripts per pool).
+//! - [`touch`]: a visit's touch: channel rules, ignored referrers, age.
 //! - [`inventory`]: sites, pools, numbers and the number lifecycle.
 //! - [`admin`]: the admin API and the inventory file loader.
 //! - [`report`]: the `report` command over `schemas/reports/`.
@@ -19,6 +20,7 @@ pub mod geo;
 pub mod inventory;
 pub mod pool;
 pub mod report;
+pub mod touch;
 pub mod visit;
 
 use anyhow::Context;

@@ -34,7 +34,12 @@ pub enum Allocation {
     /// A new lease of `number` until `expires_at`.
     Leased { number: String, expires_at: u32 },
     /// The session already held `number`; extended to `expires_at`.
-    Renewed { number: String, expires_at: u32 },
+    /// `retouched`: the visit's newer touch replaced the lease's source.
+    Renewed {
+        number: String,
+        expires_at: u32,
+        retouched: bool,
+    },
     /// No number was free: the caller hands out the overflow number.
     Exhausted,
 }
@@ -47,7 +52,10 @@ pub struct AllocateOutcome {
 }
 
 /// Leases a number of `pool` to `session` (or renews the one it holds).
-/// `fields` are stored on the lease for attribution.
+/// `fields` are stored on a new lease for attribution; on a renewal they
+/// replace the lease's only when `touch` (the time of the visit's own
+/// touch) is newer than the lease's `touch_ts`: the latest click wins.
+#[allow(clippy::too_many_arguments)]
 pub async fn allocate(
     redis: &mut Redis,
     scripts: &Scripts,
@@ -55,6 +63,7 @@ pub async fn allocate(
     now: u32,
     timing: LeaseTiming,
     session: &str,
+    touch: Option<u32>,
     fields: &[(&str, &str)],
 ) -> Result<AllocateOutcome, TrackerError> {
     let mut inv = scripts.allocate.key(pool_prefix(pool));
@@ -63,7 +72,8 @@ pub async fn allocate(
         .arg(timing.max_hold)
         .arg(timing.cooldown)
         .arg(timing.attribution_window)
-        .arg(session);
+        .arg(session)
+        .arg(touch.unwrap_or(0));
     for (k, v) in fields {
         inv.arg(*k).arg(*v);
     }
@@ -71,7 +81,11 @@ pub async fn allocate(
         inv.invoke_async(redis).await?;
     let allocation = match status.as_str() {
         "leased" => Allocation::Leased { number, expires_at },
-        "renewed" => Allocation::Renewed { number, expires_at },
+        "renewed" | "retouched" => Allocation::Renewed {
+            number,
+            expires_at,
+            retouched: status == "retouched",
+        },
         "exhausted" => Allocation::Exhausted,
         other => {
             return Err(TrackerError::Internal(format!(

@@ -21,9 +21,7 @@ use crate::error::TrackerError;
 use crate::geo::{self, Place};
 use crate::inventory::{format_display, Site};
 use crate::pool::{self, Allocation};
-
-/// Longest stored string field; longer ones (huge URLs) are cut, not refused.
-const MAX_FIELD: usize = 2048;
+use crate::touch::{cut, host_of, ignored_referrer, touch_time, Channel, Touch};
 
 /// What the snippet sends.
 #[derive(Debug, Default, Deserialize)]
@@ -33,18 +31,12 @@ pub struct VisitRequest {
     pub visitor_id: Option<String>,
     pub session_id: Option<String>,
     pub url: String,
-    pub landing_url: String,
-    pub referrer: String,
-    pub utm_source: String,
-    pub utm_medium: String,
-    pub utm_campaign: String,
-    pub utm_term: String,
-    pub utm_content: String,
-    pub gclid: String,
-    pub yclid: String,
-    pub fbclid: String,
-    pub msclkid: String,
-    /// First-touch source kept by the snippet (not used for leasing).
+    /// The current touch: the latest landing that brought a source.
+    #[serde(flatten)]
+    pub touch: Touch,
+    /// Yandex Metrica's ClientId (the `_ym_uid` cookie), for its call upload.
+    pub ym_uid: String,
+    /// The visitor's first touch, kept by the snippet.
     pub first_touch: Option<serde_json::Value>,
 }
 
@@ -87,89 +79,22 @@ fn check_id(field: &str, v: &str) -> Result<(), TrackerError> {
     Ok(())
 }
 
-fn cut(s: &mut String) {
-    if s.len() > MAX_FIELD {
-        let mut end = MAX_FIELD;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-}
-
 impl VisitRequest {
     /// A `POST /v1/visits` body as the API takes it: JSON, ids checked,
+    /// tags read from the landing URL when the client sent none,
     /// over-long fields cut (also the fuzzing entry point).
     pub fn decode(body: &[u8]) -> Result<Self, TrackerError> {
         let mut req: VisitRequest = parse_json(body)?;
         req.validate()?;
-        req.source_from_url();
-        req.cut_long_fields();
+        let landing = req.landing().to_string();
+        req.touch.tags_from_url(&landing);
+        cut(&mut req.url);
+        req.touch.cut_long_fields();
+        // A cookie value, not the visitor's input: kept only when it is one.
+        if req.ym_uid.len() > 32 || !req.ym_uid.bytes().all(|b| b.is_ascii_digit()) {
+            req.ym_uid.clear();
+        }
         Ok(req)
-    }
-
-    /// The snippet sends the utm tags and click ids it read from the page;
-    /// a client that sends only the URL (a server-side integration, a
-    /// hand-written beacon) gets them read from the session's landing URL
-    /// (or the URL) here. Only when it sent none of them: a client's own
-    /// values are never mixed with the URL's.
-    fn source_from_url(&mut self) {
-        let sent = [
-            &self.utm_source,
-            &self.utm_medium,
-            &self.utm_campaign,
-            &self.utm_term,
-            &self.utm_content,
-            &self.gclid,
-            &self.yclid,
-            &self.fbclid,
-            &self.msclkid,
-        ];
-        if sent.iter().any(|f| !f.is_empty()) {
-            return;
-        }
-        let Some((_, query)) = self.landing().split_once('?') else {
-            return;
-        };
-        let query = query.split('#').next().unwrap_or_default().to_string();
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            let slot = match k.as_ref() {
-                "utm_source" => &mut self.utm_source,
-                "utm_medium" => &mut self.utm_medium,
-                "utm_campaign" => &mut self.utm_campaign,
-                "utm_term" => &mut self.utm_term,
-                "utm_content" => &mut self.utm_content,
-                "gclid" => &mut self.gclid,
-                "yclid" => &mut self.yclid,
-                "fbclid" => &mut self.fbclid,
-                "msclkid" => &mut self.msclkid,
-                _ => continue,
-            };
-            // A tag given twice: the first one counts.
-            if slot.is_empty() {
-                *slot = v.into_owned();
-            }
-        }
-    }
-
-    /// Cuts over-long source fields: a visit with a huge URL still gets a number.
-    fn cut_long_fields(&mut self) {
-        for f in [
-            &mut self.url,
-            &mut self.landing_url,
-            &mut self.referrer,
-            &mut self.utm_source,
-            &mut self.utm_medium,
-            &mut self.utm_campaign,
-            &mut self.utm_term,
-            &mut self.utm_content,
-            &mut self.gclid,
-            &mut self.yclid,
-            &mut self.fbclid,
-            &mut self.msclkid,
-        ] {
-            cut(f);
-        }
     }
 
     fn validate(&self) -> Result<(), TrackerError> {
@@ -186,31 +111,86 @@ impl VisitRequest {
         Ok(())
     }
 
-    /// Source fields, as stored on the lease and the visit row.
-    fn fields(&self) -> [(&'static str, &str); 12] {
-        [
-            ("url", &self.url),
-            ("landing_url", self.landing()),
-            ("referrer", &self.referrer),
-            ("utm_source", &self.utm_source),
-            ("utm_medium", &self.utm_medium),
-            ("utm_campaign", &self.utm_campaign),
-            ("utm_term", &self.utm_term),
-            ("utm_content", &self.utm_content),
-            ("gclid", &self.gclid),
-            ("yclid", &self.yclid),
-            ("fbclid", &self.fbclid),
-            ("msclkid", &self.msclkid),
-        ]
-    }
-
     fn landing(&self) -> &str {
-        if self.landing_url.is_empty() {
+        if self.touch.landing_url.is_empty() {
             &self.url
         } else {
-            &self.landing_url
+            &self.touch.landing_url
         }
     }
+
+    /// Resolves the visit's touches against the site's ignore-lists and the
+    /// clock: an expired current touch is forgotten, a missing or expired
+    /// first touch is the current one.
+    fn resolve(&mut self, site: &Site, now: u32, max_age: u32) -> Touches {
+        let own: Vec<String> = site.origins.iter().map(|o| host_of(o)).collect();
+        let ignored = |h: &str| !h.is_empty() && ignored_referrer(h, &own, &site.ignore_referrers);
+        let ts = match self.touch.touch_age {
+            None => now,
+            Some(age) => touch_time(now, age, max_age).unwrap_or_else(|| {
+                self.touch.forget();
+                now
+            }),
+        };
+        let referrer = host_of(&self.touch.referrer);
+        let fresh = self.touch.is_tagged() || (!referrer.is_empty() && !ignored(&referrer));
+        let first = self
+            .first_touch
+            .take()
+            .and_then(|v| serde_json::from_value::<Touch>(v).ok())
+            .and_then(|mut f| {
+                let at = match f.touch_age {
+                    None => ts,
+                    Some(age) => touch_time(now, age, max_age)?,
+                };
+                f.cut_long_fields();
+                Some((f, at.min(ts)))
+            });
+        let (first, first_ts) = first.unwrap_or_else(|| (self.touch.clone(), ts));
+        Touches {
+            ts,
+            channel: self.touch.channel(ignored),
+            fresh,
+            first_ts,
+            first_channel: first.channel(ignored),
+            first,
+        }
+    }
+
+    /// Fields stored on the lease, read back by the router for the call.
+    fn lease_fields(&self, t: &Touches, place: &Place) -> Vec<(&'static str, String)> {
+        let mut f: Vec<(&'static str, String)> = vec![
+            ("landing_url", self.landing().to_string()),
+            ("referrer", self.touch.referrer.clone()),
+            ("country", place.country.clone()),
+            ("region", place.region.clone()),
+            ("city", place.city.clone()),
+            ("channel", t.channel.as_str().to_string()),
+            ("touch_ts", t.ts.to_string()),
+            ("ym_uid", self.ym_uid.clone()),
+            ("first_touch_ts", t.first_ts.to_string()),
+            ("first_channel", t.first_channel.as_str().to_string()),
+            ("first_utm_source", t.first.utm_source.clone()),
+            ("first_utm_medium", t.first.utm_medium.clone()),
+            ("first_utm_campaign", t.first.utm_campaign.clone()),
+        ];
+        f.extend(self.touch.tags().map(|(k, v)| (k, v.to_string())));
+        f
+    }
+}
+
+/// A visit's touches, resolved.
+#[derive(Debug, PartialEq)]
+struct Touches {
+    /// When the current touch happened.
+    ts: u32,
+    channel: Channel,
+    /// The visit brings a source of its own (tags or a referrer that
+    /// counts): it replaces an older touch on the session's live lease.
+    fresh: bool,
+    first: Touch,
+    first_ts: u32,
+    first_channel: Channel,
 }
 
 /// CORS check: a browser request from an origin the site does not list is
@@ -307,7 +287,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, TrackerError> {
-    let req = VisitRequest::decode(&body)?;
+    let mut req = VisitRequest::decode(&body)?;
     let span = info_span!("visit", site = %req.site, session = tracing::field::Empty);
     async move {
         let started = std::time::Instant::now();
@@ -321,20 +301,15 @@ pub async fn create(
         tracing::Span::current().record("session", session.as_str());
         let now = dialmark_schemas::unix_now();
         let timing = state.inventory.timing;
+        let touches = req.resolve(&site, now, state.config.tracker.touch_max_age_days.saturating_mul(86_400));
 
-        let visit_ts = now.to_string();
-        let mut fields: Vec<(&str, &str)> = vec![
-            ("visitor", &visitor),
-            ("site", &site.id),
-            ("visit_ts", &visit_ts),
-            ("country", &place.country),
-            ("region", &place.region),
-            ("city", &place.city),
-        ];
-        fields.extend(req.fields().iter().filter(|(k, _)| *k != "url").copied());
+        let mut owned = req.lease_fields(&touches, &place);
+        owned.extend([("visitor", visitor.clone()), ("site", site.id.clone()), ("visit_ts", now.to_string())]);
+        let fields: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let touch = touches.fresh.then_some(touches.ts);
 
         let mut redis = state.inventory.redis.clone();
-        let outcome = pool::allocate(&mut redis, &state.inventory.scripts, &pool_id, now, timing, &session, &fields).await;
+        let outcome = pool::allocate(&mut redis, &state.inventory.scripts, &pool_id, now, timing, &session, touch, &fields).await;
         let (number, kind) = match outcome {
             Ok(o) => {
                 for n in &o.reclaimed {
@@ -345,7 +320,12 @@ pub async fn create(
                         state.lease_event(&site.id, &pool_id, &number, &session, &visitor, LeaseEvent::Lease, now, expires_at);
                         (number, NumberKind::Pool)
                     }
-                    Allocation::Renewed { number, .. } => (number, NumberKind::Pool),
+                    Allocation::Renewed { number, retouched, .. } => {
+                        if retouched {
+                            metrics::counter!("dialmark_lease_retouched_total", "pool" => pool_id.clone()).increment(1);
+                        }
+                        (number, NumberKind::Pool)
+                    }
                     Allocation::Exhausted => {
                         metrics::counter!("dialmark_pool_exhausted_total", "pool" => pool_id.clone()).increment(1);
                         let overflow = state.inventory.pool(&pool_id).await.ok().and_then(|p| p.overflow_number);
@@ -381,16 +361,26 @@ pub async fn create(
             number: number.clone(),
             number_kind: kind,
             url: req.url.clone(),
-            referrer: req.referrer.clone(),
-            utm_source: req.utm_source.clone(),
-            utm_medium: req.utm_medium.clone(),
-            utm_campaign: req.utm_campaign.clone(),
-            utm_term: req.utm_term.clone(),
-            utm_content: req.utm_content.clone(),
-            gclid: req.gclid.clone(),
-            yclid: req.yclid.clone(),
-            fbclid: req.fbclid.clone(),
-            msclkid: req.msclkid.clone(),
+            referrer: req.touch.referrer.clone(),
+            utm_source: req.touch.utm_source.clone(),
+            utm_medium: req.touch.utm_medium.clone(),
+            utm_campaign: req.touch.utm_campaign.clone(),
+            utm_term: req.touch.utm_term.clone(),
+            utm_content: req.touch.utm_content.clone(),
+            gclid: req.touch.gclid.clone(),
+            yclid: req.touch.yclid.clone(),
+            fbclid: req.touch.fbclid.clone(),
+            msclkid: req.touch.msclkid.clone(),
+            gbraid: req.touch.gbraid.clone(),
+            wbraid: req.touch.wbraid.clone(),
+            ym_uid: req.ym_uid.clone(),
+            channel: touches.channel.as_str().into(),
+            touch_ts: touches.ts,
+            first_touch_ts: touches.first_ts,
+            first_channel: touches.first_channel.as_str().into(),
+            first_utm_source: touches.first.utm_source.clone(),
+            first_utm_medium: touches.first.utm_medium.clone(),
+            first_utm_campaign: touches.first.utm_campaign.clone(),
             ip: geo::stored_ip(
                 ip,
                 state.config.tracker.ip_storage,
@@ -514,6 +504,7 @@ fn new_id() -> String {
 mod tests {
     use super::*;
     use crate::inventory::GeoPool;
+    use crate::touch::MAX_FIELD;
 
     #[test]
     fn a_visit_with_only_a_url_gets_its_source_from_it() {
@@ -523,11 +514,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             (
-                req.utm_source.as_str(),
-                req.utm_medium.as_str(),
-                req.utm_campaign.as_str(),
-                req.utm_term.as_str(),
-                req.gclid.as_str()
+                req.touch.utm_source.as_str(),
+                req.touch.utm_medium.as_str(),
+                req.touch.utm_campaign.as_str(),
+                req.touch.utm_term.as_str(),
+                req.touch.gclid.as_str()
             ),
             ("google", "cpc", "spring sale", "a b", "G1")
         );
@@ -538,9 +529,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             (
-                req.yclid.as_str(),
-                req.fbclid.as_str(),
-                req.msclkid.as_str()
+                req.touch.yclid.as_str(),
+                req.touch.fbclid.as_str(),
+                req.touch.msclkid.as_str()
             ),
             ("Y7", "F", "M")
         );
@@ -550,13 +541,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (req.utm_source.as_str(), req.gclid.as_str()),
+            (req.touch.utm_source.as_str(), req.touch.gclid.as_str()),
             ("newsletter", "")
         );
         // No query, or a fragment only: nothing.
         let req = VisitRequest::decode(br#"{"site":"s","url":"https://a.example/#utm_source=x"}"#)
             .unwrap();
-        assert_eq!(req.utm_source, "");
+        assert_eq!(req.touch.utm_source, "");
     }
 
     fn site() -> Site {
@@ -566,6 +557,7 @@ mod tests {
             replace: vec!["+74950000000".into()],
             display_mask: String::new(),
             default_pool: "main".into(),
+            ignore_referrers: vec!["pay.example".into()],
             geo_pools: vec![
                 GeoPool {
                     pool: "msk".into(),
@@ -577,6 +569,93 @@ mod tests {
                 },
             ],
         }
+    }
+
+    const DAY: u32 = 86_400;
+
+    fn resolve(body: &str) -> (VisitRequest, Touches) {
+        let mut req = VisitRequest::decode(body.as_bytes()).unwrap();
+        let t = req.resolve(&site(), 100 * DAY, 90 * DAY);
+        (req, t)
+    }
+
+    #[test]
+    fn touches_resolve_with_age_channel_and_first_touch() {
+        // A second ad click: a tagged touch a second old, the first touch
+        // (a Yandex click) ten days before.
+        let (_, t) = resolve(
+            r#"{"site":"s","url":"https://a.example/","utm_source":"google","utm_medium":"cpc","gclid":"G2","touch_age":1,
+                "first_touch":{"utm_source":"yandex","utm_medium":"cpc","yclid":"Y1","touch_age":864000}}"#,
+        );
+        assert_eq!(
+            (t.ts, t.channel, t.fresh),
+            (100 * DAY - 1, Channel::PaidSearch, true)
+        );
+        assert_eq!(
+            (t.first.utm_source.as_str(), t.first_ts, t.first_channel),
+            ("yandex", 90 * DAY, Channel::PaidSearch)
+        );
+        // An internal page view: no tags, the site's own referrer; no
+        // first touch sent: the current one is the first.
+        let (_, t) =
+            resolve(r#"{"site":"s","url":"https://a.example/b","referrer":"https://a.example/a"}"#);
+        assert_eq!(
+            (t.ts, t.channel, t.fresh),
+            (100 * DAY, Channel::Direct, false)
+        );
+        assert_eq!((t.first_ts, t.first_channel), (100 * DAY, Channel::Direct));
+        // Back from the payment gateway (default list) or the site's own
+        // ignored referrer: not a new touch.
+        for r in [
+            "https://www.paypal.com/checkout",
+            "https://secure.pay.example/3ds",
+        ] {
+            let (_, t) = resolve(&format!(
+                r#"{{"site":"s","url":"https://a.example/ok","referrer":"{r}"}}"#
+            ));
+            assert_eq!((t.channel, t.fresh), (Channel::Direct, false), "{r}");
+        }
+        // An organic search visit is a touch.
+        let (_, t) = resolve(
+            r#"{"site":"s","url":"https://a.example/","referrer":"https://yandex.ru/search/?text=x"}"#,
+        );
+        assert_eq!((t.channel, t.fresh), (Channel::OrganicSearch, true));
+        // A click older than 90 days no longer counts, as current or first touch.
+        let (req, t) = resolve(
+            r#"{"site":"s","url":"https://a.example/","landing_url":"https://a.example/?gclid=OLD","gclid":"OLD","touch_age":7776001,
+                "first_touch":{"utm_source":"bing","touch_age":9000000}}"#,
+        );
+        assert_eq!(
+            (req.touch.gclid.as_str(), req.landing()),
+            ("", "https://a.example/")
+        );
+        assert_eq!(
+            (t.ts, t.channel, t.fresh),
+            (100 * DAY, Channel::Direct, false)
+        );
+        assert_eq!((t.first.utm_source.as_str(), t.first_ts), ("", 100 * DAY));
+        // A malformed first touch is the current one, not an error.
+        let (_, t) = resolve(
+            r#"{"site":"s","url":"https://a.example/?utm_source=vk&utm_medium=cpc","first_touch":"x"}"#,
+        );
+        assert_eq!(
+            (t.channel, t.first_channel),
+            (Channel::PaidSocial, Channel::PaidSocial)
+        );
+        // New click ids and Yandex's ClientId (digits only).
+        let (req, _) = resolve(
+            r#"{"site":"s","url":"https://a.example/?gbraid=GB&wbraid=WB","ym_uid":"1690000000123456789"}"#,
+        );
+        assert_eq!(
+            (
+                req.touch.gbraid.as_str(),
+                req.touch.wbraid.as_str(),
+                req.ym_uid.as_str()
+            ),
+            ("GB", "WB", "1690000000123456789")
+        );
+        let (req, _) = resolve(r#"{"site":"s","url":"https://a.example/","ym_uid":"1; x=2"}"#);
+        assert_eq!(req.ym_uid, "");
     }
 
     #[test]
@@ -633,7 +712,7 @@ mod tests {
             ..Default::default()
         };
         long.validate().unwrap();
-        long.cut_long_fields();
+        cut(&mut long.url);
         assert!(long.url.len() <= MAX_FIELD && long.url.len() > MAX_FIELD - 2);
     }
 }

@@ -131,6 +131,16 @@ fn visit(tag: &str, i: usize) -> Visit {
         region: "RU-MOW".into(),
         city: "Moscow".into(),
         user_agent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36".into(),
+        gbraid: String::new(),
+        wbraid: String::new(),
+        ym_uid: String::new(),
+        channel: "paid_search".into(),
+        touch_ts: dialmark_schemas::unix_now(),
+        first_touch_ts: dialmark_schemas::unix_now(),
+        first_channel: "paid_search".into(),
+        first_utm_source: "google".into(),
+        first_utm_medium: "cpc".into(),
+        first_utm_campaign: "spring".into(),
     }
 }
 

@@ -9,6 +9,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(v) = VisitRequest::decode(data) {
         assert!(!v.site.is_empty() && v.site.len() <= 64);
-        assert!(v.url.len() <= 2048 && v.referrer.len() <= 2048);
+        assert!(v.url.len() <= 2048 && v.touch.referrer.len() <= 2048);
     }
 });
