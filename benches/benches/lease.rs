@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dialmark_schemas::config::RedisConfig;
 use dialmark_schemas::layout::Scripts;
 use dialmark_schemas::store::Redis;
-use dialmark_tracker::pool::{self, LeaseTiming};
+use dialmark_tracker::pool::{self, LeaseRequest, LeaseTiming};
 
 /// Numbers per pool: more than the leases alive at once in any bench.
 const POOL: u32 = 1_000;
@@ -90,7 +90,15 @@ fn lease(c: &mut Criterion) {
             n += 1;
             let session = format!("s{n}");
             rt.block_on(pool::allocate(
-                &mut redis, &scripts, &fresh, now, TIMING, &session, None, FIELDS,
+                &mut redis,
+                &scripts,
+                &fresh,
+                now,
+                TIMING,
+                &LeaseRequest {
+                    fields: FIELDS,
+                    ..LeaseRequest::session(&session)
+                },
             ))
             .expect("allocate")
         })
@@ -98,20 +106,44 @@ fn lease(c: &mut Criterion) {
 
     let now = 1_800_000_000u32;
     rt.block_on(pool::allocate(
-        &mut redis, &scripts, &renew, now, TIMING, "renewing", None, FIELDS,
+        &mut redis,
+        &scripts,
+        &renew,
+        now,
+        TIMING,
+        &LeaseRequest {
+            fields: FIELDS,
+            ..LeaseRequest::session("renewing")
+        },
     ))
     .expect("allocate");
     g.bench_function("allocate: same session again (renewal)", |b| {
         b.iter(|| {
             rt.block_on(pool::allocate(
-                &mut redis, &scripts, &renew, now, TIMING, "renewing", None, FIELDS,
+                &mut redis,
+                &scripts,
+                &renew,
+                now,
+                TIMING,
+                &LeaseRequest {
+                    fields: FIELDS,
+                    ..LeaseRequest::session("renewing")
+                },
             ))
             .expect("allocate")
         })
     });
 
     rt.block_on(pool::allocate(
-        &mut redis, &scripts, &keep, now, TIMING, "kept", None, FIELDS,
+        &mut redis,
+        &scripts,
+        &keep,
+        now,
+        TIMING,
+        &LeaseRequest {
+            fields: FIELDS,
+            ..LeaseRequest::session("kept")
+        },
     ))
     .expect("allocate");
     g.bench_function("keepalive of a live lease", |b| {

@@ -62,7 +62,7 @@ const init = () => {
     if (busy) return;
     busy = 1;
     const st = get(ls, SK), young = st && Date.now() - st.ts < (st.hold_seconds || 900) * 1000;
-    post(base + '/v1/visits', Object.assign({ site, visitor_id: vid, session_id: young ? st.session_id : void 0, url: L.href, ym_uid: (/(?:^|;\s*)_ym_uid=(\d+)/.exec(d.cookie) || [])[1] }, sendable(src)), ms)
+    post(base + '/v1/visits', Object.assign({ site, visitor_id: vid, session_id: young ? st.session_id : void 0, url: L.href, webdriver: N.webdriver || void 0, ym_uid: (/(?:^|;\s*)_ym_uid=(\d+)/.exec(d.cookie) || [])[1] }, sendable(src)), ms)
       .then(r => { if (!r.ok) throw 0; return r.json(); })
       .then(r => {
         if (!on || !r.number) return;
@@ -80,7 +80,9 @@ const init = () => {
     if (af) { de.style.opacity = 0; setTimeout(show, af); }
     vid = visitorId(d, ls, https);
     src = touches(ls, L.href, d.referrer);
-    visit();
+    // A prerendered page may never be shown: lease only once it is.
+    if (d.prerendering) d.addEventListener('prerenderingchange', visit, { once: true });
+    else visit();
   };
 
   const stop = () => {

@@ -130,7 +130,7 @@ const page = (opts = {}) => {
   const jar = new Map(Object.entries(opts.cookies || {}));
   const doc = emitter({
     documentElement: html, body, currentScript: script, referrer: opts.referrer ?? 'https://www.google.com/',
-    visibilityState: 'visible', readyState: 'complete',
+    visibilityState: 'visible', readyState: 'complete', prerendering: !!opts.prerendering,
     querySelector: () => script,
     get cookie() { return [...jar].map(([k, v]) => k + '=' + v).join('; '); },
     set cookie(s) {
@@ -153,7 +153,7 @@ const page = (opts = {}) => {
   };
   const ctx = emitter({
     document: doc, location: { href, protocol: 'https:' }, history: hist,
-    navigator: { sendBeacon: (u, b) => (beacons.push({ url: u, body: JSON.parse(b) }), true) },
+    navigator: { webdriver: !!opts.webdriver, sendBeacon: (u, b) => (beacons.push({ url: u, body: JSON.parse(b) }), true) },
     localStorage: opts.storage || storage(), fetch, MutationObserver: MO, URL, AbortController, crypto: globalThis.crypto,
     setTimeout: (f, t) => { if (closed) return 0; const id = setTimeout(() => { timeouts.delete(id); f(); }, t); timeouts.add(id); return id; },
     clearTimeout: id => { clearTimeout(id); timeouts.delete(id); },
@@ -168,6 +168,23 @@ const page = (opts = {}) => {
   const close = () => { closed = true; intervals.forEach(clearInterval); timeouts.forEach(clearTimeout); };
   return { ctx, doc, body, html, calls, beacons, jar, hist, text, close, dm: ctx.dialmark, storage: ctx.localStorage, intervals };
 };
+
+test('bundle: automation is flagged; a prerendered page leases only once shown', async () => {
+  const a = page({ webdriver: true });
+  try {
+    assert.equal(a.calls[0].body.webdriver, true);
+  } finally { a.close(); }
+  const p = page({ prerendering: true });
+  try {
+    assert.equal(p.calls.length, 0, 'no visit while prerendered');
+    p.doc.prerendering = false;
+    p.doc.dispatch('prerenderingchange');
+    assert.equal(p.calls.length, 1);
+    assert.equal(p.calls[0].body.webdriver, undefined);
+    await sleep(20);
+    assert.equal(p.dm.number, '+74951234567');
+  } finally { p.close(); }
+});
 
 test('bundle: Yandex Metrica ClientId is sent from its cookie', async () => {
   const p = page({ cookies: { _ym_uid: '1690000000123456789' } });

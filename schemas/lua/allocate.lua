@@ -2,15 +2,18 @@
 -- key starts with KEYS[1], the pool prefix `dm:{pool:ID}:`.
 --
 -- ARGV: now, hold, max_hold, cooldown, attribution_window, session, touch,
+--       network, network_cap,
 --       then field/value pairs stored on the lease (visitor, utm_*, ...).
 --       touch: when the visit's own touch (ad click, referral) happened,
 --       0 when it brings none (an internal page view).
+--       network, network_cap: the client's network (/24, /48) may take at
+--       most network_cap new leases of this pool per minute (0: no cap).
 -- Returns {status, number, expires_at, {reclaimed numbers}}
 --   status: 'leased' (new lease), 'renewed' (same session, same number),
 --           'retouched' (renewed, and the visit's touch is newer than the
 --           lease's `touch_ts`: its fields replace the lease's, so a call
 --           carries the latest click), 'exhausted' (no free number rested
---           long enough).
+--           long enough), 'capped' (the network took its share this minute).
 --
 -- Expired leases are reclaimed here, lazily: no cron is needed for
 -- correctness. A reclaimed lease is kept as `last:N` for the attribution
@@ -25,6 +28,9 @@ local cooldown = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
 local session = ARGV[6]
 local touch = tonumber(ARGV[7])
+local network = ARGV[8]
+local network_cap = tonumber(ARGV[9])
+local FIELDS = 10
 
 local reclaimed = {}
 local expired = redis.call('ZRANGEBYSCORE', p .. 'leased', '-inf', now, 'LIMIT', 0, 64)
@@ -58,12 +64,23 @@ if current then
       redis.call('HSET', lease, 'expires_at', exp)
       redis.call('ZADD', p .. 'leased', exp, current)
       local status = 'renewed'
-      if touch > 0 and #ARGV > 7 and touch > (tonumber(redis.call('HGET', lease, 'touch_ts')) or 0) then
-        redis.call('HSET', lease, unpack(ARGV, 8))
+      if touch > 0 and #ARGV >= FIELDS and touch > (tonumber(redis.call('HGET', lease, 'touch_ts')) or 0) then
+        redis.call('HSET', lease, unpack(ARGV, FIELDS))
         status = 'retouched'
       end
       return {status, current, exp, reclaimed}
     end
+  end
+end
+
+-- Only new leases count against the network's share; renewals above are free.
+if network_cap > 0 and network ~= '' then
+  local k = p .. 'rate:' .. network .. ':' .. math.floor(now / 60)
+  local taken = redis.call('INCR', k)
+  if taken == 1 then redis.call('EXPIRE', k, 120) end
+  if taken > network_cap then
+    redis.call('HINCRBY', p .. 'stats', 'network_capped', 1)
+    return {'capped', '', 0, reclaimed}
   end
 end
 
@@ -78,7 +95,7 @@ local lease = p .. 'lease:' .. n
 redis.call('ZREM', p .. 'free', n)
 redis.call('DEL', lease)
 redis.call('HSET', lease, 'session', session, 'leased_at', now, 'expires_at', exp,
-  'hard_expires_at', now + max_hold, unpack(ARGV, 8))
+  'hard_expires_at', now + max_hold, unpack(ARGV, FIELDS))
 redis.call('ZADD', p .. 'leased', exp, n)
 redis.call('SET', p .. 'session:' .. session, n, 'EX', max_hold + window)
 return {'leased', n, exp, reclaimed}

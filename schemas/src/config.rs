@@ -162,6 +162,10 @@ pub struct TrackerConfig {
     /// A touch (ad click, referral) older than this no longer counts as
     /// a visit's source, current or first (Google's click window).
     pub touch_max_age_days: u32,
+    /// New leases a client network (IPv4 /24, IPv6 /48) may take from one
+    /// pool per minute; past it the visit gets the site's own number
+    /// (counted). 0 turns the cap off.
+    pub leases_per_network_per_minute: u32,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
 }
@@ -182,6 +186,7 @@ impl Default for TrackerConfig {
             cooldown_seconds: 60,
             attribution_window_seconds: 1800,
             touch_max_age_days: 90,
+            leases_per_network_per_minute: 30,
             max_body_bytes: 16 * 1024,
         }
     }

@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_touches.sql",
         sql: include_str!("../migrations/0008_touches.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_visits_no_lease.sql",
+        sql: include_str!("../migrations/0009_visits_no_lease.sql"),
+    },
 ];
 
 #[derive(Debug, Row, Serialize, Deserialize)]

@@ -62,6 +62,9 @@ pub struct Visit {
     pub first_utm_source: String,
     pub first_utm_medium: String,
     pub first_utm_campaign: String,
+    /// Why the visit got the site's own number without a lease:
+    /// `crawler`, `webdriver`, `network_rate`; '' otherwise.
+    pub no_lease: String,
 }
 
 impl Table for Visit {

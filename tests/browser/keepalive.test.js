@@ -10,7 +10,7 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startTracker, launch, openPage, waitNumber, dialmarkState, texts, formats, sleep, poll, STATIC } from './lib/harness.js';
+import { startTracker, launch, openPage, waitNumber, dialmarkState, texts, formats, sleep, poll, STATIC, HUMAN_UA } from './lib/harness.js';
 
 const HOLD = 3; // tracker.hold_seconds in the harness config
 const OPEN_MS = 7000; // > 2 x hold
@@ -38,7 +38,8 @@ after(async () => {
 const probe = async site => {
   const r = await fetch(tracker.url('/v1/visits'), {
     method: 'POST',
-    headers: { 'content-type': 'text/plain' },
+    // From a page of the site, as a visitor's browser (no lease otherwise).
+    headers: { 'content-type': 'text/plain', origin: tracker.origin, 'user-agent': HUMAN_UA },
     body: JSON.stringify({ site, url: 'http://probe.invalid/' }),
   });
   assert.equal(r.status, 200, 'probe visit');

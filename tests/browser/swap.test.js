@@ -4,7 +4,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startTracker, launch, openPage, texts, waitNumber, dialmarkState, formats, poll, STATIC } from './lib/harness.js';
+import { startTracker, launch, openPage, texts, waitNumber, dialmarkState, formats, poll, STATIC, HUMAN_UA } from './lib/harness.js';
 
 let tracker, browser, inv;
 
@@ -105,11 +105,11 @@ test('swaps every format of the site number, tel: links, keeps noswap; visit row
       { site: inv.site, pool: inv.pool, number: visit.number, kind: 'pool', visitor_id: visit.visitor_id },
     );
     assert.deepEqual(
-      { utm_source: row.utm_source, utm_campaign: row.utm_campaign, gclid: row.gclid },
-      { utm_source: 'google', utm_campaign: 'spring', gclid: 'TEST' },
+      { utm_source: row.utm_source, utm_campaign: row.utm_campaign, gclid: row.gclid, channel: row.channel, no_lease: row.no_lease },
+      { utm_source: 'google', utm_campaign: 'spring', gclid: 'TEST', channel: 'paid_search', no_lease: '' },
     );
     assert.equal(row.url, tracker.url('/demo?utm_source=google&utm_campaign=spring&gclid=TEST'));
-    assert.match(row.user_agent, /HeadlessChrome/, 'recorded from the real browser');
+    assert.equal(row.user_agent, HUMAN_UA, 'recorded from the browser');
     assert.deepEqual(errors, [], 'no uncaught page errors');
   } finally {
     await context.close();

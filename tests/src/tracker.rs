@@ -91,15 +91,20 @@ impl TestTracker {
     }
 }
 
+/// The origin of the test sites' pages: the snippet API leases numbers
+/// only to requests that carry a site's origin.
+pub const ORIGIN: &str = "https://shop.test";
+
 /// A site whose default pool holds `n` fresh numbers ringing +74951234567:
-/// (site, pool, numbers). The site's own number is +74950000000.
+/// (site, pool, numbers). The site's own number is +74950000000; its page
+/// origin is [`ORIGIN`].
 pub async fn provision(t: &TestTracker, n: usize) -> (String, String, Vec<String>) {
     use dialmark_tracker::inventory::{AddNumbers, PoolDef, Site};
     let inv = &t.state.inventory;
     let (site, pool) = (crate::env::unique("site"), crate::env::unique("pool"));
     inv.put_site(Site {
         id: site.clone(),
-        origins: vec![],
+        origins: vec![ORIGIN.into()],
         replace: vec!["+74950000000".into()],
         display_mask: String::new(),
         default_pool: pool.clone(),

@@ -60,6 +60,7 @@ pub async fn post_visit(tracker: &TestTracker, body: serde_json::Value) -> serde
     let url = tracker.url("/v1/visits");
     tokio::task::spawn_blocking(move || {
         ureq::post(&url)
+            .header("origin", crate::tracker::ORIGIN)
             .send(body.to_string())
             .unwrap()
             .body_mut()

@@ -191,6 +191,7 @@ async fn visit(t: &TestTracker, site: &str) -> serde_json::Value {
             .into();
         agent
             .post(&url)
+            .header("origin", dialmark_e2e::tracker::ORIGIN)
             .send(body)
             .unwrap()
             .body_mut()

@@ -31,9 +31,10 @@ async fn alloc(
         pool,
         now,
         TIMING,
-        session,
-        None,
-        &[("visitor", "v"), ("utm_source", "google")],
+        &pool::LeaseRequest {
+            fields: &[("visitor", "v"), ("utm_source", "google")],
+            ..pool::LeaseRequest::session(session)
+        },
     )
     .await
     .unwrap()
@@ -96,9 +97,11 @@ async fn lifecycle(redis_cfg: RedisConfig) {
             &pool_id,
             T + 10,
             TIMING,
-            "A",
-            touch,
-            &[("touch_ts", &ts), ("utm_source", src)],
+            &pool::LeaseRequest {
+                touch,
+                fields: &[("touch_ts", &ts), ("utm_source", src)],
+                ..pool::LeaseRequest::session("A")
+            },
         )
         .await
         .unwrap();
@@ -272,12 +275,26 @@ async fn no_double_lease(redis_cfg: RedisConfig) {
         let pool_id = pool_id.clone();
         tasks.push(tokio::spawn(async move {
             // Each session asks twice, as a page reload would.
-            let a = pool::allocate(&mut c, &s, &pool_id, T, TIMING, &format!("s{i}"), None, &[])
-                .await
-                .unwrap();
-            let b = pool::allocate(&mut c, &s, &pool_id, T, TIMING, &format!("s{i}"), None, &[])
-                .await
-                .unwrap();
+            let a = pool::allocate(
+                &mut c,
+                &s,
+                &pool_id,
+                T,
+                TIMING,
+                &pool::LeaseRequest::session(&format!("s{i}")),
+            )
+            .await
+            .unwrap();
+            let b = pool::allocate(
+                &mut c,
+                &s,
+                &pool_id,
+                T,
+                TIMING,
+                &pool::LeaseRequest::session(&format!("s{i}")),
+            )
+            .await
+            .unwrap();
             (a.allocation, b.allocation)
         }));
     }
@@ -308,4 +325,55 @@ async fn concurrent_visits_never_share_a_number_single() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_visits_never_share_a_number_cluster() {
     no_double_lease(cluster_redis()).await;
+}
+
+/// A network (/24, /48) takes at most `network_cap` new leases of a pool
+/// per minute; renewals and other networks are not held back, and the
+/// share comes back the next minute.
+#[tokio::test]
+async fn a_network_takes_at_most_its_share_of_new_leases_per_minute() {
+    let mut r = Redis::connect(&single_redis()).await.unwrap();
+    let s = Scripts::default();
+    let pool_id = unique("netcap");
+    for i in 0..6 {
+        pool::enroll(&mut r, &s, &pool_id, T, &format!("+7495000100{i}"))
+            .await
+            .unwrap();
+    }
+    let minute = T - T % 60 + 60;
+    let mut ask = async |now: u32, session: &str, network: &str| {
+        let req = pool::LeaseRequest {
+            network,
+            network_cap: 2,
+            ..pool::LeaseRequest::session(session)
+        };
+        pool::allocate(&mut r, &s, &pool_id, now, TIMING, &req)
+            .await
+            .unwrap()
+            .allocation
+    };
+    let x = "203.0.113.0/24";
+    assert!(matches!(
+        ask(minute, "a", x).await,
+        Allocation::Leased { .. }
+    ));
+    assert!(matches!(
+        ask(minute + 1, "b", x).await,
+        Allocation::Leased { .. }
+    ));
+    assert_eq!(ask(minute + 2, "c", x).await, Allocation::NetworkCapped);
+    assert!(
+        matches!(ask(minute + 3, "a", x).await, Allocation::Renewed { .. }),
+        "a renewal is not a new lease"
+    );
+    assert!(matches!(
+        ask(minute + 4, "d", "198.51.100.0/24").await,
+        Allocation::Leased { .. }
+    ));
+    assert!(matches!(
+        ask(minute + 60, "c", x).await,
+        Allocation::Leased { .. }
+    ));
+    let st = pool::stats(&mut r, &pool_id).await.unwrap();
+    assert_eq!((st.leased, st.network_capped), (4, 1));
 }

@@ -80,7 +80,7 @@ async fn site(t: &TestTracker) -> (String, String, String, String) {
     let (pooled, overflow, stat) = (unique_number(), unique_number(), unique_number());
     inv.put_site(Site {
         id: site.clone(),
-        origins: vec![],
+        origins: vec![dialmark_e2e::tracker::ORIGIN.into()],
         replace: vec!["+74950000000".into()],
         display_mask: String::new(),
         default_pool: pool.clone(),
@@ -135,6 +135,7 @@ async fn visit(t: &TestTracker, site: &str) -> serde_json::Value {
         .to_string();
     tokio::task::spawn_blocking(move || {
         ureq::post(&url)
+            .header("origin", dialmark_e2e::tracker::ORIGIN)
             .send(body)
             .unwrap()
             .body_mut()

@@ -1,7 +1,8 @@
 //! The tracker's HTTP API on real Redis and ClickHouse: admin auth and
 //! provisioning, visits with stickiness and overflow, keep-alive, CORS per
 //! site, geo pools from a MaxMind database, clear 4xx on bad input, visit
-//! rows in ClickHouse, and the quarantine rules with a controlled clock.
+//! rows in ClickHouse, bots and bare clients that get no number, and the
+//! quarantine rules with a controlled clock.
 
 use std::time::Duration;
 
@@ -185,10 +186,16 @@ async fn visits_leases_overflow_keepalive_cors_and_rows() {
     let url_only = json!({"site": site,
         "url": "https://shop.test/?utm_source=google&utm_campaign=spring&gclid=G123"})
     .to_string();
-    let b = send("POST", t.url("/v1/visits"), vec![], Some(url_only.clone())).await;
+    let b = send(
+        "POST",
+        t.url("/v1/visits"),
+        origin.clone(),
+        Some(url_only.clone()),
+    )
+    .await;
     assert_eq!(b.status, 200);
     assert_ne!(b.body["number"], number.as_str());
-    let c = send("POST", t.url("/v1/visits"), vec![], Some(url_only)).await;
+    let c = send("POST", t.url("/v1/visits"), origin.clone(), Some(url_only)).await;
     assert_eq!(c.status, 200, "exhaustion is never an error to the browser");
     assert_eq!(c.body["number"], overflow.as_str());
     assert_eq!(c.body["kind"], "overflow");
@@ -416,7 +423,12 @@ async fn geo_pools_follow_the_visitor_region() {
     assert_eq!(r.status, 200, "{:?}", r.body);
 
     // 127.0.0.1 is a trusted proxy in the test config: X-Forwarded-For counts.
-    let from = |ip: &str| vec![("x-forwarded-for", ip.to_string())];
+    let from = |ip: &str| {
+        vec![
+            ("x-forwarded-for", ip.to_string()),
+            ("origin", "https://shop.test".to_string()),
+        ]
+    };
     let moscow = send(
         "POST",
         t.url("/v1/visits"),
@@ -552,7 +564,7 @@ async fn quarantine_release_needs_45_days_and_under_3_calls_in_90() {
     let v = send(
         "POST",
         t.url("/v1/visits"),
-        vec![],
+        vec![("origin", "https://shop.test".to_string())],
         Some(visit_body(&site, None)),
     )
     .await;
@@ -722,4 +734,199 @@ async fn apply_provisions_an_inventory_file_once() {
     );
     let rec = inv.route(&retired).await.unwrap().expect("a route record");
     assert_eq!(rec.status, dialmark_schemas::rows::NumberStatus::Quarantine);
+}
+
+const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+
+/// A visit from a page of shop.test, from `ip` (X-Forwarded-For: 127.0.0.1
+/// is a trusted proxy in the test config) with `user_agent`.
+fn from_page(ip: &str, user_agent: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("origin", "https://shop.test".to_string()),
+        ("x-forwarded-for", ip.to_string()),
+        ("user-agent", user_agent.to_string()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bots_and_bare_clients_do_not_burn_numbers() {
+    let t = TestTracker::start(
+        config(
+            "bots",
+            single_redis(),
+            "leases_per_network_per_minute = 5\n",
+        )
+        .await,
+    )
+    .await;
+    let (site, pool) = (unique("site"), unique("pool"));
+    let numbers: Vec<String> = (0..50).map(|_| unique_number()).collect();
+    let refs: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    provision(&t, &site, &pool, &refs, &unique_number(), json!([])).await;
+    let body = || Some(visit_body(&site, None));
+
+    // 60 crawler hits that run the page's script (each from its own network).
+    let crawlers = [
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        "Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)",
+        "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+        "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36",
+        "python-requests/2.31.0",
+    ];
+    for i in 0..60 {
+        let ip = format!("100.64.{i}.1");
+        let r = send(
+            "POST",
+            t.url("/v1/visits"),
+            from_page(&ip, crawlers[i % crawlers.len()]),
+            body(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(
+            (r.body["kind"].as_str(), r.body["number"].as_str()),
+            (Some("static"), Some("+74950000000")),
+            "crawler {i}"
+        );
+    }
+    // 60 bare curls: no Origin, refused with the reason.
+    for i in 0..60 {
+        let r = send(
+            "POST",
+            t.url("/v1/visits"),
+            vec![
+                ("x-forwarded-for", format!("100.65.{i}.1")),
+                ("user-agent", BROWSER.into()),
+            ],
+            body(),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{:?}", r.body);
+        assert!(
+            r.body["error"]
+                .as_str()
+                .unwrap()
+                .contains("Origin header is required"),
+            "{:?}",
+            r.body
+        );
+    }
+    // A page under browser automation (the snippet sends navigator.webdriver).
+    let mut automated: Value = serde_json::from_str(&visit_body(&site, None)).unwrap();
+    automated["webdriver"] = json!(true);
+    let r = send(
+        "POST",
+        t.url("/v1/visits"),
+        from_page("100.66.0.1", BROWSER),
+        Some(automated.to_string()),
+    )
+    .await;
+    assert_eq!(r.body["kind"], "static", "{:?}", r.body);
+
+    // Real visitors, each from its own network: every one gets its own pool number.
+    let mut got = std::collections::HashSet::new();
+    for i in 0..50 {
+        let r = send(
+            "POST",
+            t.url("/v1/visits"),
+            from_page(&format!("100.70.{i}.9"), BROWSER),
+            body(),
+        )
+        .await;
+        assert_eq!(r.body["kind"], "pool", "visitor {i}: {:?}", r.body);
+        got.insert(r.body["number"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got.len(), 50, "50 visitors, 50 numbers");
+
+    // One network takes at most 5 new leases a minute: the 6th visitor from
+    // it gets the site's number; a renewal and another network do not wait.
+    let (site2, pool2) = (unique("site"), unique("pool"));
+    let numbers2: Vec<String> = (0..10).map(|_| unique_number()).collect();
+    let refs2: Vec<&str> = numbers2.iter().map(String::as_str).collect();
+    provision(&t, &site2, &pool2, &refs2, &unique_number(), json!([])).await;
+    let mut first_session = String::new();
+    for i in 0..6 {
+        let r = send(
+            "POST",
+            t.url("/v1/visits"),
+            from_page(&format!("198.51.100.{}", 10 + i), BROWSER),
+            Some(visit_body(&site2, None)),
+        )
+        .await;
+        let want = if i < 5 { "pool" } else { "static" };
+        assert_eq!(r.body["kind"], want, "visitor {i} of one /24: {:?}", r.body);
+        if i == 0 {
+            first_session = r.body["session_id"].as_str().unwrap().to_string();
+        }
+    }
+    let r = send(
+        "POST",
+        t.url("/v1/visits"),
+        from_page("198.51.100.10", BROWSER),
+        Some(visit_body(&site2, Some(&first_session))),
+    )
+    .await;
+    assert_eq!(
+        r.body["kind"], "pool",
+        "a renewal is not a new lease: {:?}",
+        r.body
+    );
+    let r = send(
+        "POST",
+        t.url("/v1/visits"),
+        from_page("192.0.2.1", BROWSER),
+        Some(visit_body(&site2, None)),
+    )
+    .await;
+    assert_eq!(r.body["kind"], "pool", "another network: {:?}", r.body);
+    let stats = send(
+        "GET",
+        t.url(&format!("/v1/admin/pools/{pool2}")),
+        admin(),
+        None,
+    )
+    .await;
+    assert_eq!(stats.body["stats"]["network_capped"], 1, "{:?}", stats.body);
+
+    // Every refusal is on record with its reason; bare curls leave no row.
+    #[derive(Row, Deserialize, Debug, PartialEq)]
+    struct N {
+        no_lease: String,
+        n: u64,
+    }
+    let db = dialmark_schemas::ch::client(&t.config.clickhouse);
+    let want = vec![
+        N {
+            no_lease: String::new(),
+            n: 57,
+        },
+        N {
+            no_lease: "crawler".into(),
+            n: 60,
+        },
+        N {
+            no_lease: "network_rate".into(),
+            n: 1,
+        },
+        N {
+            no_lease: "webdriver".into(),
+            n: 1,
+        },
+    ];
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = db
+            .query("SELECT no_lease, count() AS n FROM visits WHERE site IN (?, ?) GROUP BY no_lease ORDER BY no_lease")
+            .bind(&site)
+            .bind(&site2)
+            .fetch_all::<N>()
+            .await
+            .unwrap();
+        if rows == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows, want);
 }

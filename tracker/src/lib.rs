@@ -5,6 +5,7 @@
 //! - [`app`]: the axum router, shared state, snippet file, `/metrics`.
 //! - [`visit`]: the snippet API (`/v1/visits`, keep-alive, CORS).
 //! - [`pool`]: the lease engine (atomic Lua scripts per pool).
+//! - [`bot`]: visits that get no lease: crawlers, automation, network rate.
 //! - [`touch`]: a visit's touch: channel rules, ignored referrers, age.
 //! - [`inventory`]: sites, pools, numbers and the number lifecycle.
 //! - [`admin`]: the admin API and the inventory file loader.
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bot;
 pub mod error;
 pub mod geo;
 pub mod inventory;

@@ -42,6 +42,8 @@ pub enum Allocation {
     },
     /// No number was free: the caller hands out the overflow number.
     Exhausted,
+    /// The client's network took its share of new leases this minute.
+    NetworkCapped,
 }
 
 /// Result of one allocation, with the leases reclaimed on the way.
@@ -51,20 +53,41 @@ pub struct AllocateOutcome {
     pub reclaimed: Vec<String>,
 }
 
-/// Leases a number of `pool` to `session` (or renews the one it holds).
-/// `fields` are stored on a new lease for attribution; on a renewal they
-/// replace the lease's only when `touch` (the time of the visit's own
-/// touch) is newer than the lease's `touch_ts`: the latest click wins.
-#[allow(clippy::too_many_arguments)]
+/// Who asks for a lease and what it stores.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeaseRequest<'a> {
+    pub session: &'a str,
+    /// When the visit's own touch happened (`None`: it brings none); the
+    /// fields replace a renewed lease's only when it is newer than the
+    /// lease's `touch_ts`: the latest click wins.
+    pub touch: Option<u32>,
+    /// The client's network (`bot::network_key`) and how many new leases
+    /// of the pool it may take per minute (0: no cap).
+    pub network: &'a str,
+    pub network_cap: u32,
+    /// Stored on a new lease for attribution.
+    pub fields: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> LeaseRequest<'a> {
+    /// A session's request without touch, network cap or fields.
+    pub fn session(session: &'a str) -> Self {
+        Self {
+            session,
+            ..Self::default()
+        }
+    }
+}
+
+/// Leases a number of `pool` to the request's session (or renews the one
+/// it holds).
 pub async fn allocate(
     redis: &mut Redis,
     scripts: &Scripts,
     pool: &str,
     now: u32,
     timing: LeaseTiming,
-    session: &str,
-    touch: Option<u32>,
-    fields: &[(&str, &str)],
+    req: &LeaseRequest<'_>,
 ) -> Result<AllocateOutcome, TrackerError> {
     let mut inv = scripts.allocate.key(pool_prefix(pool));
     inv.arg(now)
@@ -72,9 +95,11 @@ pub async fn allocate(
         .arg(timing.max_hold)
         .arg(timing.cooldown)
         .arg(timing.attribution_window)
-        .arg(session)
-        .arg(touch.unwrap_or(0));
-    for (k, v) in fields {
+        .arg(req.session)
+        .arg(req.touch.unwrap_or(0))
+        .arg(req.network)
+        .arg(req.network_cap);
+    for (k, v) in req.fields {
         inv.arg(*k).arg(*v);
     }
     let (status, number, expires_at, reclaimed): (String, String, u32, Vec<String>) =
@@ -87,6 +112,7 @@ pub async fn allocate(
             retouched: status == "retouched",
         },
         "exhausted" => Allocation::Exhausted,
+        "capped" => Allocation::NetworkCapped,
         other => {
             return Err(TrackerError::Internal(format!(
                 "allocate script answered {other:?}"
@@ -165,26 +191,32 @@ pub struct PoolStats {
     pub free: u64,
     pub leased: u64,
     pub exhausted: u64,
+    pub network_capped: u64,
 }
 
 pub async fn stats(redis: &mut Redis, pool: &str) -> Result<PoolStats, TrackerError> {
     let p = pool_prefix(pool);
-    let (size, free, leased, exhausted): (u64, u64, u64, Option<u64>) = redis::pipe()
-        .cmd("SCARD")
-        .arg(format!("{p}numbers"))
-        .cmd("ZCARD")
-        .arg(format!("{p}free"))
-        .cmd("ZCARD")
-        .arg(format!("{p}leased"))
-        .cmd("HGET")
-        .arg(format!("{p}stats"))
-        .arg("exhausted")
-        .query_async(redis)
-        .await?;
+    let (size, free, leased, exhausted, network_capped): (u64, u64, u64, Option<u64>, Option<u64>) =
+        redis::pipe()
+            .cmd("SCARD")
+            .arg(format!("{p}numbers"))
+            .cmd("ZCARD")
+            .arg(format!("{p}free"))
+            .cmd("ZCARD")
+            .arg(format!("{p}leased"))
+            .cmd("HGET")
+            .arg(format!("{p}stats"))
+            .arg("exhausted")
+            .cmd("HGET")
+            .arg(format!("{p}stats"))
+            .arg("network_capped")
+            .query_async(redis)
+            .await?;
     Ok(PoolStats {
         size,
         free,
         leased,
         exhausted: exhausted.unwrap_or(0),
+        network_capped: network_capped.unwrap_or(0),
     })
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info_span, warn, Instrument};
 
 use crate::app::Shared;
+use crate::bot::{self, NoLease};
 use crate::error::TrackerError;
 use crate::geo::{self, Place};
 use crate::inventory::{format_display, Site};
@@ -38,6 +39,8 @@ pub struct VisitRequest {
     pub ym_uid: String,
     /// The visitor's first touch, kept by the snippet.
     pub first_touch: Option<serde_json::Value>,
+    /// The page runs under browser automation (`navigator.webdriver`).
+    pub webdriver: bool,
 }
 
 /// What the snippet gets back.
@@ -210,6 +213,18 @@ fn cors_origin(site: &Site, headers: &HeaderMap) -> Result<Option<HeaderValue>, 
     }
 }
 
+/// The snippet API leases numbers to browsers: a request without an
+/// `Origin` (a bare curl, a scraper) is refused before it can hold one.
+/// Server-side clients send `Origin:` with one of the site's origins.
+fn browser_origin(site: &Site, headers: &HeaderMap) -> Result<HeaderValue, TrackerError> {
+    cors_origin(site, headers)?.ok_or_else(|| {
+        TrackerError::Forbidden(format!(
+            "an Origin header is required (one of site {:?}'s origins): numbers are leased to browsers",
+            site.id
+        ))
+    })
+}
+
 fn with_cors(mut resp: Response, origin: Option<HeaderValue>) -> Response {
     if let Some(o) = origin {
         let h = resp.headers_mut();
@@ -292,7 +307,7 @@ pub async fn create(
     async move {
         let started = std::time::Instant::now();
         let site = state.inventory.site(&req.site).await?;
-        let origin = cors_origin(&site, &headers)?;
+        let origin = Some(browser_origin(&site, &headers)?);
         let ip = geo::client_ip(peer, &headers, &state.config.tracker.trusted_proxies);
         let place = state.geo.lookup(ip);
         let pool_id = choose_pool(&site, &place).to_string();
@@ -302,30 +317,58 @@ pub async fn create(
         let now = dialmark_schemas::unix_now();
         let timing = state.inventory.timing;
         let touches = req.resolve(&site, now, state.config.tracker.touch_max_age_days.saturating_mul(86_400));
+        let user_agent: String = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .chars()
+            .take(512)
+            .collect();
 
         let mut owned = req.lease_fields(&touches, &place);
         owned.extend([("visitor", visitor.clone()), ("site", site.id.clone()), ("visit_ts", now.to_string())]);
         let fields: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let touch = touches.fresh.then_some(touches.ts);
-
-        let mut redis = state.inventory.redis.clone();
-        let outcome = pool::allocate(&mut redis, &state.inventory.scripts, &pool_id, now, timing, &session, touch, &fields).await;
-        let (number, kind) = match outcome {
-            Ok(o) => {
+        let network = bot::network_key(ip);
+        let lease = pool::LeaseRequest {
+            session: &session,
+            touch: touches.fresh.then_some(touches.ts),
+            network: &network,
+            network_cap: state.config.tracker.leases_per_network_per_minute,
+            fields: &fields,
+        };
+        let own_number = || site.replace.first().cloned().unwrap_or_default();
+        let automated = if req.webdriver {
+            Some(NoLease::Webdriver)
+        } else if bot::automated_agent(&user_agent) {
+            Some(NoLease::Crawler)
+        } else {
+            None
+        };
+        let outcome = match automated {
+            Some(why) => Ok(Err(why)),
+            None => {
+                let mut redis = state.inventory.redis.clone();
+                pool::allocate(&mut redis, &state.inventory.scripts, &pool_id, now, timing, &lease).await.map(Ok)
+            }
+        };
+        let (number, kind, no_lease) = match outcome {
+            Ok(Err(why)) => (own_number(), NumberKind::Static, Some(why)),
+            Ok(Ok(o)) => {
                 for n in &o.reclaimed {
                     state.lease_event(&site.id, &pool_id, n, "", "", LeaseEvent::Reclaim, now, now);
                 }
                 match o.allocation {
                     Allocation::Leased { number, expires_at } => {
                         state.lease_event(&site.id, &pool_id, &number, &session, &visitor, LeaseEvent::Lease, now, expires_at);
-                        (number, NumberKind::Pool)
+                        (number, NumberKind::Pool, None)
                     }
                     Allocation::Renewed { number, retouched, .. } => {
                         if retouched {
                             metrics::counter!("dialmark_lease_retouched_total", "pool" => pool_id.clone()).increment(1);
                         }
-                        (number, NumberKind::Pool)
+                        (number, NumberKind::Pool, None)
                     }
+                    Allocation::NetworkCapped => (own_number(), NumberKind::Static, Some(NoLease::NetworkRate)),
                     Allocation::Exhausted => {
                         metrics::counter!("dialmark_pool_exhausted_total", "pool" => pool_id.clone()).increment(1);
                         let overflow = state.inventory.pool(&pool_id).await.ok().and_then(|p| p.overflow_number);
@@ -335,9 +378,9 @@ pub async fn create(
                         match overflow {
                             Some(n) => {
                                 state.lease_event(&site.id, &pool_id, &n, &session, &visitor, LeaseEvent::Overflow, now, now);
-                                (n, NumberKind::Overflow)
+                                (n, NumberKind::Overflow, None)
                             }
-                            None => (site.replace.first().cloned().unwrap_or_default(), NumberKind::Static),
+                            None => (own_number(), NumberKind::Static, None),
                         }
                     }
                 }
@@ -346,9 +389,12 @@ pub async fn create(
                 // Redis is away: the site keeps its own number, the visit is still recorded.
                 warn!(cause = %e, "lease failed; answering with the site's own number");
                 metrics::counter!("dialmark_lease_errors_total").increment(1);
-                (site.replace.first().cloned().unwrap_or_default(), NumberKind::Static)
+                (own_number(), NumberKind::Static, None)
             }
         };
+        if let Some(why) = no_lease {
+            metrics::counter!("dialmark_lease_refusals_total", "reason" => why.as_str()).increment(1);
+        }
         metrics::histogram!("dialmark_lease_seconds").record(started.elapsed().as_secs_f64());
 
         let row = Visit {
@@ -389,13 +435,8 @@ pub async fn create(
             country: place.country.clone(),
             region: place.region.clone(),
             city: place.city.clone(),
-            user_agent: headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .chars()
-                .take(512)
-                .collect(),
+            user_agent,
+            no_lease: no_lease.map_or("", NoLease::as_str).into(),
         };
         let _ = state.visits.push(row);
 

@@ -258,6 +258,7 @@ impl PhaseResult {
 
 fn post(url: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
     Ok(ureq::post(url)
+        .header("origin", dialmark_e2e::tracker::ORIGIN)
         .send(body.to_string())?
         .body_mut()
         .read_json()?)
@@ -481,7 +482,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let speed = args.speed;
     let extra = format!(
-        "hold_seconds = {}\nmax_hold_seconds = {}\ncooldown_seconds = {}\nattribution_window_seconds = {}\n",
+        "hold_seconds = {}\nmax_hold_seconds = {}\ncooldown_seconds = {}\nattribution_window_seconds = {}\n\
+         leases_per_network_per_minute = 0\n",
         900 / speed,
         (4 * 3600 / speed).max(900 / speed),
         (60 / speed).max(1),

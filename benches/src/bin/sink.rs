@@ -141,6 +141,7 @@ fn visit(tag: &str, i: usize) -> Visit {
         first_utm_source: "google".into(),
         first_utm_medium: "cpc".into(),
         first_utm_campaign: "spring".into(),
+        no_lease: String::new(),
     }
 }
 

@@ -307,7 +307,7 @@ export const startTracker = async () => {
         () =>
           chRows(
             `SELECT site, pool, number, toString(number_kind) AS kind, session_id, visitor_id, url, ` +
-              `utm_source, utm_campaign, gclid, user_agent FROM visits WHERE ${where} ORDER BY ts`,
+              `utm_source, utm_campaign, gclid, user_agent, no_lease, channel FROM visits WHERE ${where} ORDER BY ts`,
             database,
           ),
         ok,
@@ -373,12 +373,21 @@ export const launch = () =>
 
 const apiOf = new WeakMap(); // page -> its tracker API requests, for error messages
 
+/** A visitor's Chrome, as a site sees it (not HeadlessChrome). */
+export const HUMAN_UA = 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36';
+
 /**
  * A fresh context (own cookies and localStorage) and page, with uncaught page
- * errors and every request to the tracker API recorded.
+ * errors and every request to the tracker API recorded. It looks like a
+ * visitor's browser (the tracker gives automation the site's own number, no
+ * lease) unless `automated`: then it keeps HeadlessChrome and
+ * `navigator.webdriver`.
  */
-export const openPage = async browser => {
-  const context = await browser.newContext();
+export const openPage = async (browser, { automated = false } = {}) => {
+  const context = await browser.newContext(automated ? {} : { userAgent: HUMAN_UA });
+  if (!automated) {
+    await context.addInitScript(() => Object.defineProperty(Navigator.prototype, 'webdriver', { get: () => false }));
+  }
   const page = await context.newPage();
   const errors = [];
   const api = []; // {url, method, body, at, status?, failed?}
