@@ -51,7 +51,13 @@ fn counts(v: &Value) -> BTreeMap<String, u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracker_load_measures_real_visits_in_both_modes() {
-    let config = tracker::config("bench_tools_load", tracker::single_redis(), "").await;
+    // One load generator on one address: no per-network lease cap.
+    let config = tracker::config(
+        "bench_tools_load",
+        tracker::single_redis(),
+        "leases_per_network_per_minute = 0\n",
+    )
+    .await;
     let t = TestTracker::start(config).await;
     let (site, pool, _) = provision(&t, 1500).await;
     t.state
