@@ -17,9 +17,11 @@
 --
 -- Expired leases are reclaimed here, lazily: no cron is needed for
 -- correctness. A reclaimed lease is kept as `last:N` for the attribution
--- window, and the number goes back to `free` scored by the time it may be
--- leased again (release + cooldown): the lowest score is the least recently
--- used number.
+-- window counted from the lease's end (`released_at` = its expiry, not this
+-- reclaim), with `prev_released_at` = when the lease before it ended (a call
+-- inside both windows is contested), and the number goes back to `free`
+-- scored by the time it may be leased again (release + cooldown): the
+-- lowest score is the least recently used number.
 local p = KEYS[1]
 local now = tonumber(ARGV[1])
 local hold = tonumber(ARGV[2])
@@ -38,14 +40,20 @@ for _, n in ipairs(expired) do
   local lease = p .. 'lease:' .. n
   local last = p .. 'last:' .. n
   local holder = redis.call('HGET', lease, 'session')
+  local ended = math.min(tonumber(redis.call('ZSCORE', p .. 'leased', n)), now)
   if redis.call('EXISTS', lease) == 1 then
-    redis.call('HSET', lease, 'released_at', now)
+    local prev = redis.call('HGET', last, 'released_at')
+    redis.call('HSET', lease, 'released_at', ended, 'prev_released_at', prev or 0)
     redis.call('RENAME', lease, last)
-    redis.call('EXPIRE', last, window)
+    if ended + window > now then
+      redis.call('EXPIRE', last, ended + window - now)
+    else
+      redis.call('DEL', last)
+    end
   end
   redis.call('ZREM', p .. 'leased', n)
   if redis.call('SISMEMBER', p .. 'numbers', n) == 1 then
-    redis.call('ZADD', p .. 'free', now + cooldown, n)
+    redis.call('ZADD', p .. 'free', ended + cooldown, n)
   end
   if holder then
     local sk = p .. 'session:' .. holder
@@ -57,7 +65,9 @@ end
 local current = redis.call('GET', p .. 'session:' .. session)
 if current then
   local lease = p .. 'lease:' .. current
-  if redis.call('HGET', lease, 'session') == session then
+  -- An expired lease is never revived, reclaimed or not.
+  if redis.call('HGET', lease, 'session') == session
+      and tonumber(redis.call('HGET', lease, 'expires_at')) > now then
     local hard = tonumber(redis.call('HGET', lease, 'hard_expires_at'))
     local exp = math.min(now + hold, hard)
     if exp > now then

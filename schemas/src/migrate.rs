@@ -66,6 +66,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_visits_no_lease.sql",
         sql: include_str!("../migrations/0009_visits_no_lease.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_attribution_confidence.sql",
+        sql: include_str!("../migrations/0010_attribution_confidence.sql"),
+    },
 ];
 
 #[derive(Debug, Row, Serialize, Deserialize)]

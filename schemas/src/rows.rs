@@ -182,6 +182,33 @@ pub enum Attribution {
     Overflow = 4,
 }
 
+/// How sure the call's lease attribution is (`calls.attribution_confidence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize_repr, Deserialize_repr)]
+#[repr(i8)]
+pub enum Confidence {
+    /// No lease: not attributed, or a static or overflow number.
+    #[default]
+    None = 0,
+    /// The number was leased at the call.
+    Live = 1,
+    /// The lease ended within the window and no other lease of the number did.
+    RecentSole = 2,
+    /// The lease ended within the window, and so did another lease of the
+    /// number: either visitor may be calling.
+    RecentContested = 3,
+}
+
+impl Confidence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confidence::None => "none",
+            Confidence::Live => "live",
+            Confidence::RecentSole => "recent_sole",
+            Confidence::RecentContested => "recent_contested",
+        }
+    }
+}
+
 impl Attribution {
     /// The name used in ClickHouse (Enum8).
     pub fn as_str(self) -> &'static str {
@@ -247,6 +274,7 @@ pub struct Call {
     pub first_utm_source: String,
     pub first_utm_medium: String,
     pub first_utm_campaign: String,
+    pub attribution_confidence: Confidence,
 }
 
 impl Table for Call {

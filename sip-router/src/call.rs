@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 
 use dialmark_schemas::rows::{
-    Attribution, Call as CallRow, CallAttempt, Disposition, NumberStatus, Outcome,
+    Attribution, Call as CallRow, CallAttempt, Confidence, Disposition, NumberStatus, Outcome,
 };
 use uuid::Uuid;
 
@@ -110,6 +110,7 @@ pub struct TrunkRef {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Source {
     pub attribution: Attribution,
+    pub confidence: Confidence,
     pub session_id: String,
     pub visitor_id: String,
     pub source_label: String,
@@ -1731,6 +1732,7 @@ fn row(
         first_utm_source: s.first_utm_source.clone(),
         first_utm_medium: s.first_utm_medium.clone(),
         first_utm_campaign: s.first_utm_campaign.clone(),
+        attribution_confidence: s.confidence,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dialmark_schemas::config::RedisConfig;
 use dialmark_schemas::layout::{self, NumberKind, RouteRecord};
-use dialmark_schemas::rows::Attribution;
+use dialmark_schemas::rows::{Attribution, Confidence};
 use dialmark_schemas::store::Redis;
 use tokio::sync::OnceCell;
 use tracing::warn;
@@ -164,12 +164,18 @@ impl Directory {
                 return Source::default();
             }
         };
-        classify(&live, &last, now, self.window)
+        let s = classify(&live, &last, now, self.window);
+        if s.confidence == Confidence::RecentContested {
+            metrics::counter!("dialmark_calls_contested_total").increment(1);
+        }
+        s
     }
 }
 
 /// Picks the lease a call belongs to: a live lease; a lease that expired
-/// within the window but is not reclaimed yet; or the last ended lease.
+/// within the window but is not reclaimed yet; or the last ended lease. The
+/// window counts from the lease's end. A recent lease is contested when the
+/// lease before it also ended within the window.
 pub fn classify(
     live: &HashMap<String, String>,
     last: &HashMap<String, String>,
@@ -179,23 +185,34 @@ pub fn classify(
     let num = |m: &HashMap<String, String>, k: &str| {
         m.get(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
     };
-    let (fields, kind) = if !live.is_empty() {
+    let within = |ended: u32| ended > 0 && now.saturating_sub(ended) <= window;
+    let recent = |contested: bool| {
+        if contested {
+            Confidence::RecentContested
+        } else {
+            Confidence::RecentSole
+        }
+    };
+    let (fields, kind, confidence) = if !live.is_empty() {
         let exp = num(live, "expires_at");
-        if exp >= now {
-            (live, Attribution::LiveLease)
-        } else if now - exp <= window {
-            (live, Attribution::RecentLease)
+        if exp > now {
+            (live, Attribution::LiveLease, Confidence::Live)
+        } else if within(exp) {
+            let other = !last.is_empty() && within(num(last, "released_at"));
+            (live, Attribution::RecentLease, recent(other))
         } else {
             return Source::default();
         }
-    } else if !last.is_empty() && now.saturating_sub(num(last, "released_at")) <= window {
-        (last, Attribution::RecentLease)
+    } else if !last.is_empty() && within(num(last, "released_at")) {
+        let other = within(num(last, "prev_released_at"));
+        (last, Attribution::RecentLease, recent(other))
     } else {
         return Source::default();
     };
     let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
     Source {
         attribution: kind,
+        confidence,
         session_id: get("session"),
         visitor_id: get("visitor"),
         source_label: String::new(),
@@ -306,6 +323,56 @@ mod tests {
             Attribution::None
         );
         assert_eq!(classify(&empty, &empty, 1, 100), Source::default());
+    }
+
+    #[test]
+    fn confidence_counts_the_other_leases_in_the_window() {
+        let conf = |live: &HashMap<String, String>, last: &HashMap<String, String>, now| {
+            let s = classify(live, last, now, 100);
+            (s.attribution, s.confidence, s.session_id)
+        };
+        let empty = HashMap::new();
+        // s1 holds the number until 1000; s0's lease ended at 950.
+        let live = m(&[("session", "s1"), ("expires_at", "1000")]);
+        let last = m(&[
+            ("session", "s0"),
+            ("released_at", "950"),
+            ("prev_released_at", "0"),
+        ]);
+        assert_eq!(
+            conf(&live, &last, 999),
+            (Attribution::LiveLease, Confidence::Live, "s1".into())
+        );
+        assert_eq!(
+            conf(&live, &last, 1000),
+            (
+                Attribution::RecentLease,
+                Confidence::RecentContested,
+                "s1".into()
+            ),
+            "s1's lease ended at 1000 (expired, not reclaimed), s0's at 950: both inside"
+        );
+        assert_eq!(
+            conf(&live, &last, 1060),
+            (
+                Attribution::RecentLease,
+                Confidence::RecentSole,
+                "s1".into()
+            ),
+            "s0's window is over"
+        );
+        // Reclaimed: s1 is `last`, s0 its predecessor.
+        let last = m(&[
+            ("session", "s1"),
+            ("released_at", "1000"),
+            ("prev_released_at", "950"),
+        ]);
+        assert_eq!(conf(&empty, &last, 1040).1, Confidence::RecentContested);
+        assert_eq!(conf(&empty, &last, 1051).1, Confidence::RecentSole);
+        assert_eq!(
+            conf(&empty, &last, 1101),
+            (Attribution::None, Confidence::None, String::new())
+        );
     }
 
     #[test]

@@ -214,6 +214,7 @@ mod tests {
             first_utm_source: String::new(),
             first_utm_medium: String::new(),
             first_utm_campaign: String::new(),
+            attribution_confidence: Default::default(),
         }
     }
 

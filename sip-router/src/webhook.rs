@@ -89,6 +89,7 @@ pub fn payload(c: &Call) -> serde_json::Value {
         "final_trunk": c.final_trunk,
         "destination": c.destination,
         "attribution": c.attribution.as_str(),
+        "attribution_confidence": c.attribution_confidence.as_str(),
         "session_id": c.session_id,
         "visitor_id": c.visitor_id,
         "source": {

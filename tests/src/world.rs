@@ -98,6 +98,7 @@ pub struct CallRow {
     pub channel: String,
     pub first_utm_source: String,
     pub first_channel: String,
+    pub confidence: String,
 }
 
 /// Completed `calls` rows of a number (`ended` set: an answered call's
@@ -109,7 +110,7 @@ pub async fn calls(w: &World, number: &str, expect: usize) -> Vec<CallRow> {
         rows = db
             .query(
                 "SELECT toString(disposition), toString(number_status), attempts, final_trunk, talk_ms, toString(attribution), \
-                 session_id, utm_source, utm_campaign, gclid, final_code, channel, first_utm_source, first_channel FROM calls FINAL WHERE number = ? AND ended != 0 ORDER BY received",
+                 session_id, utm_source, utm_campaign, gclid, final_code, channel, first_utm_source, first_channel, toString(attribution_confidence) FROM calls FINAL WHERE number = ? AND ended != 0 ORDER BY received",
             )
             .bind(number)
             .fetch_all()

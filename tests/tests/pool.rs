@@ -146,7 +146,15 @@ async fn lifecycle(redis_cfg: RedisConfig) {
         None
     );
 
-    // A expired at T+110: reclaimed lazily, then rests for the cool-down.
+    // A expired at T+110: a keep-alive does not revive it, though it is
+    // not reclaimed yet (its attribution window already runs).
+    assert_eq!(
+        pool::keepalive(&mut r, &s, &pool_id, T + 110, 100, "A")
+            .await
+            .unwrap(),
+        None
+    );
+    // Reclaimed lazily, then rests for the cool-down (from its end).
     let o = alloc(&mut r, &s, &pool_id, T + 111, "E").await;
     assert_eq!(o.reclaimed, vec![nums[0].to_string()]);
     assert_eq!(o.allocation, Allocation::Exhausted);
@@ -190,8 +198,12 @@ async fn lifecycle(redis_cfg: RedisConfig) {
     assert_eq!(last.get("session").map(String::as_str), Some("B"));
     assert_eq!(last.get("utm_source").map(String::as_str), Some("google"));
     assert_eq!(
-        last.get("released_at").map(String::as_str),
-        Some((T + 151).to_string().as_str())
+        (
+            last.get("released_at").map(String::as_str),
+            last.get("prev_released_at").map(String::as_str)
+        ),
+        (Some((T + 150).to_string().as_str()), Some("0")),
+        "the window counts from the lease's end (T+150), not its reclaim (T+151); no lease of the number before"
     );
 
     // Hard cap: keep-alives cannot hold a number past max_hold.
@@ -205,7 +217,7 @@ async fn lifecycle(redis_cfg: RedisConfig) {
         );
     }
     assert_eq!(
-        pool::keepalive(&mut r, &s, &pool_id, h_start + 995, 100, "H")
+        pool::keepalive(&mut r, &s, &pool_id, h_start + 950, 100, "H")
             .await
             .unwrap(),
         Some(h_start + 1000)
@@ -230,12 +242,29 @@ async fn lifecycle(redis_cfg: RedisConfig) {
     let st = pool::stats(&mut r, &pool_id).await.unwrap();
     assert_eq!(st.size, 2);
     assert!(st.exhausted >= 4);
-    // Even long after, the withdrawn number is never leased again.
+    // Even long after, the withdrawn number is never leased again. The two
+    // others ended long ago: their cool-down (from their end) is over, so
+    // the visit that reclaims them leases one at once, the least recently
+    // used first.
     let far = T + 5000;
     let o = alloc(&mut r, &s, &pool_id, far, "X0").await;
     assert_eq!(o.reclaimed.len(), 2, "both remaining leases expired");
-    let far = far + TIMING.cooldown;
-    let mut got = Vec::new();
+    assert_eq!(leased(&o), nums[0]);
+    for n in &nums[..2] {
+        let kept: bool = redis::cmd("EXISTS")
+            .arg(format!(
+                "{}last:{n}",
+                dialmark_schemas::layout::pool_prefix(&pool_id)
+            ))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        assert!(
+            !kept,
+            "{n}: reclaimed after its window ended: nothing to attribute"
+        );
+    }
+    let mut got = vec![nums[0].to_string()];
     for sess in ["X1", "X2", "X3"] {
         if let Allocation::Leased { number, .. } =
             alloc(&mut r, &s, &pool_id, far, sess).await.allocation

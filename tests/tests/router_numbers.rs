@@ -26,6 +26,7 @@ struct Row3 {
     attribution: String,
     source_label: String,
     session_id: String,
+    confidence: String,
 }
 
 /// The completed calls of `number`, once there are `want`.
@@ -35,7 +36,7 @@ async fn rows(t: &TestTracker, number: &str, want: usize) -> Vec<Row3> {
     for _ in 0..100 {
         rows = db
             .query(
-                "SELECT toString(disposition), final_code, toString(attribution), source_label, session_id \
+                "SELECT toString(disposition), final_code, toString(attribution), source_label, session_id, toString(attribution_confidence) \
                  FROM calls FINAL WHERE number = ? AND ended != 0 ORDER BY received",
             )
             .bind(number)
@@ -203,14 +204,66 @@ async fn a_recent_lease_attributes_a_call_inside_the_window_only() {
     assert!(run.success, "{}", run.output);
     let c = rows(&t, &pooled, 2).await;
     assert_eq!(
-        (c[0].attribution.as_str(), c[0].session_id.as_str()),
-        ("recent_lease", session.as_str()),
+        (
+            c[0].attribution.as_str(),
+            c[0].session_id.as_str(),
+            c[0].confidence.as_str()
+        ),
+        ("recent_lease", session.as_str(), "recent_sole"),
         "inside the window: {c:?}"
     );
     assert_eq!(
-        (c[1].attribution.as_str(), c[1].session_id.as_str()),
-        ("none", ""),
+        (
+            c[1].attribution.as_str(),
+            c[1].session_id.as_str(),
+            c[1].confidence.as_str()
+        ),
+        ("none", "", "none"),
         "outside the window: {c:?}"
+    );
+}
+
+/// Two leases of one number ended inside the window (the window counts
+/// from each lease's end): the call goes to the latest, marked contested.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_inside_two_leases_windows_is_contested() {
+    let t = TestTracker::start(
+        config(
+            "ncontest",
+            single_redis(),
+            "hold_seconds = 1\nmax_hold_seconds = 1\nattribution_window_seconds = 8\ncooldown_seconds = 0",
+        )
+        .await,
+    )
+    .await;
+    let (site, pooled, _, _) = site(&t).await;
+    let first = visit(&t, &site).await;
+    assert_eq!(first["number"], pooled.as_str(), "{first}");
+    // The first lease ends after 1 s; a second visitor gets the number.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let second = visit(&t, &site).await;
+    assert_eq!(second["number"], pooled.as_str(), "{second}");
+    assert_ne!(second["session_id"], first["session_id"]);
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = router(&t, pb, "route_cache_ms = 100");
+    // Both ended by now, both within 8 s.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let run = place(&r, &pooled, Scenario::Builtin("uac")).await;
+    assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    let c = rows(&t, &pooled, 1).await;
+    assert_eq!(
+        (
+            c[0].attribution.as_str(),
+            c[0].session_id.as_str(),
+            c[0].confidence.as_str()
+        ),
+        (
+            "recent_lease",
+            second["session_id"].as_str().unwrap(),
+            "recent_contested"
+        ),
+        "{c:?}"
     );
 }
 

@@ -78,8 +78,12 @@ async fn trunk_a_503_fails_over_to_b_and_both_attempts_are_recorded() {
     assert!(c.talk_ms >= 1_200, "{c:?}");
     // Real-time attribution: the visit that held the number.
     assert_eq!(
-        (c.attribution.as_str(), c.session_id.as_str()),
-        ("live_lease", w.session.as_str())
+        (
+            c.attribution.as_str(),
+            c.session_id.as_str(),
+            c.confidence.as_str()
+        ),
+        ("live_lease", w.session.as_str(), "live")
     );
     assert_eq!(
         (

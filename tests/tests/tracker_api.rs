@@ -526,6 +526,7 @@ fn call(number: &str, received: u32) -> Call {
         first_utm_source: String::new(),
         first_utm_medium: String::new(),
         first_utm_campaign: String::new(),
+        attribution_confidence: Default::default(),
     }
 }
 
