@@ -25,13 +25,21 @@ const init = () => {
 
   const save = () => { cur.ts = Date.now(); set(ls, SK, cur); };
 
-  const beacon = () => { if (on && cur && N.sendBeacon) N.sendBeacon(kaUrl(), JSON.stringify({ site })); };
+  const beacon = () => { if (on && cur && N.sendBeacon) N.sendBeacon(kaUrl(), JSON.stringify({ site, number: cur.number })); };
+
+  // Another tab of the session (or the tracker) holds a different number: show it.
+  const adopt = r => {
+    if (on && cur && r.number && r.number != cur.number) {
+      cur.number = r.number; cur.display = r.display || r.number;
+      apply(cur);
+    }
+  };
 
   const tick = () => {
-    if (on && cur) post(kaUrl(), { site }, ms).then(r => {
+    if (on && cur) post(kaUrl(), { site, number: cur.number }, ms).then(r => {
       if (r.status == 404 || r.status == 410) visit(); // lease lost: ask again, re-swap
-      else if (r.ok) save();
-    }, () => {});
+      else if (r.ok) return r.json().then(k => { adopt(k); save(); });
+    }).catch(() => {});
   };
   const sched = () => {
     clearInterval(timer);
@@ -49,6 +57,11 @@ const init = () => {
     });
     d.addEventListener('visibilitychange', () => { vis() ? tick() : beacon(); sched(); });
     addEventListener('pagehide', beacon);
+    // Tabs share one session through localStorage: a tab that got a new
+    // number (its lease was lost) tells the others.
+    addEventListener('storage', e => {
+      if (e.key == SK && e.newValue) try { const s = JSON.parse(e.newValue); if (s.session_id == cur.session_id) adopt(s); } catch (x) {}
+    });
   };
 
   const apply = r => {

@@ -62,7 +62,7 @@ const h = (tag, attrs, ...kids) => {
 const emitter = o => {
   const ls = {};
   o.addEventListener = (t, f) => (ls[t] = ls[t] || []).push(f);
-  o.dispatch = t => (ls[t] || []).forEach(f => f({ type: t }));
+  o.dispatch = (t, e = {}) => (ls[t] || []).forEach(f => f({ type: t, ...e }));
   return o;
 };
 const storage = (init = {}) => {
@@ -295,6 +295,34 @@ test('bundle: session resume sends the stored session_id while young', async () 
   p3.close();
 });
 
+test('bundle: a keep-alive naming another number, or another tab of the session, re-swaps', async () => {
+  let held = '+74951234567';
+  const p = page({
+    handler: url => url.endsWith('/keepalive')
+      ? json({ expires_in: 900, number: held, display: held == '+74951234567' ? OK.display : '+7 (495) 765-43-21' })
+      : json({ ...OK, keepalive_seconds: 0.03 }),
+  });
+  try {
+    await sleep(60);
+    assert.match(p.text(), /^Moscow: \+7 \(495\) 123-45-67/);
+    held = '+74957654321';
+    await sleep(80);
+    assert.equal(p.dm.number, '+74957654321', 'the number the session holds');
+    assert.match(p.text(), /^Moscow: \+7 \(495\) 765-43-21/, 'the shown number swapped');
+    assert.equal(JSON.parse(p.storage.getItem('_dm_s_site1')).number, '+74957654321');
+    // Another tab of the session stored a third number: this one follows.
+    const other = { ...OK, number: '+74959998877', display: '+7 (495) 999-88-77' };
+    held = other.number;
+    p.ctx.dispatch('storage', { key: '_dm_s_site1', newValue: JSON.stringify(other) });
+    assert.equal(p.dm.number, '+74959998877');
+    assert.match(p.text(), /^Moscow: \+7 \(495\) 999-88-77/);
+    // A different session's storage, or another key, changes nothing.
+    p.ctx.dispatch('storage', { key: '_dm_s_site1', newValue: JSON.stringify({ ...other, session_id: 'S2', number: '+74950001111' }) });
+    p.ctx.dispatch('storage', { key: 'other', newValue: '{' });
+    assert.equal(p.dm.number, '+74959998877');
+  } finally { p.close(); }
+});
+
 test('bundle: keepalive while visible, beacon on hide, re-visit on lost lease', async () => {
   let lost = false;
   const p = page({
@@ -308,11 +336,11 @@ test('bundle: keepalive while visible, beacon on hide, re-visit on lost lease', 
     const ka = p.calls.filter(c => c.url.endsWith('/keepalive'));
     assert.ok(ka.length >= 2, 'keepalives: ' + ka.length);
     assert.equal(ka[0].url, 'https://trk.example/v1/visits/S1/keepalive');
-    assert.deepEqual(ka[0].body, { site: 'site1' });
+    assert.deepEqual(ka[0].body, { site: 'site1', number: '+74951234567' });
 
     p.doc.visibilityState = 'hidden';
     p.doc.dispatch('visibilitychange');
-    assert.deepEqual(p.beacons, [{ url: 'https://trk.example/v1/visits/S1/keepalive', body: { site: 'site1' } }]);
+    assert.deepEqual(p.beacons, [{ url: 'https://trk.example/v1/visits/S1/keepalive', body: { site: 'site1', number: '+74951234567' } }]);
     const n = p.calls.length;
     await sleep(100);
     assert.equal(p.calls.length, n, 'no keepalive while hidden');

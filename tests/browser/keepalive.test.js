@@ -82,7 +82,7 @@ describe('keep-alive', { concurrency: 3 }, () => {
       for (const k of kas) {
         assert.equal(k.url, tracker.url(`/v1/visits/${visit.session_id}/keepalive`));
         assert.equal(k.method, 'POST');
-        assert.deepEqual(JSON.parse(k.body), { site: inv.site });
+        assert.deepEqual(JSON.parse(k.body), { site: inv.site, number: visit.number });
       }
       const answered = kas.filter(k => k.status !== undefined);
       assert.ok(answered.length >= kas.length - 1, 'keep-alives answered');
@@ -131,6 +131,30 @@ describe('keep-alive', { concurrency: 3 }, () => {
       assert.ok(lost > 0, 'a keep-alive got 410: ' + JSON.stringify(calls));
       assert.deepEqual(calls[lost + 1], ['/v1/visits', 200], 'then a new visit: ' + JSON.stringify(calls));
       assert.equal(JSON.parse(api[lost + 1].body).session_id, visit.session_id, 'asked with the same session');
+      assert.deepEqual(errors, [], 'no uncaught page errors');
+    } finally {
+      await context.close();
+    }
+  });
+
+  test('tabs of one visitor show one number: a tab given a new number tells the others', { timeout: 30000 }, async () => {
+    const inv = await tracker.provision({ size: 2 });
+    const { page, context, errors } = await open(inv);
+    try {
+      const first = await waitNumber(page);
+      const tab2 = await context.newPage();
+      // Tab 2 sends no keep-alives: it can learn a new number only from tab 1.
+      await tab2.route('**/keepalive', r => r.abort());
+      await tab2.goto(page.url());
+      const t2 = await waitNumber(tab2);
+      assert.deepEqual([t2.number, t2.session], [first.number, first.session], 'the second tab resumes the session');
+      await tracker.cli('admin', 'retire', first.number, '--reason', 'browser-test');
+      const a = await poll(() => dialmarkState(page), s => s.number && s.number != first.number, 5000);
+      assert.notEqual(a.number, first.number, 'tab 1 lost its lease and got a new number');
+      const b = await poll(() => dialmarkState(tab2), s => s.number == a.number, 5000);
+      assert.equal(b.number, a.number, 'tab 2 shows it too');
+      const want = formats(a.number).intlParens;
+      assert.equal((await poll(() => texts(tab2, ['num']), t => t.num == want, 3000)).num, want);
       assert.deepEqual(errors, [], 'no uncaught page errors');
     } finally {
       await context.close();

@@ -131,13 +131,13 @@ async fn lifecycle(redis_cfg: RedisConfig) {
         pool::keepalive(&mut r, &s, &pool_id, T + 40, 100, "C")
             .await
             .unwrap(),
-        Some(T + 140)
+        Some((T + 140, nums[2].to_string()))
     );
     assert_eq!(
         pool::keepalive(&mut r, &s, &pool_id, T + 50, 100, "B")
             .await
             .unwrap(),
-        Some(T + 150)
+        Some((T + 150, nums[1].to_string()))
     );
     assert_eq!(
         pool::keepalive(&mut r, &s, &pool_id, T + 50, 100, "nobody")
@@ -220,7 +220,7 @@ async fn lifecycle(redis_cfg: RedisConfig) {
         pool::keepalive(&mut r, &s, &pool_id, h_start + 950, 100, "H")
             .await
             .unwrap(),
-        Some(h_start + 1000)
+        Some((h_start + 1000, nums[1].to_string()))
     );
     assert_eq!(
         pool::keepalive(&mut r, &s, &pool_id, h_start + 1000, 100, "H")

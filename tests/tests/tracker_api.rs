@@ -218,6 +218,11 @@ async fn visits_leases_overflow_keepalive_cors_and_rows() {
     )
     .await;
     assert_eq!(ka.status, 200, "{:?}", ka.body);
+    assert_eq!(
+        (ka.body["number"].as_str(), ka.body["display"].as_str()),
+        (Some(number.as_str()), Some(display)),
+        "the keep-alive names the number the session holds"
+    );
     let gone = send(
         "POST",
         t.url("/v1/visits/nosuchsession/keepalive"),
@@ -930,4 +935,59 @@ async fn bots_and_bare_clients_do_not_burn_numbers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(rows, want);
+}
+
+/// A page that shows a number its session no longer holds (another tab of
+/// the session got a new one after a lease loss) learns the held number
+/// from its keep-alive; the keep-alive extends the shown number's pool.
+#[tokio::test(flavor = "multi_thread")]
+async fn keepalive_answers_with_the_number_the_session_holds() {
+    let t = TestTracker::start(config("kanum", single_redis(), "").await).await;
+    let (site, pool) = (unique("site"), unique("pool"));
+    let (n1, n2) = (unique_number(), unique_number());
+    provision(&t, &site, &pool, &[&n1, &n2], &unique_number(), json!([])).await;
+    let page = || {
+        vec![
+            ("origin", "https://shop.test".to_string()),
+            ("user-agent", BROWSER.to_string()),
+        ]
+    };
+    let a = send(
+        "POST",
+        t.url("/v1/visits"),
+        page(),
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    let (session, first) = (
+        a.body["session_id"].as_str().unwrap().to_string(),
+        a.body["number"].as_str().unwrap().to_string(),
+    );
+    // Tab 1 loses the lease (the number is retired); tab 2 asks again with
+    // the same session and gets the other number.
+    t.state
+        .inventory
+        .retire(&first, "test", "test", dialmark_schemas::unix_now())
+        .await
+        .unwrap();
+    let b = send(
+        "POST",
+        t.url("/v1/visits"),
+        page(),
+        Some(visit_body(&site, Some(&session))),
+    )
+    .await;
+    let second = b.body["number"].as_str().unwrap().to_string();
+    assert_ne!(second, first, "{:?}", b.body);
+    // Tab 1 still shows the first number: its keep-alive names the second.
+    let ka = send(
+        "POST",
+        t.url(&format!("/v1/visits/{session}/keepalive")),
+        page(),
+        Some(json!({"site": site, "number": first}).to_string()),
+    )
+    .await;
+    assert_eq!(ka.status, 200, "{:?}", ka.body);
+    assert_eq!(ka.body["number"], second.as_str(), "{:?}", ka.body);
+    assert!(ka.body["display"].as_str().unwrap().starts_with("+7 ("));
 }

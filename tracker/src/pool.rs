@@ -125,7 +125,8 @@ pub async fn allocate(
     })
 }
 
-/// Extends `session`'s lease in `pool`; `None` when it holds none.
+/// Extends `session`'s lease in `pool`: its new expiry and number; `None`
+/// when it holds none.
 pub async fn keepalive(
     redis: &mut Redis,
     scripts: &Scripts,
@@ -133,8 +134,8 @@ pub async fn keepalive(
     now: u32,
     hold: u32,
     session: &str,
-) -> Result<Option<u32>, TrackerError> {
-    let exp: u32 = scripts
+) -> Result<Option<(u32, String)>, TrackerError> {
+    let (exp, number): (u32, String) = scripts
         .keepalive
         .key(pool_prefix(pool))
         .arg(now)
@@ -142,7 +143,7 @@ pub async fn keepalive(
         .arg(session)
         .invoke_async(redis)
         .await?;
-    Ok((exp > 0).then_some(exp))
+    Ok((exp > 0).then_some((exp, number)))
 }
 
 /// Puts `number` into `pool`, free at once. Returns whether it was new there.

@@ -61,6 +61,9 @@ pub struct VisitResponse {
 #[serde(default)]
 pub struct KeepaliveRequest {
     pub site: String,
+    /// The number the page shows: its pool's lease is the one kept alive
+    /// (a session that moved between geo pools may hold two).
+    pub number: Option<String>,
 }
 
 fn parse_json<T: for<'a> Deserialize<'a>>(body: &[u8]) -> Result<T, TrackerError> {
@@ -514,9 +517,17 @@ pub async fn keepalive(
     let hold = state.inventory.timing.hold;
     let mut pools = vec![site.default_pool.clone()];
     pools.extend(site.geo_pools.iter().map(|g| g.pool.clone()));
+    if let Some(shown) = req.number.as_deref().filter(|n| n.len() <= 32) {
+        if let Some(rec) = state.inventory.route(shown).await? {
+            if rec.site == site.id && pools.contains(&rec.pool) {
+                pools.retain(|p| *p != rec.pool);
+                pools.insert(0, rec.pool);
+            }
+        }
+    }
     let mut redis = state.inventory.redis.clone();
     for p in pools {
-        if let Some(exp) = pool::keepalive(
+        if let Some((exp, number)) = pool::keepalive(
             &mut redis,
             &state.inventory.scripts,
             &p,
@@ -526,7 +537,13 @@ pub async fn keepalive(
         )
         .await?
         {
-            let body = Json(serde_json::json!({ "expires_in": exp.saturating_sub(now) }));
+            // The number the session holds: another tab of it may have
+            // been given a new one; the page re-swaps when it differs.
+            let body = Json(serde_json::json!({
+                "expires_in": exp.saturating_sub(now),
+                "display": format_display(&number, &site.display_mask),
+                "number": number,
+            }));
             return Ok(with_cors(body.into_response(), origin));
         }
     }
