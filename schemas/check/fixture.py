@@ -369,6 +369,15 @@ def hand(fx):
                          ("+74951110054", "2026-08-10 23:59:59", "+79991000054")]:
         add_call(fx, uid("q-call-%s-%s" % (n, when)), ts(when), who, n, "shop", "", [],
                  disposition="rejected_quarantine", number_status="quarantine", final_code=404)
+    # Calls that do not count towards the quarantine rule: one to +74951110050
+    # before it was retired (active, answered), two from an untrusted source
+    # to +74951110054 while it rests.
+    add_call(fx, uid("q-active-050"), ts("2026-08-20 10:00:00"), "+79991000060", "+74951110050",
+             "shop", "shop-msk", [A("trunk-a", 200, "answered", pdd=500, answer=2000, talk=30000)])
+    for i, when in enumerate(["2026-09-20 10:00:00", "2026-10-20 10:00:00"]):
+        add_call(fx, uid("q-untrusted-054-%d" % i), ts(when), "+79991000061", "+74951110054",
+                 "shop", "", [], disposition="rejected_untrusted", number_status="quarantine",
+                 final_code=403)
 
     fx.add("trunk_events", ts=ts("2026-11-03 09:00:00"), trunk="trunk-a", state="down",
            previous="up", cause="probe", reason="3 OPTIONS timeouts")

@@ -168,6 +168,40 @@ pub struct TrackerConfig {
     pub leases_per_network_per_minute: u32,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    pub quarantine: QuarantineConfig,
+}
+
+/// When a retired number may go back to stock, and the tracker's own timer
+/// that returns it (`[tracker.quarantine]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuarantineConfig {
+    /// A number rests in quarantine at least this long (the callers of its
+    /// last owner forget it).
+    pub min_days: u32,
+    /// It is released only with fewer than this many calls received while
+    /// in quarantine in the trailing `call_window_days` (from trusted
+    /// carriers: `rejected_untrusted` INVITEs do not count).
+    pub max_calls: u64,
+    pub call_window_days: u32,
+    /// The tracker releases eligible numbers by itself this often (one
+    /// tracker of several does it: a Redis lock). 0 turns the timer off
+    /// (`release-quarantine` by hand only).
+    pub release_interval_seconds: u64,
+    /// The timer only reports what it would release (log and metrics).
+    pub dry_run: bool,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        Self {
+            min_days: 90,
+            max_calls: 3,
+            call_window_days: 90,
+            release_interval_seconds: 3600,
+            dry_run: false,
+        }
+    }
 }
 
 impl Default for TrackerConfig {
@@ -187,6 +221,7 @@ impl Default for TrackerConfig {
             attribution_window_seconds: 1800,
             touch_max_age_days: 90,
             leases_per_network_per_minute: 30,
+            quarantine: QuarantineConfig::default(),
             max_body_bytes: 16 * 1024,
         }
     }
@@ -628,6 +663,18 @@ impl RawConfig {
             return Err(Error::config(
                 "tracker.ip_hash_key",
                 "must be at least 16 characters when tracker.ip_storage = \"hashed\"",
+            ));
+        }
+        if t.quarantine.call_window_days == 0 {
+            return Err(Error::config(
+                "tracker.quarantine.call_window_days",
+                "must be at least 1",
+            ));
+        }
+        if t.quarantine.max_calls == 0 {
+            return Err(Error::config(
+                "tracker.quarantine.max_calls",
+                "must be at least 1 (no number has fewer than 0 calls)",
             ));
         }
         if t.max_body_bytes < 256 {

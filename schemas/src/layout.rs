@@ -34,6 +34,8 @@ pub const SITES: &str = "dm:sites";
 pub const POOLS: &str = "dm:pools";
 /// `ZSET` number → time it entered quarantine.
 pub const QUARANTINE: &str = "dm:quarantine";
+/// Held by the tracker that runs the quarantine release this interval.
+pub const RELEASE_LOCK: &str = "dm:lock:quarantine_release";
 /// `SET` of numbers in stock.
 pub const STOCK: &str = "dm:stock";
 

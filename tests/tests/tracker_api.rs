@@ -535,8 +535,10 @@ fn call(number: &str, received: u32) -> Call {
     }
 }
 
+/// The default rule: 90 days in quarantine and fewer than 3 calls received
+/// *while in quarantine* in the trailing 90 days, from trusted carriers.
 #[tokio::test(flavor = "multi_thread")]
-async fn quarantine_release_needs_45_days_and_under_3_calls_in_90() {
+async fn quarantine_release_needs_90_days_and_under_3_calls_while_in_quarantine() {
     let t = TestTracker::start(config("quarantine", single_redis(), "").await).await;
     let inv = &t.state.inventory;
     let site = unique("site");
@@ -545,10 +547,10 @@ async fn quarantine_release_needs_45_days_and_under_3_calls_in_90() {
     const DAY: u32 = 86_400;
     let now = dialmark_schemas::unix_now();
     let nums: Vec<String> = (0..4).map(|_| unique_number()).collect();
-    let quiet = nums[0].as_str(); // 50 days, no calls → released
-    let busy = nums[1].as_str(); // 50 days, 3 calls in 90 days → kept
-    let old_calls = nums[2].as_str(); // 50 days, 2 recent + 5 older than 90 days → released
-    let young = nums[3].as_str(); // 40 days, no calls → kept
+    let quiet = nums[0].as_str(); // 100 days, no calls → released
+    let busy = nums[1].as_str(); // 100 days, 3 calls in quarantine → kept
+    let untrusted = nums[2].as_str(); // 100 days, 3 INVITEs from an untrusted source → released
+    let young = nums[3].as_str(); // 40 days, 1 call in quarantine, 2 from before → kept (age)
     inv.add_numbers(
         dialmark_tracker::inventory::AddNumbers {
             numbers: nums.clone(),
@@ -556,16 +558,21 @@ async fn quarantine_release_needs_45_days_and_under_3_calls_in_90() {
             ..Default::default()
         },
         "test",
-        now - 200 * DAY,
+        now - 300 * DAY,
     )
     .await
     .unwrap();
-    for n in [quiet, busy, old_calls] {
-        inv.retire(n, "test", "test", now - 50 * DAY).await.unwrap();
+    for n in [quiet, busy, untrusted] {
+        inv.retire(n, "test", "test", now - 100 * DAY)
+            .await
+            .unwrap();
     }
     inv.retire(young, "test", "test", now - 40 * DAY)
         .await
         .unwrap();
+    // Retiring again changes nothing (no second event, same record).
+    let again = inv.retire(young, "again", "test", now).await.unwrap();
+    assert_eq!(again.status_since, now - 40 * DAY);
     // Retired numbers stop being leased at once.
     let v = send(
         "POST",
@@ -578,11 +585,19 @@ async fn quarantine_release_needs_45_days_and_under_3_calls_in_90() {
 
     let db = dialmark_schemas::ch::client(&t.config.clickhouse);
     let mut ins = db.insert::<Call>("calls").await.unwrap();
-    for d in [1, 10, 80] {
+    for d in [1, 10, 30] {
         ins.write(&call(busy, now - d * DAY)).await.unwrap();
+        let mut c = call(untrusted, now - d * DAY);
+        c.disposition = Disposition::RejectedUntrusted;
+        ins.write(&c).await.unwrap();
     }
-    for d in [5, 30, 95, 100, 120, 150, 170] {
-        ins.write(&call(old_calls, now - d * DAY)).await.unwrap();
+    ins.write(&call(young, now - 5 * DAY)).await.unwrap();
+    for d in [50, 60] {
+        // While it was still in use: answered, active.
+        let mut c = call(young, now - d * DAY);
+        c.number_status = NumberStatus::Active;
+        c.disposition = Disposition::Answered;
+        ins.write(&c).await.unwrap();
     }
     ins.end().await.unwrap();
 
@@ -590,24 +605,74 @@ async fn quarantine_release_needs_45_days_and_under_3_calls_in_90() {
     let list = list.body.as_array().unwrap().clone();
     let entry = |n: &str| list.iter().find(|e| e["number"] == n).cloned().unwrap();
     assert_eq!(entry(busy)["calls_90d"], 3);
-    assert_eq!(entry(old_calls)["calls_90d"], 2);
+    assert_eq!(
+        entry(untrusted)["calls_90d"],
+        0,
+        "untrusted INVITEs do not count"
+    );
+    assert_eq!(
+        entry(young)["calls_90d"],
+        1,
+        "calls from before the quarantine do not count"
+    );
     assert_eq!(entry(young)["days"], 40);
+    assert_eq!(entry(young)["release_after"], now + 50 * DAY);
 
-    let released = inv.release_quarantine("test", now).await.unwrap();
-    // Quarantine is global; look only at this test's numbers.
+    // A dry run says what would go, and changes nothing.
     let mine = |e: &&dialmark_tracker::inventory::QuarantineEntry| nums.contains(&e.number);
-    let mut got: Vec<&str> = released
-        .iter()
-        .filter(mine)
-        .map(|e| e.number.as_str())
-        .collect();
-    got.sort();
-    let mut want = vec![quiet, old_calls];
+    let mine_sorted = |list: &[dialmark_tracker::inventory::QuarantineEntry]| {
+        let mut v: Vec<String> = list.iter().filter(mine).map(|e| e.number.clone()).collect();
+        v.sort();
+        v
+    };
+    let mut want = vec![quiet.to_string(), untrusted.to_string()];
     want.sort();
-    assert_eq!(got, want);
+    let dry = send(
+        "POST",
+        t.url("/v1/admin/quarantine/release?dry_run=true"),
+        admin(),
+        None,
+    )
+    .await;
+    assert_eq!(dry.body["dry_run"], true, "{:?}", dry.body);
+    let dry: Vec<dialmark_tracker::inventory::QuarantineEntry> = dry.body["released"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| dialmark_tracker::inventory::QuarantineEntry {
+            number: e["number"].as_str().unwrap().into(),
+            since: 0,
+            days: 0,
+            calls_90d: 0,
+            eligible: true,
+            release_after: 0,
+        })
+        .collect();
+    assert_eq!(mine_sorted(&dry), want);
+    assert_eq!(
+        inv.route(quiet).await.unwrap().unwrap().status.as_str(),
+        "quarantine"
+    );
+    let bad = send(
+        "POST",
+        t.url("/v1/admin/quarantine/release?dry_run=maybe"),
+        admin(),
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{:?}", bad.body);
+    assert!(
+        bad.body["error"].as_str().unwrap().contains("dry_run"),
+        "{:?}",
+        bad.body
+    );
+
+    let released = inv.release_quarantine("test", now, false).await.unwrap();
+    // Quarantine is global; look only at this test's numbers.
+    assert_eq!(mine_sorted(&released), want);
     for (n, status) in [
         (quiet, "stock"),
-        (old_calls, "stock"),
+        (untrusted, "stock"),
         (busy, "quarantine"),
         (young, "quarantine"),
     ] {
@@ -617,16 +682,12 @@ async fn quarantine_release_needs_45_days_and_under_3_calls_in_90() {
             "{n}"
         );
     }
-    // Ten more days: the young one is eligible too.
-    let later = inv.release_quarantine("test", now + 6 * DAY).await.unwrap();
-    assert_eq!(
-        later
-            .iter()
-            .filter(mine)
-            .map(|e| e.number.as_str())
-            .collect::<Vec<_>>(),
-        vec![young]
-    );
+    // Fifty more days: the young one is old enough.
+    let later = inv
+        .release_quarantine("test", now + 50 * DAY, false)
+        .await
+        .unwrap();
+    assert_eq!(mine_sorted(&later), vec![young.to_string()]);
 
     // Every transition is a number_events row: 4 added, 4 retired, 3 released.
     let mut events = 0u64;
@@ -652,6 +713,165 @@ async fn quarantine_release_needs_45_days_and_under_3_calls_in_90() {
     )
     .await;
     assert_eq!(r.status, 409);
+}
+
+/// The tracker's own timer returns eligible numbers to stock; in a dry run
+/// it only reports them. On a Redis database of its own: the timer works
+/// over the whole quarantine set.
+#[tokio::test(flavor = "multi_thread")]
+async fn quarantine_release_runs_on_the_trackers_timer() {
+    let redis = dialmark_schemas::config::RedisConfig {
+        url: format!(
+            "{}/11",
+            dialmark_e2e::env::redis_url().trim_end_matches('/')
+        ),
+        cluster: Vec::new(),
+    };
+    let t = TestTracker::start(config("qtimer", redis, "").await).await;
+    let inv = &t.state.inventory;
+    let (site, pool) = (unique("site"), unique("pool"));
+    provision(&t, &site, &pool, &[], &unique_number(), json!([])).await;
+    const DAY: u32 = 86_400;
+    let now = dialmark_schemas::unix_now();
+    let n = unique_number();
+    inv.add_numbers(
+        dialmark_tracker::inventory::AddNumbers {
+            numbers: vec![n.clone()],
+            pool: Some(pool.clone()),
+            ..Default::default()
+        },
+        "test",
+        now - 200 * DAY,
+    )
+    .await
+    .unwrap();
+    inv.retire(&n, "test", "test", now - 95 * DAY)
+        .await
+        .unwrap();
+    let status = || async { inv.route(&n).await.unwrap().unwrap().status.as_str() };
+    let every = Duration::from_secs(1);
+
+    let dry = tokio::spawn(dialmark_tracker::release::run(inv.clone(), every, true));
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    dry.abort();
+    assert_eq!(status().await, "quarantine", "a dry run releases nothing");
+
+    let timer = tokio::spawn(dialmark_tracker::release::run(inv.clone(), every, false));
+    let mut got = "";
+    for _ in 0..50 {
+        got = status().await;
+        if got == "stock" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    timer.abort();
+    assert_eq!(got, "stock", "released by the timer within its interval");
+}
+
+/// The overflow number takes the lifecycle checks of a pool number: not a
+/// quarantined number, not one active elsewhere; a replaced or retired
+/// overflow number rests in quarantine and the pool stops handing it out.
+#[tokio::test(flavor = "multi_thread")]
+async fn overflow_numbers_follow_the_number_lifecycle() {
+    let t = TestTracker::start(config("overflow", single_redis(), "").await).await;
+    let inv = &t.state.inventory;
+    let (site, pool) = (unique("site"), unique("pool"));
+    let (n1, o1, o2, elsewhere) = (
+        unique_number(),
+        unique_number(),
+        unique_number(),
+        unique_number(),
+    );
+    provision(&t, &site, &pool, &[&n1], &o1, json!([])).await;
+    let other = unique("pool");
+    provision(
+        &t,
+        &unique("site"),
+        &other,
+        &[&elsewhere],
+        &unique_number(),
+        json!([]),
+    )
+    .await;
+    let put = |overflow: &str| {
+        send(
+            "PUT",
+            t.url(&format!("/v1/admin/pools/{pool}")),
+            admin(),
+            Some(
+                json!({"site": site, "overflow_number": overflow, "destinations": ["+74951234567"]})
+                    .to_string(),
+            ),
+        )
+    };
+    let r = put(&elsewhere).await;
+    assert_eq!(r.status, 409, "active in another pool: {:?}", r.body);
+    let quarantined = unique_number();
+    inv.add_numbers(
+        dialmark_tracker::inventory::AddNumbers {
+            numbers: vec![quarantined.clone()],
+            pool: Some(other.clone()),
+            ..Default::default()
+        },
+        "test",
+        dialmark_schemas::unix_now(),
+    )
+    .await
+    .unwrap();
+    inv.retire(&quarantined, "test", "test", dialmark_schemas::unix_now())
+        .await
+        .unwrap();
+    let r = put(&quarantined).await;
+    assert_eq!(r.status, 409, "in quarantine: {:?}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("quarantine"));
+
+    // Replacing o1 by o2: o1 rests in quarantine.
+    let r = put(&o2).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        inv.route(&o1).await.unwrap().unwrap().status.as_str(),
+        "quarantine"
+    );
+    // Exhausted: the visitor is shown o2.
+    let page = || vec![("origin", "https://shop.test".to_string())];
+    let a = send(
+        "POST",
+        t.url("/v1/visits"),
+        page(),
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    assert_eq!(a.body["kind"], "pool");
+    let b = send(
+        "POST",
+        t.url("/v1/visits"),
+        page(),
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    assert_eq!(
+        (b.body["kind"].as_str(), b.body["number"].as_str()),
+        (Some("overflow"), Some(o2.as_str()))
+    );
+    // Retiring o2: the pool hands out no overflow number any more.
+    inv.retire(&o2, "test", "test", dialmark_schemas::unix_now())
+        .await
+        .unwrap();
+    assert_eq!(inv.pool(&pool).await.unwrap().overflow_number, None);
+    let c = send(
+        "POST",
+        t.url("/v1/visits"),
+        page(),
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    assert_eq!(
+        (c.body["kind"].as_str(), c.body["number"].as_str()),
+        (Some("static"), Some("+74950000000")),
+        "{:?}",
+        c.body
+    );
 }
 
 /// `admin apply` (the inventory file of ops/up and the benches): a site, a

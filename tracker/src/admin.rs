@@ -193,16 +193,27 @@ async fn quarantine(
     ))
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ReleaseQuery {
+    dry_run: bool,
+}
+
 async fn release_quarantine(
     State(s): State<Shared>,
     headers: HeaderMap,
+    query: Result<axum::extract::Query<ReleaseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, TrackerError> {
     authorize(&s, &headers)?;
+    let axum::extract::Query(q) =
+        query.map_err(|e| TrackerError::BadRequest(format!("query: {}", e.body_text())))?;
     let released = s
         .inventory
-        .release_quarantine("api", dialmark_schemas::unix_now())
+        .release_quarantine("api", dialmark_schemas::unix_now(), q.dry_run)
         .await?;
-    Ok(Json(serde_json::json!({ "released": released })))
+    Ok(Json(
+        serde_json::json!({ "dry_run": q.dry_run, "released": released }),
+    ))
 }
 
 /// A routing record as the admin API shows it.

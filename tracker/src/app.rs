@@ -72,6 +72,7 @@ impl AppState {
             clickhouse: ch,
             plan: config.numbering.clone(),
             timing: LeaseTiming::from(&config.tracker),
+            quarantine: config.tracker.quarantine.clone(),
             site_cache: Default::default(),
         };
         Ok((

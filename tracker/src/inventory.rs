@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use clickhouse::Row;
+use dialmark_schemas::config::QuarantineConfig;
 use dialmark_schemas::layout::{self, NumberKind, RouteRecord, Scripts};
 use dialmark_schemas::number::NumberingPlan;
 use dialmark_schemas::rows::{NumberEvent, NumberStatus};
@@ -18,12 +19,6 @@ use tracing::info;
 use crate::error::TrackerError;
 use crate::pool::{self, LeaseTiming};
 
-/// Days a number stays in quarantine at least.
-pub const QUARANTINE_MIN_DAYS: u32 = 45;
-/// Calls in the trailing window that keep a number in quarantine.
-pub const QUARANTINE_MAX_CALLS: u64 = 3;
-/// The trailing window of the call count, in days.
-pub const QUARANTINE_CALL_WINDOW_DAYS: u32 = 90;
 const DAY: u32 = 86_400;
 
 /// A geo pool of a site: chosen for visitors from these regions.
@@ -105,8 +100,13 @@ pub struct QuarantineEntry {
     pub number: String,
     pub since: u32,
     pub days: u32,
+    /// Calls received while in quarantine in the trailing call window
+    /// (`tracker.quarantine.call_window_days`, 90 by default), from trusted
+    /// carriers.
     pub calls_90d: u64,
     pub eligible: bool,
+    /// Earliest time it may be released by age (Unix seconds).
+    pub release_after: u32,
 }
 
 /// Inventory operations over Redis, with events to ClickHouse.
@@ -118,6 +118,7 @@ pub struct Inventory {
     pub clickhouse: clickhouse::Client,
     pub plan: NumberingPlan,
     pub timing: LeaseTiming,
+    pub quarantine: QuarantineConfig,
     /// Last site configs read from Redis, with when: served without a
     /// Redis read for [`SITE_CACHE_TTL`] (one round trip less per visit),
     /// and at any age while Redis is away (the snippet API keeps answering
@@ -238,9 +239,14 @@ impl Inventory {
         }
         self.site(&def.site).await?;
         def.destinations = self.normalize_all("destinations", &def.destinations)?;
+        let before = self.pool(&def.id).await.ok();
         if let Some(o) = &def.overflow_number {
             let o = self.normalize("overflow_number", o)?;
-            // The overflow number routes like an active number of the pool.
+            // The overflow number takes the same lifecycle checks as a pool
+            // number: not one in quarantine, not one active elsewhere.
+            self.check_free_for(&o, &def.id, NumberKind::Overflow)
+                .await?;
+            // It routes like an active number of the pool.
             self.write_route(
                 &RouteRecord {
                     number: o.clone(),
@@ -259,16 +265,59 @@ impl Inventory {
             .await?;
             def.overflow_number = Some(o);
         }
+        self.save_pool(&def).await?;
+        // A replaced overflow number was shown to visitors: it rests in
+        // quarantine like any number taken out of use.
+        if let Some(old) = before.and_then(|b| b.overflow_number) {
+            if def.overflow_number.as_deref() != Some(old.as_str()) {
+                self.retire(
+                    &old,
+                    "replaced as overflow number",
+                    actor,
+                    dialmark_schemas::unix_now(),
+                )
+                .await?;
+            }
+        }
+        info!(pool.id = %def.id, site = %def.site, "pool saved");
+        Ok(def)
+    }
+
+    async fn save_pool(&self, def: &PoolDef) -> Result<(), TrackerError> {
         let mut r = self.redis.clone();
-        let json =
-            serde_json::to_string(&def).map_err(|e| TrackerError::Internal(e.to_string()))?;
+        let json = serde_json::to_string(def).map_err(|e| TrackerError::Internal(e.to_string()))?;
         redis::pipe()
             .set(layout::pool_key(&def.id), json)
             .sadd(layout::POOLS, &def.id)
             .exec_async(&mut r)
             .await?;
-        info!(pool.id = %def.id, site = %def.site, "pool saved");
-        Ok(def)
+        Ok(())
+    }
+
+    /// Whether `n` may be put to use as a `kind` number of `pool`: not in
+    /// quarantine (only the release rule returns it), not active anywhere
+    /// else. Stock, unknown, or already this very use: yes.
+    async fn check_free_for(
+        &self,
+        n: &str,
+        pool: &str,
+        kind: NumberKind,
+    ) -> Result<(), TrackerError> {
+        let Some(prev) = self.route(n).await? else {
+            return Ok(());
+        };
+        if prev.status == NumberStatus::Quarantine {
+            return Err(TrackerError::Conflict(format!(
+                "{n} is in quarantine; release-quarantine returns it to stock when eligible"
+            )));
+        }
+        if prev.status == NumberStatus::Active && !(prev.pool == pool && prev.kind == kind) {
+            return Err(TrackerError::Conflict(format!(
+                "{n} is active in pool {:?} of site {:?}; retire it first",
+                prev.pool, prev.site
+            )));
+        }
+        Ok(())
     }
 
     pub async fn pool(&self, id: &str) -> Result<PoolDef, TrackerError> {
@@ -434,20 +483,7 @@ impl Inventory {
             ));
         }
         for n in &numbers {
-            if let Some(prev) = self.route(n).await? {
-                if prev.status == NumberStatus::Quarantine {
-                    return Err(TrackerError::Conflict(format!(
-                        "{n} is in quarantine; release-quarantine returns it to stock when eligible"
-                    )));
-                }
-                if prev.status == NumberStatus::Active && !(prev.pool == pool && prev.kind == kind)
-                {
-                    return Err(TrackerError::Conflict(format!(
-                        "{n} is active in pool {:?} of site {:?}; retire it first",
-                        prev.pool, prev.site
-                    )));
-                }
-            }
+            self.check_free_for(n, &pool, kind).await?;
         }
         for n in &numbers {
             let rec = RouteRecord {
@@ -500,8 +536,12 @@ impl Inventory {
         Ok(rec)
     }
 
-    /// Retires a number to quarantine: it stops being leased at once; calls
-    /// to it are still recorded (and rejected by the router).
+    /// Retires a number to quarantine: it stops being leased at once (it
+    /// leaves its pool before its route says quarantine, so no visitor is
+    /// shown a number that rejects calls); calls to it are still recorded
+    /// (and rejected by the router). An overflow number stops being its
+    /// pool's overflow. Retiring a number already in quarantine changes
+    /// nothing and answers its record.
     pub async fn retire(
         &self,
         number: &str,
@@ -515,11 +555,7 @@ impl Inventory {
             .await?
             .ok_or_else(|| TrackerError::NotFound(format!("unknown number {number}")))?;
         match rec.status {
-            NumberStatus::Quarantine => {
-                return Err(TrackerError::Conflict(format!(
-                    "{number} is already in quarantine"
-                )))
-            }
+            NumberStatus::Quarantine => return Ok(rec),
             NumberStatus::Stock => {
                 return Err(TrackerError::Conflict(format!(
                     "{number} is in stock, not in use"
@@ -527,26 +563,41 @@ impl Inventory {
             }
             _ => {}
         }
+        match rec.kind {
+            NumberKind::Pool if !rec.pool.is_empty() => {
+                let mut r = self.redis.clone();
+                pool::withdraw(
+                    &mut r,
+                    &self.scripts,
+                    &rec.pool,
+                    now,
+                    self.timing.attribution_window,
+                    &number,
+                )
+                .await?;
+            }
+            NumberKind::Overflow => {
+                if let Ok(mut def) = self.pool(&rec.pool).await {
+                    if def.overflow_number.as_deref() == Some(number.as_str()) {
+                        def.overflow_number = None;
+                        self.save_pool(&def).await?;
+                        info!(pool.id = %def.id, number = %number, "overflow number retired; the pool has none now");
+                    }
+                }
+            }
+            _ => {}
+        }
         rec.status = NumberStatus::Quarantine;
         rec.status_since = now;
         self.write_route(&rec, reason, actor).await?;
-        if !rec.pool.is_empty() && rec.kind == NumberKind::Pool {
-            let mut r = self.redis.clone();
-            pool::withdraw(
-                &mut r,
-                &self.scripts,
-                &rec.pool,
-                now,
-                self.timing.attribution_window,
-                &number,
-            )
-            .await?;
-        }
         Ok(rec)
     }
 
-    /// Quarantined numbers with their call counts over the trailing 90 days.
+    /// Quarantined numbers with the calls each received while in
+    /// quarantine over the trailing call window, and whether the
+    /// `[tracker.quarantine]` rule lets it go back to stock.
     pub async fn quarantine(&self, now: u32) -> Result<Vec<QuarantineEntry>, TrackerError> {
+        let q = &self.quarantine;
         let mut r = self.redis.clone();
         let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
             .arg(layout::QUARANTINE)
@@ -558,47 +609,54 @@ impl Inventory {
         if members.is_empty() {
             return Ok(Vec::new());
         }
-        let numbers: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+        let members: Vec<(String, u32)> = members.into_iter().map(|(n, s)| (n, s as u32)).collect();
         let counts = self
-            .call_counts(
-                &numbers,
-                now.saturating_sub(QUARANTINE_CALL_WINDOW_DAYS * DAY),
+            .calls_in_quarantine(
+                &members,
+                now.saturating_sub(q.call_window_days.saturating_mul(DAY)),
                 now,
             )
             .await?;
         Ok(members
-            .iter()
-            .map(|(n, since)| {
-                let since = *since as u32;
-                let calls = counts.get(n).copied().unwrap_or(0);
-                let days = now.saturating_sub(since) / DAY;
+            .into_iter()
+            .map(|(number, since)| {
+                let calls = counts.get(&number).copied().unwrap_or(0);
+                let release_after = since.saturating_add(q.min_days.saturating_mul(DAY));
                 QuarantineEntry {
-                    number: n.clone(),
-                    since,
-                    days,
+                    days: now.saturating_sub(since) / DAY,
                     calls_90d: calls,
-                    eligible: now.saturating_sub(since) >= QUARANTINE_MIN_DAYS * DAY
-                        && calls < QUARANTINE_MAX_CALLS,
+                    eligible: now >= release_after && calls < q.max_calls,
+                    release_after,
+                    since,
+                    number,
                 }
             })
             .collect())
     }
 
-    /// Returns to stock every quarantined number that has rested at least
-    /// 45 days and had fewer than 3 calls in the trailing 90 days.
+    /// Returns to stock every quarantined number the rule lets go (see
+    /// [`Inventory::quarantine`]); with `dry_run`, only says which.
     pub async fn release_quarantine(
         &self,
         actor: &str,
         now: u32,
+        dry_run: bool,
     ) -> Result<Vec<QuarantineEntry>, TrackerError> {
         let mut released = Vec::new();
         for e in self.quarantine(now).await? {
             if !e.eligible {
                 continue;
             }
+            if dry_run {
+                released.push(e);
+                continue;
+            }
             let Some(mut rec) = self.route(&e.number).await? else {
                 continue;
             };
+            if rec.status != NumberStatus::Quarantine {
+                continue;
+            }
             rec.status = NumberStatus::Stock;
             rec.kind = NumberKind::Pool;
             rec.site.clear();
@@ -606,8 +664,8 @@ impl Inventory {
             rec.source_label.clear();
             rec.status_since = now;
             let reason = format!(
-                "quarantine {} days, {} calls in 90 days",
-                e.days, e.calls_90d
+                "quarantine {} days, {} calls in {} days",
+                e.days, e.calls_90d, self.quarantine.call_window_days
             );
             self.write_route(&rec, &reason, actor).await?;
             released.push(e);
@@ -615,9 +673,12 @@ impl Inventory {
         Ok(released)
     }
 
-    async fn call_counts(
+    /// Calls each number received while in quarantine (`number_status`
+    /// stamped by the router at the call, and after the number's current
+    /// quarantine began) within `[from, to]`, from trusted carriers.
+    async fn calls_in_quarantine(
         &self,
-        numbers: &[&str],
+        members: &[(String, u32)],
         from: u32,
         to: u32,
     ) -> Result<HashMap<String, u64>, TrackerError> {
@@ -626,15 +687,22 @@ impl Inventory {
             number: String,
             calls: u64,
         }
+        let numbers: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+        let since: Vec<u32> = members.iter().map(|(_, s)| *s).collect();
         let rows: Vec<Count> = self
             .clickhouse
             .query(
                 "SELECT number, count() AS calls FROM calls FINAL \
-                 WHERE has(?, number) AND received >= toDateTime(?) AND received <= toDateTime(?) GROUP BY number",
+                 WHERE has(?, number) AND received >= toDateTime(?) AND received <= toDateTime(?) \
+                   AND number_status = 'quarantine' AND disposition != 'rejected_untrusted' \
+                   AND toUInt32(received) >= transform(number, ?, ?, toUInt32(0)) \
+                 GROUP BY number",
             )
-            .bind(numbers)
+            .bind(&numbers)
             .bind(from)
             .bind(to)
+            .bind(&numbers)
+            .bind(&since)
             .fetch_all()
             .await?;
         Ok(rows.into_iter().map(|c| (c.number, c.calls)).collect())

@@ -8,6 +8,7 @@
 //! - [`bot`]: visits that get no lease: crawlers, automation, network rate.
 //! - [`touch`]: a visit's touch: channel rules, ignored referrers, age.
 //! - [`inventory`]: sites, pools, numbers and the number lifecycle.
+//! - [`release`]: the quarantine release on the tracker's own timer.
 //! - [`admin`]: the admin API and the inventory file loader.
 //! - [`report`]: the `report` command over `schemas/reports/`.
 //! - [`geo`]: client IP, MaxMind geo, IP truncation.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod geo;
 pub mod inventory;
 pub mod pool;
+pub mod release;
 pub mod report;
 pub mod touch;
 pub mod visit;
@@ -48,6 +50,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding tracker.listen {}", config.tracker.listen))?;
     info!(addr = %listener.local_addr()?, "tracker listening");
     let (state, sinks) = app::AppState::new(config, Some(metrics), "tracker").await?;
+    let q = &state.config.tracker.quarantine;
+    let timer = (q.release_interval_seconds > 0).then(|| {
+        tokio::spawn(release::run(
+            state.inventory.clone(),
+            std::time::Duration::from_secs(q.release_interval_seconds),
+            q.dry_run,
+        ))
+    });
     axum::serve(
         listener,
         app::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -55,6 +65,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .with_graceful_shutdown(dialmark_schemas::runtime::shutdown_signal())
     .await?;
     // The router (and with it every sink handle) is gone: writers flush and end.
+    if let Some(t) = timer {
+        t.abort();
+        let _ = t.await;
+    }
     let flush = futures_join(sinks.0);
     if tokio::time::timeout(std::time::Duration::from_secs(10), flush)
         .await

@@ -98,10 +98,16 @@ enum AdminOp {
     },
     /// Show a number's routing record.
     Show { number: String },
-    /// List quarantined numbers with calls in the trailing 90 days.
+    /// List quarantined numbers with the calls each received while in
+    /// quarantine (trailing 90 days) and when it may be released.
     Quarantine,
-    /// Return eligible quarantined numbers (>= 45 days, < 3 calls in 90 days) to stock.
-    ReleaseQuarantine,
+    /// Return eligible quarantined numbers to stock ([tracker.quarantine]:
+    /// by default >= 90 days, < 3 calls while in quarantine in 90 days).
+    ReleaseQuarantine {
+        /// Only list what would be released.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show a pool's size, free, leased and exhausted counts.
     PoolStats { pool: String },
 }
@@ -211,8 +217,8 @@ async fn admin(config: Config, op: AdminOp) -> anyhow::Result<()> {
             }
         }
         AdminOp::Quarantine => serde_json::to_string_pretty(&inv.quarantine(now).await?)?,
-        AdminOp::ReleaseQuarantine => {
-            serde_json::to_string_pretty(&inv.release_quarantine("cli", now).await?)?
+        AdminOp::ReleaseQuarantine { dry_run } => {
+            serde_json::to_string_pretty(&inv.release_quarantine("cli", now, dry_run).await?)?
         }
         AdminOp::PoolStats { pool: id } => {
             let mut r = inv.redis.clone();
