@@ -37,8 +37,21 @@ sys.path.insert(0, HERE)
 import fixture  # noqa: E402
 from fixture import ts  # noqa: E402
 
-PLACEHOLDERS = ("from", "to", "site", "conversion", "window", "cooldown")
+PLACEHOLDERS = ("from", "to", "site", "conversion", "window", "cooldown", "min_talk", "call_url")
 DEFAULT_CONVERSION = "dialmark call"
+CALL_URL = "https://app.example/calls/"
+# The columns the platforms document for their upload files, in order.
+GOOGLE_ADS_COLUMNS = ["Google Click ID", "GBRAID", "WBRAID", "Conversion Name", "Conversion Time",
+                      "Conversion Value", "Conversion Currency"]
+YANDEX_COLUMNS = ["UserId", "ClientId", "Yclid", "DateTime", "StaticCall", "Price", "Currency",
+                  "PhoneNumber", "TalkDuration", "HoldDuration", "CallMissed", "FirstTimeCaller",
+                  "Tag", "URL", "CallTrackerURL"]
+
+
+def header(problems, name, rows, want):
+    """The upload file's header, exactly (checked on the first row's keys)."""
+    if rows and list(rows[0].keys()) != want:
+        problems.append("%s: columns %s, expected %s" % (name, list(rows[0].keys()), want))
 # pool_health's defaults, as the CLI fills them (the busy quarter-hour and
 # tracker.cooldown_seconds' default).
 WINDOW = 900
@@ -60,9 +73,13 @@ def sql_datetime(text):
     return "toDateTime('%s', 'UTC')" % text
 
 
-def render(sql, frm, to, site="", conversion=DEFAULT_CONVERSION, window=WINDOW, cooldown=COOLDOWN):
-    """Replaces {from} {to} {site} {conversion} {window} {cooldown}; refuses any other {name}."""
+def render(sql, frm, to, site="", conversion=DEFAULT_CONVERSION, window=WINDOW, cooldown=COOLDOWN,
+           min_talk=0, call_url=""):
+    """Replaces {from} {to} {site} {conversion} {window} {cooldown} {min_talk} {call_url};
+    refuses any other {name}."""
     values = {
+        "min_talk": str(int(min_talk)),
+        "call_url": sql_string(call_url),
         "from": sql_datetime(frm),
         "to": sql_datetime(to),
         "site": sql_string(site),
@@ -437,8 +454,9 @@ def expected_trunk_quality(fx, frm, to):
     return out
 
 
-def known_values(name, site, rows, fx, frm, to):
+def known_values(name, site, rows, fx, frm, to, opts=None):
     """Values the fixture was built to produce. Returns problems."""
+    opts = opts or {}
     p = []
     calls = {r["call_id"]: r for r in fx.rows["calls"]}
     in_range = [c for c in calls.values() if ts(frm) <= c["received"] < ts(to)
@@ -555,19 +573,42 @@ def known_values(name, site, rows, fx, frm, to):
         expect_row(p, rows, dict(record="attempts_only"),
                    dict(received="2026-11-08 23:59:30", attempt_path="trunk-a:503:rejected"))
     elif name == "google_ads_export":
+        header(p, name, rows, GOOGLE_ADS_COLUMNS)
         g1 = find(rows, **{"Google Click ID": "G1"})
         if len(g1) != 2:
             p.append("google_ads_export: %d rows for G1, expected 2" % len(g1))
         if not site:
             expect_row(p, rows, {"Google Click ID": "G8"},
                        {"Conversion Time": "2026-11-06 15:05:00+0000",
-                        "Conversion Name": DEFAULT_CONVERSION})
+                        "Conversion Name": DEFAULT_CONVERSION, "GBRAID": "", "WBRAID": ""})
+            # iOS web click: the wbraid alone; gclid with a gbraid: the gclid alone.
+            expect_row(p, rows, {"WBRAID": "W1"}, {"Google Click ID": "", "GBRAID": ""})
+            expect_row(p, rows, {"Google Click ID": "GB1"}, {"GBRAID": "", "WBRAID": ""})
         if find(rows, **{"Google Click ID": "G2"}):
             p.append("google_ads_export lists the missed call of G2")
-        want = len([c for c in in_range if c["gclid"] and c["answered"]])
+        if find(rows, **{"Google Click ID": "GOLD"}):
+            p.append("google_ads_export lists a click older than 90 days")
+        short = find(rows, **{"Google Click ID": "GSHORT"})
+        if opts.get("min_talk") and short:
+            p.append("google_ads_export lists a 6-second call with min_talk=30")
+        if not site and not opts.get("min_talk") and not short:
+            p.append("google_ads_export leaves out the 6-second call without min_talk")
+        min_talk_ms = opts.get("min_talk", 0) * 1000
+        want = len([c for c in in_range
+                    if (c["gclid"] or c.get("gbraid") or c.get("wbraid")) and c["answered"]
+                    and c["talk_ms"] >= min_talk_ms
+                    and (not c.get("touch_ts") or c["received"] - c["touch_ts"] <= 90 * 86400)])
         if len(rows) != want:
             p.append("google_ads_export: %d rows, expected %d" % (len(rows), want))
     elif name == "yandex_export":
+        header(p, name, rows, YANDEX_COLUMNS)
+        if not site:
+            expect_row(p, rows, dict(UserId="va1"), dict(ClientId="1690000000000000001"))
+        link = re.compile(re.escape(CALL_URL) + r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+        for r in rows:
+            u = r.get("CallTrackerURL")
+            if (opts.get("call_url") and not link.match(u or "")) or (not opts.get("call_url") and u != ""):
+                p.append("yandex_export: CallTrackerURL %r (call_url %r)" % (u, opts.get("call_url", "")))
         expect_row(p, rows, dict(Yclid="Y1"),
                    dict(UserId="v3", DateTime=ts("2026-11-03 10:45:00"), TalkDuration=60,
                         CallMissed=0, FirstTimeCaller=0, StaticCall=0, PhoneNumber="+74951110003"))
@@ -643,16 +684,23 @@ def main():
                     e.execute(stmt)
                 for m in migrations[len(before):]:
                     apply_migration(e, mig_dir, m)
+                for stmt in fx.late_statements:
+                    e.execute(stmt)
             print("%s %s: databases %s and %s, %d migrations, fixture loaded (%d statements) in %.1fs"
                   % (e.name, e.version(), args.database, backfill_db, len(migrations),
                      len(fx.statements), time.time() - t0))
 
-        runs = [("", "")] + [("shop", " [site=shop]")]
+        # Each report for every site and for one site; the exports also with
+        # their options set.
+        options = {"google_ads_export": [(" [min_talk=30]", dict(min_talk=30))],
+                   "yandex_export": [(" [call_url]", dict(call_url=CALL_URL))]}
         for name in reports:
             with open(os.path.join(rep_dir, name + ".sql")) as f:
                 text = f.read()
-            for site, label in runs:
-                sql = render(text, args.frm, args.to, site)
+            runs = [("", "", {}), ("shop", " [site=shop]", {})]
+            runs += [("", label, opts) for label, opts in options.get(name, [])]
+            for site, label, opts in runs:
+                sql = render(text, args.frm, args.to, site, **opts)
                 results = []
                 problems = []
                 timings = []
@@ -666,11 +714,11 @@ def main():
                 if len(results) == 2:
                     problems += diff(name, results[0], results[1])
                     rows = as_dicts(*results[0])
-                    problems += known_values(name, site, rows, fx, args.frm, args.to)
+                    problems += known_values(name, site, rows, fx, args.frm, args.to, opts)
                     if args.show:
                         for r in rows:
                             print("    ", r)
-                if not site and len(results) == 2:
+                if not site and not opts and len(results) == 2:
                     # The same report over the backfilled rollups.
                     for e, main_result in zip(engines, results):
                         e.use(backfill_db)
@@ -688,7 +736,7 @@ def main():
                 else:
                     print("report %s%s: ok (%d rows; 18.16 %.2fs, chdb %.2fs%s)"
                           % (name, label, len(results[0][1]), timings[0], timings[1],
-                             "" if site else "; backfilled rollups agree"))
+                             "" if site or opts else "; backfilled rollups agree"))
     except Exception as ex:
         failed = True
         print("ERROR: %s" % ex)

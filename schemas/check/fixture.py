@@ -90,15 +90,24 @@ def sql_value(v):
     return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+# Columns of later migrations. Rows that need them are loaded after every
+# migration (`late_statements`): the backfill database holds only the first
+# migration's columns while the main fixture loads.
+LATE_COLUMNS = {
+    "calls": [("gbraid", ""), ("wbraid", ""), ("ym_uid", ""), ("touch_ts", 0)],
+}
+
+
 class Fixture:
     def __init__(self):
         self.rows = {t: [] for t in COLUMNS}
         self.statements = []
+        self.late_statements = []
         self._pending = {t: [] for t in COLUMNS}
         self._seq = 0
 
-    def add(self, table, **kw):
-        cols = COLUMNS[table]
+    def add(self, table, late=False, **kw):
+        cols = COLUMNS[table] + (LATE_COLUMNS.get(table, []) if late else [])
         unknown = set(kw) - {c for c, _ in cols}
         if unknown:
             raise KeyError("%s: unknown columns %s" % (table, sorted(unknown)))
@@ -108,7 +117,10 @@ class Fixture:
             self._seq += 1
             row[idcol] = uid("%s-%d" % (table, self._seq))
         self.rows[table].append(row)
-        self._pending[table].append(row)
+        if late:
+            self.late_statements.append(insert_sql(table, [row], [c for c, _ in cols]))
+        else:
+            self._pending[table].append(row)
         return row
 
     def flush(self):
@@ -124,8 +136,8 @@ class Fixture:
         self.statements.append(insert_sql(table, rows))
 
 
-def insert_sql(table, rows):
-    cols = [c for c, _ in COLUMNS[table]]
+def insert_sql(table, rows, cols=None):
+    cols = cols or [c for c, _ in COLUMNS[table]]
     values = ",\n".join("(" + ", ".join(sql_value(r[c]) for c in cols) + ")" for r in rows)
     return "INSERT INTO %s (%s) VALUES\n%s" % (table, ", ".join(cols), values)
 
@@ -135,7 +147,7 @@ def insert_sql(table, rows):
 
 def add_call(fx, cid, received, caller, number, site, pool, attempts, disposition=None,
              session=None, attribution=None, number_status="active", final_code=None,
-             source_label="", write_call=True):
+             source_label="", write_call=True, late=None):
     """attempts: list of dicts (trunk, code, outcome, pdd, answer, talk, dur)."""
     s = session or {}
     t = received
@@ -173,7 +185,7 @@ def add_call(fx, cid, received, caller, number, site, pool, attempts, dispositio
     call = None
     if write_call:
         call = fx.add(
-            "calls", call_id=cid, sip_call_id="sip-" + cid[:8], received=received,
+            "calls", late=late is not None, **(late or {}), call_id=cid, sip_call_id="sip-" + cid[:8], received=received,
             answered=answered_at, ended=t if attempts else received, ring_ms=ring_ms,
             talk_ms=talk_ms, caller=caller, number=number, number_status=number_status,
             site=site, pool=pool, disposition=disposition, final_code=final_code,
@@ -378,6 +390,27 @@ def hand(fx):
         add_call(fx, uid("q-untrusted-054-%d" % i), ts(when), "+79991000061", "+74951110054",
                  "shop", "", [], disposition="rejected_untrusted", number_status="quarantine",
                  final_code=403)
+
+    # Calls that use columns of later migrations (site `ads`, loaded late):
+    # the export rules. An iOS web click (wbraid only); a gclid whose click
+    # is 100 days old (left out: Google's 90-day click window); a 6-second
+    # call (left out with a minimum talk time); a gclid with a gbraid too
+    # (only the gclid goes); a Metrica ClientId.
+    day = 86400
+    for name, when, sess, late, talk in [
+        ("ads-w", "2026-11-05 11:00:00", session("ads", "", "sa1", "va1"),
+         dict(wbraid="W1", ym_uid="1690000000000000001"), 40000),
+        ("ads-old", "2026-11-05 11:10:00", session("ads", "", "sa2", "va2", gclid="GOLD"),
+         dict(touch_ts=ts("2026-11-05 11:10:00") - 100 * day), 40000),
+        ("ads-short", "2026-11-05 11:20:00", session("ads", "", "sa3", "va3", gclid="GSHORT"),
+         dict(touch_ts=ts("2026-11-05 11:00:00")), 6000),
+        ("ads-both", "2026-11-05 11:30:00", session("ads", "", "sa4", "va4", gclid="GB1"),
+         dict(gbraid="GBX", touch_ts=ts("2026-11-04 11:00:00")), 40000),
+    ]:
+        sess.update(utm_source="google", utm_medium="cpc", utm_campaign="ios")
+        add_call(fx, c(name), ts(when), "+7999200%04d" % len(name), "+74953330001", "ads", "",
+                 [A("trunk-c", 200, "answered", pdd=500, answer=2000, talk=talk)],
+                 session=sess, late=late)
 
     fx.add("trunk_events", ts=ts("2026-11-03 09:00:00"), trunk="trunk-a", state="down",
            previous="up", cause="probe", reason="3 OPTIONS timeouts")

@@ -1,7 +1,10 @@
 -- yandex_export: Yandex Metrica offline calls upload (CSV with a header
 -- row; API upload_calls or Metrica UI). Run with --format csv.
--- Rows: calls received in [{from}, {to}) with a visitor id or a yclid,
--- except rejected ones; {site} = '' means every site.
+-- Rows: calls received in [{from}, {to}) with a visitor id, a Metrica
+-- ClientId or a yclid, except rejected ones; {site} = '' means every site.
+-- Identifiers (upload with the client_id_type of the one you use):
+-- ClientId: Metrica's own visitor id (the `_ym_uid` cookie the snippet
+--   reads): client_id_type=CLIENT_ID, no Metrica-side setup.
 -- UserId: dialmark's visitor id (_dm_vid). Metrica links it only when the
 --   site also passes it to Metrica as the user id (ym(..., 'setUserID', id));
 --   upload with client_id_type=USER_ID. Yclid: Yandex Direct click id.
@@ -12,8 +15,11 @@
 -- CallMissed: 1 when not answered. FirstTimeCaller: 1 when this is the
 --   caller's first call ever to the site. Tag: the call's disposition.
 -- URL: landing page of the attributed visit. Price / Currency: empty.
+-- CallTrackerURL: {call_url} (--call-url, a link prefix to the call in the
+--   marketers' app) + the call id; empty when no prefix is given.
 SELECT
     UserId,
+    ClientId,
     Yclid,
     toUInt32(r_received) AS DateTime,
     toUInt8(attribution = 'static') AS StaticCall,
@@ -25,7 +31,8 @@ SELECT
     toUInt8(toUInt32(answered_at) = 0) AS CallMissed,
     toUInt8(caller != '' AND first_call >= r_received) AS FirstTimeCaller,
     Tag,
-    landing_url AS URL
+    landing_url AS URL,
+    if({call_url} = '', '', concat({call_url}, toString(call_id))) AS CallTrackerURL
 FROM
 (
     SELECT
@@ -34,6 +41,7 @@ FROM
         site,
         caller,
         visitor_id AS UserId,
+        ym_uid AS ClientId,
         yclid AS Yclid,
         attribution,
         number,
@@ -45,7 +53,7 @@ FROM
     FROM calls FINAL
     WHERE received >= {from} AND received < {to}
       AND ({site} = '' OR site = {site})
-      AND (visitor_id != '' OR yclid != '')
+      AND (visitor_id != '' OR ym_uid != '' OR yclid != '')
       AND disposition NOT IN ('rejected_quarantine', 'rejected_stock', 'rejected_unknown', 'rejected_untrusted')
 ) AS l
 ANY LEFT JOIN

@@ -1,8 +1,8 @@
 //! The report SQL of `schemas/reports/`, embedded, and the one way to fill
 //! its placeholders: `{from}` / `{to}` become `toDateTime('…')` from a
-//! strictly checked date, `{site}` and `{conversion}` become escaped string
-//! literals, `{window}` and `{cooldown}` checked integers. Values never reach the SQL any
-//! other way.
+//! strictly checked date, `{site}`, `{conversion}` and `{call_url}` become
+//! escaped string literals, `{window}`, `{cooldown}` and `{min_talk}`
+//! checked integers. Values never reach the SQL any other way.
 
 use thiserror::Error;
 
@@ -44,6 +44,10 @@ pub enum ReportError {
     BadWindow(u32),
     #[error("cooldown: {0} seconds is out of range (0 to 86400)")]
     BadCooldown(u32),
+    #[error("min-talk: {0} seconds is out of range (0 to 86400)")]
+    BadMinTalk(u32),
+    #[error("call-url: {0:?} is not an http:// or https:// URL prefix")]
+    BadCallUrl(String),
 }
 
 /// Parameters of a report run.
@@ -60,6 +64,12 @@ pub struct Params {
     pub window_seconds: u32,
     /// `tracker.cooldown_seconds`, for `pool_health`'s advisor.
     pub cooldown_seconds: u32,
+    /// `google_ads_export`: calls talked at least this long count as the
+    /// conversion (each conversion action has its own threshold).
+    pub min_talk_seconds: u32,
+    /// `yandex_export`: CallTrackerURL is this prefix + the call id (a link
+    /// to the call in the marketers' app); empty leaves it empty.
+    pub call_url: String,
 }
 
 impl Params {
@@ -72,6 +82,8 @@ impl Params {
             conversion: String::new(),
             window_seconds: DEFAULT_WINDOW_SECONDS,
             cooldown_seconds: DEFAULT_COOLDOWN_SECONDS,
+            min_talk_seconds: 0,
+            call_url: String::new(),
         }
     }
 }
@@ -159,6 +171,18 @@ pub fn render(name: &str, p: &Params) -> Result<String, ReportError> {
     if p.cooldown_seconds > 86_400 {
         return Err(ReportError::BadCooldown(p.cooldown_seconds));
     }
+    if p.min_talk_seconds > 86_400 {
+        return Err(ReportError::BadMinTalk(p.min_talk_seconds));
+    }
+    if !(p.call_url.is_empty()
+        || ((p.call_url.starts_with("http://") || p.call_url.starts_with("https://"))
+            && !p
+                .call_url
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())))
+    {
+        return Err(ReportError::BadCallUrl(p.call_url.clone()));
+    }
     let conversion = if p.conversion.is_empty() {
         DEFAULT_CONVERSION
     } else {
@@ -170,7 +194,9 @@ pub fn render(name: &str, p: &Params) -> Result<String, ReportError> {
         .replace("{site}", &quote(&p.site))
         .replace("{conversion}", &quote(conversion))
         .replace("{window}", &p.window_seconds.to_string())
-        .replace("{cooldown}", &p.cooldown_seconds.to_string()))
+        .replace("{cooldown}", &p.cooldown_seconds.to_string())
+        .replace("{min_talk}", &p.min_talk_seconds.to_string())
+        .replace("{call_url}", &quote(&p.call_url)))
 }
 
 #[cfg(test)]
@@ -203,7 +229,9 @@ mod tests {
                     && !sql.contains("{site}")
                     && !sql.contains("{conversion}")
                     && !sql.contains("{window}")
-                    && !sql.contains("{cooldown}"),
+                    && !sql.contains("{cooldown}")
+                    && !sql.contains("{min_talk}")
+                    && !sql.contains("{call_url}"),
                 "{name}"
             );
         }
@@ -230,5 +258,26 @@ mod tests {
             render("pool_health", &p),
             Err(ReportError::BadCooldown(86_401))
         );
+        p.cooldown_seconds = 60;
+        p.min_talk_seconds = 86_401;
+        assert_eq!(
+            render("google_ads_export", &p),
+            Err(ReportError::BadMinTalk(86_401))
+        );
+        p.min_talk_seconds = 30;
+        assert!(render("google_ads_export", &p)
+            .unwrap()
+            .contains(">= 30 * 1000"));
+        for bad in ["ftp://x/", "https://a b/", "javascript:alert(1)"] {
+            p.call_url = bad.into();
+            assert!(
+                matches!(render("yandex_export", &p), Err(ReportError::BadCallUrl(_))),
+                "{bad}"
+            );
+        }
+        p.call_url = "https://app.example/calls/".into();
+        assert!(render("yandex_export", &p)
+            .unwrap()
+            .contains("'https://app.example/calls/'"));
     }
 }

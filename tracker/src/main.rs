@@ -59,6 +59,13 @@ enum Command {
         /// of the config when omitted.
         #[arg(long)]
         cooldown: Option<u32>,
+        /// google_ads_export: only calls talked at least this many seconds
+        /// (the conversion action's threshold).
+        #[arg(long, default_value_t = 0)]
+        min_talk: u32,
+        /// yandex_export: CallTrackerURL prefix; the call id is appended.
+        #[arg(long, default_value = "")]
+        call_url: String,
     },
     /// Inventory operations (the same as the admin API), straight on Redis.
     Admin {
@@ -148,6 +155,8 @@ async fn main() -> anyhow::Result<()> {
             conversion,
             window,
             cooldown,
+            min_talk,
+            call_url,
         } => {
             let params = dialmark_schemas::reports::Params {
                 from,
@@ -156,6 +165,8 @@ async fn main() -> anyhow::Result<()> {
                 conversion,
                 window_seconds: window,
                 cooldown_seconds: cooldown.unwrap_or(config.tracker.cooldown_seconds),
+                min_talk_seconds: min_talk,
+                call_url,
             };
             dialmark_tracker::report::run(
                 &config,
