@@ -346,9 +346,9 @@ test('visit from an ad -> tracking number -> carrier call with trunk failover ->
 
   const gads = await report('google_ads_export', 'csv');
   const gadsRows = gads.trim().split('\n');
-  assert.match(gadsRows[0], /Google Click ID/, gads);
+  assert.match(gadsRows[0], /^"Google Click ID","GBRAID","WBRAID","Conversion Name","Conversion Time"/, gads);
   assert.ok(
-    gadsRows.some(l => /^"?TEST"?,"?dialmark call"?,/.test(l)),
+    gadsRows.some(l => /^"?TEST"?,"?"?,"?"?,"?dialmark call"?,/.test(l)),
     `google_ads_export has the gclid TEST as a conversion:\n${gads}`,
   );
 
