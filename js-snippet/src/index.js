@@ -12,7 +12,7 @@ const init = () => {
     ms = +o.timeout || 1000, af = +o.antiflicker, https = L.protocol == 'https:',
     SK = '_dm_s_' + site, vis = () => d.visibilityState == 'visible',
     kaUrl = () => base + '/v1/visits/' + cur.session_id + '/keepalive';
-  let ls, on, cur, fx, tel, timer, mo, busy, deb, vid, src, from = [];
+  let ls, on, cur, fx, tel, timer, mo, busy, deb, vid, src, from = {}, shown = {};
   try { ls = localStorage; } catch (e) {}
 
   const show = () => { if (af) de.style.opacity = ''; };
@@ -27,12 +27,16 @@ const init = () => {
 
   const beacon = () => { if (on && cur && N.sendBeacon) N.sendBeacon(kaUrl(), JSON.stringify({ site, number: cur.number })); };
 
-  // Another tab of the session (or the tracker) holds a different number: show it.
+  // Each line of the site: its number and the site's numbers it swaps.
+  const lines = r => r.numbers || [{ line: 'main', number: r.number, display: r.display, replace: r.replace }];
+  const sig = r => lines(r).map(l => l.number).join();
+
+  // Another tab of the session (or the tracker) holds different numbers: show them.
   const adopt = r => {
-    if (on && cur && r.number && r.number != cur.number) {
-      cur.number = r.number; cur.display = r.display || r.number;
-      apply(cur);
-    }
+    if (!(on && cur && r.number)) return;
+    const n = Object.assign({}, cur, { number: r.number, display: r.display || r.number });
+    if (cur.numbers && r.numbers) n.numbers = cur.numbers.map(l => Object.assign({}, l, r.numbers.find(x => x.line == l.line)));
+    if (sig(n) != sig(cur)) { cur = n; apply(cur); }
   };
 
   const tick = () => {
@@ -64,10 +68,20 @@ const init = () => {
     });
   };
 
+  // One replacer per line, each swapping only its own numbers (and a
+  // number it showed before); a line without a tracking number swaps none.
   const apply = r => {
-    if (api.number && api.number != r.number) from.push(api.number); // re-swap a number we showed before
-    [fx, tel] = replacer((r.replace || []).concat(from), r.number, r.display);
-    api.number = r.number; api.display = r.display; api.session = r.session_id;
+    const fs = [], ts = [];
+    lines(r).forEach(l => {
+      const k = l.line, f = from[k] = from[k] || [];
+      if (shown[k] && shown[k] != l.number) f.push(shown[k]);
+      shown[k] = l.number;
+      const list = (l.replace || []).concat(f);
+      if (l.number && list.length) { const x = replacer(list, l.number, l.display); fs.push(x[0]); ts.push(x[1]); }
+    });
+    fx = s => fs.reduce((a, f) => f(a), s);
+    tel = h => ts.reduce((a, t) => a || t(h), false);
+    api.number = r.number; api.display = r.display; api.session = r.session_id; api.numbers = lines(r);
     run();
   };
 
@@ -101,7 +115,7 @@ const init = () => {
   const stop = () => {
     on = fx = cur = 0;
     clearInterval(timer);
-    api.number = api.display = api.session = null;
+    api.number = api.display = api.session = api.numbers = null;
     ['_dm_vid', '_dm_src', SK].forEach(k => del(ls, k));
     d.cookie = '_dm_vid=;path=/;max-age=0';
     show();

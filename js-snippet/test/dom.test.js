@@ -169,6 +169,35 @@ const page = (opts = {}) => {
   return { ctx, doc, body, html, calls, beacons, jar, hist, text, close, dm: ctx.dialmark, storage: ctx.localStorage, intervals };
 };
 
+test('bundle: several lines swap only their own numbers; a line without a number keeps its own', async () => {
+  const two = {
+    ...OK, replace: ['+74950000000'],
+    numbers: [
+      { line: 'main', number: '+74951234567', display: '+7 (495) 123-45-67', replace: ['+74950000000'], kind: 'pool' },
+      { line: 'us', number: '+14155550199', display: '(415) 555-0199', replace: ['+14155550100'], kind: 'pool' },
+    ],
+  };
+  const p = page({ handler: () => json(two) });
+  try {
+    await sleep(20);
+    assert.equal(p.text(), 'Moscow: +7 (495) 123-45-67' + '8 495 123 45 67' + 'SF: (415) 555-0199' + '84950000000');
+    assert.deepEqual(p.dm.numbers.map(l => l.number), ['+74951234567', '+14155550199']);
+  } finally { p.close(); }
+  // Redis away (or a bot): every line static with nothing to swap: the page keeps its numbers.
+  const stat = {
+    ...OK, number: '+74950000000', display: '+7 (495) 000-00-00', replace: [], kind: 'static',
+    numbers: [
+      { line: 'main', number: '+74950000000', display: '+7 (495) 000-00-00', replace: [], kind: 'static' },
+      { line: 'us', number: '+14155550100', display: '(415) 555-0100', replace: [], kind: 'static' },
+    ],
+  };
+  const q = page({ handler: () => json(stat) });
+  try {
+    await sleep(20);
+    assert.equal(q.text(), 'Moscow: +7 (495) 000-00-00' + '8 495 000 00 00' + 'SF: (415) 555-0100' + '84950000000');
+  } finally { q.close(); }
+});
+
 test('bundle: automation is flagged; a prerendered page leases only once shown', async () => {
   const a = page({ webdriver: true });
   try {

@@ -110,6 +110,7 @@ pub async fn provision(t: &TestTracker, n: usize) -> (String, String, Vec<String
         default_pool: pool.clone(),
         geo_pools: vec![],
         ignore_referrers: vec![],
+        lines: vec![],
     })
     .await
     .expect("site");

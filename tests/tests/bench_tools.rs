@@ -70,6 +70,7 @@ async fn tracker_load_measures_real_visits_in_both_modes() {
             default_pool: pool,
             geo_pools: vec![],
             ignore_referrers: vec![],
+            lines: vec![],
         })
         .await
         .expect("site with the load generator's origin");

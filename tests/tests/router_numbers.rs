@@ -87,6 +87,7 @@ async fn site(t: &TestTracker) -> (String, String, String, String) {
         default_pool: pool.clone(),
         geo_pools: vec![],
         ignore_referrers: vec![],
+        lines: vec![],
     })
     .await
     .unwrap();

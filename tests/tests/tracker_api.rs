@@ -1211,3 +1211,166 @@ async fn keepalive_answers_with_the_number_the_session_holds() {
     assert_eq!(ka.body["number"], second.as_str(), "{:?}", ka.body);
     assert!(ka.body["display"].as_str().unwrap().starts_with("+7 ("));
 }
+
+/// A site with two tracked numbers (sales, service): each line leases from
+/// its own pool and swaps only its own number; a line whose pool is
+/// exhausted without an overflow number keeps the site's number while the
+/// other line still tracks; keep-alives hold every line's lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn several_lines_lease_one_number_each_and_fall_back_alone() {
+    let t = TestTracker::start(config("lines", single_redis(), "").await).await;
+    let (site, sales, service) = (unique("site"), unique("pool"), unique("pool"));
+    let (s1, sv1, overflow) = (unique_number(), unique_number(), unique_number());
+    provision(&t, &site, &sales, &[&s1], &overflow, json!([])).await;
+    let put_site = |lines: Value| {
+        send(
+            "PUT",
+            t.url(&format!("/v1/admin/sites/{site}")),
+            admin(),
+            Some(
+                json!({"origins": ["https://shop.test"], "replace": ["8 (495) 000-00-00"],
+                       "default_pool": sales, "lines": lines})
+                .to_string(),
+            ),
+        )
+    };
+    // A line may not swap another line's number, nor share its pool.
+    let r = put_site(
+        json!([{"name": "service", "replace": ["+74950000000"], "default_pool": service}]),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("lines[0].replace"),
+        "{:?}",
+        r.body
+    );
+    let r = put_site(
+        json!([{"name": "service", "replace": ["8 800 555-00-00"], "default_pool": sales}]),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let r = put_site(
+        json!([{"name": "main", "replace": ["8 800 555-00-00"], "default_pool": service}]),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let r = put_site(
+        json!([{"name": "service", "replace": ["8 800 555-00-00"], "default_pool": service}]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = send(
+        "PUT",
+        t.url(&format!("/v1/admin/pools/{service}")),
+        admin(),
+        Some(json!({"site": site, "destinations": ["+74951234567"]}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = send(
+        "POST",
+        t.url("/v1/admin/numbers"),
+        admin(),
+        Some(json!({"numbers": [sv1], "pool": service}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    let page = || {
+        vec![
+            ("origin", "https://shop.test".to_string()),
+            ("user-agent", BROWSER.to_string()),
+        ]
+    };
+    let lines = |v: &Value| -> Vec<(String, String, Value, String)> {
+        v["numbers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["line"].as_str().unwrap().to_string(),
+                    l["number"].as_str().unwrap().to_string(),
+                    l["replace"].clone(),
+                    l["kind"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let a = send(
+        "POST",
+        t.url("/v1/visits"),
+        page(),
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    assert_eq!(
+        lines(&a.body),
+        vec![
+            (
+                "main".into(),
+                s1.clone(),
+                json!(["+74950000000"]),
+                "pool".into()
+            ),
+            (
+                "service".into(),
+                sv1.clone(),
+                json!(["+78005550000"]),
+                "pool".into()
+            ),
+        ]
+    );
+    assert_eq!(
+        a.body["number"],
+        s1.as_str(),
+        "the main line on top, as before"
+    );
+    // A second visitor: sales hands out its overflow number; service has
+    // none and keeps the site's 8-800 number (nothing to swap).
+    let b = send(
+        "POST",
+        t.url("/v1/visits"),
+        page(),
+        Some(visit_body(&site, None)),
+    )
+    .await;
+    assert_eq!(
+        lines(&b.body),
+        vec![
+            (
+                "main".into(),
+                overflow.clone(),
+                json!(["+74950000000"]),
+                "overflow".into()
+            ),
+            (
+                "service".into(),
+                "+78005550000".into(),
+                json!([]),
+                "static".into()
+            ),
+        ]
+    );
+    // The first visitor's keep-alive holds both leases.
+    let session = a.body["session_id"].as_str().unwrap();
+    let ka = send(
+        "POST",
+        t.url(&format!("/v1/visits/{session}/keepalive")),
+        page(),
+        Some(json!({"site": site, "number": s1}).to_string()),
+    )
+    .await;
+    assert_eq!(ka.status, 200, "{:?}", ka.body);
+    let held: Vec<(&str, &str)> = ka.body["numbers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["line"].as_str().unwrap(), l["number"].as_str().unwrap()))
+        .collect();
+    assert_eq!(held, vec![("main", s1.as_str()), ("service", sv1.as_str())]);
+}

@@ -52,6 +52,70 @@ pub struct Site {
     /// payment gateways and sign-in pages.
     #[serde(default)]
     pub ignore_referrers: Vec<String>,
+    /// More tracked numbers of the site (sales, service, 8-800…), each with
+    /// pools of its own and swapping only its own numbers. The fields above
+    /// (`replace`, `default_pool`, `geo_pools`) are the main line.
+    #[serde(default)]
+    pub lines: Vec<Line>,
+}
+
+/// A tracked number of a site besides the main one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Line {
+    /// Names the line in answers and reports (`service`, `free_call`).
+    pub name: String,
+    /// The site's own numbers this line swaps.
+    pub replace: Vec<String>,
+    pub default_pool: String,
+    #[serde(default)]
+    pub geo_pools: Vec<GeoPool>,
+}
+
+/// One tracked number of a site, the main one or one of `lines`.
+#[derive(Debug, Clone, Copy)]
+pub struct LineRef<'a> {
+    pub name: &'a str,
+    pub replace: &'a [String],
+    pub default_pool: &'a str,
+    pub geo_pools: &'a [GeoPool],
+}
+
+/// The main line's name.
+pub const MAIN_LINE: &str = "main";
+
+impl Site {
+    /// Every tracked number of the site, the main line first.
+    pub fn lines(&self) -> Vec<LineRef<'_>> {
+        let mut v = vec![LineRef {
+            name: MAIN_LINE,
+            replace: &self.replace,
+            default_pool: &self.default_pool,
+            geo_pools: &self.geo_pools,
+        }];
+        v.extend(self.lines.iter().map(|l| LineRef {
+            name: &l.name,
+            replace: &l.replace,
+            default_pool: &l.default_pool,
+            geo_pools: &l.geo_pools,
+        }));
+        v
+    }
+
+    /// Every pool of every line.
+    pub fn pools(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = Vec::new();
+        for l in self.lines() {
+            for p in
+                std::iter::once(l.default_pool).chain(l.geo_pools.iter().map(|g| g.pool.as_str()))
+            {
+                if !v.contains(&p) {
+                    v.push(p);
+                }
+            }
+        }
+        v
+    }
 }
 
 /// A pool of tracking numbers.
@@ -178,6 +242,54 @@ impl Inventory {
             }
         }
         site.replace = self.normalize_all("replace", &site.replace)?;
+        let mut names = vec![MAIN_LINE.to_string()];
+        let mut swapped = site.replace.clone();
+        for (i, line) in site.lines.iter_mut().enumerate() {
+            let at = format!("lines[{i}]");
+            if !layout::is_id(&line.name) || names.contains(&line.name) {
+                return Err(TrackerError::BadRequest(format!(
+                    "{at}.name: {:?} must be a unique id (letters, digits, '-', '_'; not \"main\")",
+                    line.name
+                )));
+            }
+            names.push(line.name.clone());
+            if !layout::is_id(&line.default_pool) {
+                return Err(TrackerError::BadRequest(format!(
+                    "{at}.default_pool: not a valid pool id"
+                )));
+            }
+            for (j, g) in line.geo_pools.iter().enumerate() {
+                if !layout::is_id(&g.pool) {
+                    return Err(TrackerError::BadRequest(format!(
+                        "{at}.geo_pools[{j}].pool: not a valid pool id"
+                    )));
+                }
+            }
+            if line.replace.is_empty() {
+                return Err(TrackerError::BadRequest(format!(
+                    "{at}.replace: at least one of the site's numbers"
+                )));
+            }
+            line.replace = self.normalize_all(&format!("{at}.replace"), &line.replace)?;
+            if let Some(n) = line.replace.iter().find(|n| swapped.contains(n)) {
+                return Err(TrackerError::BadRequest(format!(
+                    "{at}.replace: {n} is swapped by another line already"
+                )));
+            }
+            swapped.extend(line.replace.iter().cloned());
+        }
+        let pools = site.pools();
+        if pools.len()
+            < site
+                .lines()
+                .iter()
+                .map(|l| 1 + l.geo_pools.len())
+                .sum::<usize>()
+        {
+            return Err(TrackerError::BadRequest(
+                "lines: each line needs pools of its own (a pool is listed twice)".into(),
+            ));
+        }
         if site.display_mask.is_empty() {
             site.display_mask = default_mask(&self.plan).into();
         } else if site.display_mask.chars().filter(|c| *c == '#').count() < 4 {

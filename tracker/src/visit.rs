@@ -20,7 +20,7 @@ use crate::app::Shared;
 use crate::bot::{self, NoLease};
 use crate::error::TrackerError;
 use crate::geo::{self, Place};
-use crate::inventory::{format_display, Site};
+use crate::inventory::{format_display, LineRef, Site};
 use crate::pool::{self, Allocation};
 use crate::touch::{cut, host_of, ignored_referrer, touch_time, Channel, Touch};
 
@@ -54,6 +54,23 @@ pub struct VisitResponse {
     pub keepalive_seconds: u32,
     pub replace: Vec<String>,
     /// `pool`, `overflow`, or `static` (Redis unavailable: the site's own number).
+    pub kind: String,
+    /// Every tracked number of the site, the main line (the fields above)
+    /// first.
+    #[serde(default)]
+    pub numbers: Vec<LineAnswer>,
+}
+
+/// One line's number for a visit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LineAnswer {
+    pub line: String,
+    pub number: String,
+    pub display: String,
+    /// The site's numbers to swap for `number`; empty when the line holds
+    /// no tracking number (`static`: a bot, Redis away, the pool exhausted
+    /// without an overflow number): its numbers stay as they are.
+    pub replace: Vec<String>,
     pub kind: String,
 }
 
@@ -286,9 +303,9 @@ pub async fn preflight(headers: HeaderMap) -> Response {
     resp
 }
 
-/// Picks the site's pool for a visitor's place.
-pub fn choose_pool<'a>(site: &'a Site, place: &Place) -> &'a str {
-    site.geo_pools
+/// Picks a line's pool for a visitor's place.
+pub fn choose_pool<'a>(line: &LineRef<'a>, place: &Place) -> &'a str {
+    line.geo_pools
         .iter()
         .find(|g| {
             g.regions.iter().any(|r| {
@@ -296,7 +313,7 @@ pub fn choose_pool<'a>(site: &'a Site, place: &Place) -> &'a str {
                     || (!place.country.is_empty() && *r == place.country)
             })
         })
-        .map_or(site.default_pool.as_str(), |g| g.pool.as_str())
+        .map_or(line.default_pool, |g| g.pool.as_str())
 }
 
 pub async fn create(
@@ -313,13 +330,20 @@ pub async fn create(
         let origin = Some(browser_origin(&site, &headers)?);
         let ip = geo::client_ip(peer, &headers, &state.config.tracker.trusted_proxies);
         let place = state.geo.lookup(ip);
-        let pool_id = choose_pool(&site, &place).to_string();
         let session = req.session_id.clone().unwrap_or_else(new_id);
         let visitor = req.visitor_id.clone().unwrap_or_else(new_id);
         tracing::Span::current().record("session", session.as_str());
         let now = dialmark_schemas::unix_now();
         let timing = state.inventory.timing;
-        let touches = req.resolve(&site, now, state.config.tracker.touch_max_age_days.saturating_mul(86_400));
+        let touches = req.resolve(
+            &site,
+            now,
+            state
+                .config
+                .tracker
+                .touch_max_age_days
+                .saturating_mul(86_400),
+        );
         let user_agent: String = headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -329,7 +353,11 @@ pub async fn create(
             .collect();
 
         let mut owned = req.lease_fields(&touches, &place);
-        owned.extend([("visitor", visitor.clone()), ("site", site.id.clone()), ("visit_ts", now.to_string())]);
+        owned.extend([
+            ("visitor", visitor.clone()),
+            ("site", site.id.clone()),
+            ("visit_ts", now.to_string()),
+        ]);
         let fields: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let network = bot::network_key(ip);
         let lease = pool::LeaseRequest {
@@ -339,7 +367,6 @@ pub async fn create(
             network_cap: state.config.tracker.leases_per_network_per_minute,
             fields: &fields,
         };
-        let own_number = || site.replace.first().cloned().unwrap_or_default();
         let automated = if req.webdriver {
             Some(NoLease::Webdriver)
         } else if bot::automated_agent(&user_agent) {
@@ -347,56 +374,37 @@ pub async fn create(
         } else {
             None
         };
-        let outcome = match automated {
-            Some(why) => Ok(Err(why)),
-            None => {
-                let mut redis = state.inventory.redis.clone();
-                pool::allocate(&mut redis, &state.inventory.scripts, &pool_id, now, timing, &lease).await.map(Ok)
-            }
+        // One lease per line; the visit row records the main line's.
+        let visit = Holder {
+            state: &state,
+            site: &site.id,
+            session: &session,
+            visitor: &visitor,
+            now,
         };
-        let (number, kind, no_lease) = match outcome {
-            Ok(Err(why)) => (own_number(), NumberKind::Static, Some(why)),
-            Ok(Ok(o)) => {
-                for n in &o.reclaimed {
-                    state.lease_event(&site.id, &pool_id, n, "", "", LeaseEvent::Reclaim, now, now);
-                }
-                match o.allocation {
-                    Allocation::Leased { number, expires_at } => {
-                        state.lease_event(&site.id, &pool_id, &number, &session, &visitor, LeaseEvent::Lease, now, expires_at);
-                        (number, NumberKind::Pool, None)
-                    }
-                    Allocation::Renewed { number, retouched, .. } => {
-                        if retouched {
-                            metrics::counter!("dialmark_lease_retouched_total", "pool" => pool_id.clone()).increment(1);
-                        }
-                        (number, NumberKind::Pool, None)
-                    }
-                    Allocation::NetworkCapped => (own_number(), NumberKind::Static, Some(NoLease::NetworkRate)),
-                    Allocation::Exhausted => {
-                        metrics::counter!("dialmark_pool_exhausted_total", "pool" => pool_id.clone()).increment(1);
-                        let overflow = state.inventory.pool(&pool_id).await.ok().and_then(|p| p.overflow_number);
-                        if let Some(not_logged) = state.exhaustion_log.admit(&pool_id, now) {
-                            warn!(pool.id = %pool_id, not_logged, "pool exhausted; handing out the overflow number");
-                        }
-                        match overflow {
-                            Some(n) => {
-                                state.lease_event(&site.id, &pool_id, &n, &session, &visitor, LeaseEvent::Overflow, now, now);
-                                (n, NumberKind::Overflow, None)
-                            }
-                            None => (own_number(), NumberKind::Static, None),
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                // Redis is away: the site keeps its own number, the visit is still recorded.
-                warn!(cause = %e, "lease failed; answering with the site's own number");
-                metrics::counter!("dialmark_lease_errors_total").increment(1);
-                (own_number(), NumberKind::Static, None)
-            }
-        };
+        let mut answers = Vec::new();
+        let mut main = None;
+        for line in site.lines() {
+            let pool_id = choose_pool(&line, &place).to_string();
+            let (number, kind, no_lease) =
+                visit.lease(&pool_id, line.replace, automated, &lease).await;
+            answers.push(LineAnswer {
+                line: line.name.to_string(),
+                display: format_display(&number, &site.display_mask),
+                replace: if kind == NumberKind::Static {
+                    Vec::new()
+                } else {
+                    line.replace.to_vec()
+                },
+                kind: kind_name(kind).into(),
+                number: number.clone(),
+            });
+            main.get_or_insert((pool_id, number, kind, no_lease));
+        }
+        let (pool_id, number, kind, no_lease) = main.expect("a site has its main line");
         if let Some(why) = no_lease {
-            metrics::counter!("dialmark_lease_refusals_total", "reason" => why.as_str()).increment(1);
+            metrics::counter!("dialmark_lease_refusals_total", "reason" => why.as_str())
+                .increment(1);
         }
         metrics::histogram!("dialmark_lease_seconds").record(started.elapsed().as_secs_f64());
 
@@ -443,25 +451,135 @@ pub async fn create(
         };
         let _ = state.visits.push(row);
 
+        let first = answers[0].clone();
         let resp = VisitResponse {
-            display: format_display(&number, &site.display_mask),
+            display: first.display,
             session_id: session,
             visitor_id: visitor,
-            number,
+            number: first.number,
             hold_seconds: timing.hold,
             keepalive_seconds: keepalive_interval(timing.hold),
-            replace: site.replace.clone(),
-            kind: match kind {
-                NumberKind::Overflow => "overflow",
-                NumberKind::Static => "static",
-                _ => "pool",
-            }
-            .into(),
+            replace: first.replace,
+            kind: first.kind,
+            numbers: answers,
         };
         Ok(with_cors(Json(resp).into_response(), origin))
     }
     .instrument(span)
     .await
+}
+
+fn kind_name(kind: NumberKind) -> &'static str {
+    match kind {
+        NumberKind::Overflow => "overflow",
+        NumberKind::Static => "static",
+        _ => "pool",
+    }
+}
+
+/// The session a visit leases for, on each line's pool.
+struct Holder<'a> {
+    state: &'a Shared,
+    site: &'a str,
+    session: &'a str,
+    visitor: &'a str,
+    now: u32,
+}
+
+impl Holder<'_> {
+    /// Leases (or renews) a number of `pool_id`: the number, its kind, and
+    /// why it got none. A line without a tracking number answers its own
+    /// first number (`own`) as `static`.
+    async fn lease(
+        &self,
+        pool_id: &str,
+        own: &[String],
+        automated: Option<NoLease>,
+        lease: &pool::LeaseRequest<'_>,
+    ) -> (String, NumberKind, Option<NoLease>) {
+        let (state, site, now) = (self.state, self.site, self.now);
+        let own_number = || own.first().cloned().unwrap_or_default();
+        if let Some(why) = automated {
+            return (own_number(), NumberKind::Static, Some(why));
+        }
+        let mut redis = state.inventory.redis.clone();
+        let outcome = pool::allocate(
+            &mut redis,
+            &state.inventory.scripts,
+            pool_id,
+            now,
+            state.inventory.timing,
+            lease,
+        )
+        .await;
+        match outcome {
+            Ok(o) => {
+                for n in &o.reclaimed {
+                    state.lease_event(site, pool_id, n, "", "", LeaseEvent::Reclaim, now, now);
+                }
+                match o.allocation {
+                    Allocation::Leased { number, expires_at } => {
+                        state.lease_event(
+                            site,
+                            pool_id,
+                            &number,
+                            self.session,
+                            self.visitor,
+                            LeaseEvent::Lease,
+                            now,
+                            expires_at,
+                        );
+                        (number, NumberKind::Pool, None)
+                    }
+                    Allocation::Renewed {
+                        number, retouched, ..
+                    } => {
+                        if retouched {
+                            metrics::counter!("dialmark_lease_retouched_total", "pool" => pool_id.to_string()).increment(1);
+                        }
+                        (number, NumberKind::Pool, None)
+                    }
+                    Allocation::NetworkCapped => {
+                        (own_number(), NumberKind::Static, Some(NoLease::NetworkRate))
+                    }
+                    Allocation::Exhausted => {
+                        metrics::counter!("dialmark_pool_exhausted_total", "pool" => pool_id.to_string()).increment(1);
+                        let overflow = state
+                            .inventory
+                            .pool(pool_id)
+                            .await
+                            .ok()
+                            .and_then(|p| p.overflow_number);
+                        if let Some(not_logged) = state.exhaustion_log.admit(pool_id, now) {
+                            warn!(pool.id = %pool_id, not_logged, "pool exhausted; handing out the overflow number");
+                        }
+                        match overflow {
+                            Some(n) => {
+                                state.lease_event(
+                                    site,
+                                    pool_id,
+                                    &n,
+                                    self.session,
+                                    self.visitor,
+                                    LeaseEvent::Overflow,
+                                    now,
+                                    now,
+                                );
+                                (n, NumberKind::Overflow, None)
+                            }
+                            None => (own_number(), NumberKind::Static, None),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // Redis is away: the site keeps its own numbers, the visit is still recorded.
+                warn!(cause = %e, "lease failed; answering with the site's own number");
+                metrics::counter!("dialmark_lease_errors_total").increment(1);
+                (own_number(), NumberKind::Static, None)
+            }
+        }
+    }
 }
 
 /// Rate-limits the "pool exhausted" warning: a pool that runs dry under load
@@ -515,37 +633,56 @@ pub async fn keepalive(
     let origin = cors_origin(&site, &headers)?;
     let now = dialmark_schemas::unix_now();
     let hold = state.inventory.timing.hold;
-    let mut pools = vec![site.default_pool.clone()];
-    pools.extend(site.geo_pools.iter().map(|g| g.pool.clone()));
+    // Every line's lease of the session is kept alive, one per line: the
+    // shown number's pool first (a session that moved between geo pools
+    // holds a second lease there, left to lapse).
+    let mut pools: Vec<(&str, &str)> = site
+        .lines()
+        .iter()
+        .flat_map(|l| {
+            std::iter::once(l.default_pool)
+                .chain(l.geo_pools.iter().map(|g| g.pool.as_str()))
+                .map(|p| (p, l.name))
+        })
+        .collect();
     if let Some(shown) = req.number.as_deref().filter(|n| n.len() <= 32) {
         if let Some(rec) = state.inventory.route(shown).await? {
-            if rec.site == site.id && pools.contains(&rec.pool) {
-                pools.retain(|p| *p != rec.pool);
-                pools.insert(0, rec.pool);
+            if rec.site == site.id {
+                if let Some(i) = pools.iter().position(|(p, _)| *p == rec.pool) {
+                    let first = pools.remove(i);
+                    pools.insert(0, first);
+                }
             }
         }
     }
     let mut redis = state.inventory.redis.clone();
-    for p in pools {
-        if let Some((exp, number)) = pool::keepalive(
-            &mut redis,
-            &state.inventory.scripts,
-            &p,
-            now,
-            hold,
-            &session,
-        )
-        .await?
+    let mut held: Vec<serde_json::Value> = Vec::new();
+    let mut first: Option<(u32, String)> = None;
+    for (p, line) in pools {
+        if held.iter().any(|h| h["line"] == line) {
+            continue;
+        }
+        if let Some((exp, number)) =
+            pool::keepalive(&mut redis, &state.inventory.scripts, p, now, hold, &session).await?
         {
-            // The number the session holds: another tab of it may have
-            // been given a new one; the page re-swaps when it differs.
-            let body = Json(serde_json::json!({
-                "expires_in": exp.saturating_sub(now),
+            held.push(serde_json::json!({
+                "line": line,
                 "display": format_display(&number, &site.display_mask),
                 "number": number,
             }));
-            return Ok(with_cors(body.into_response(), origin));
+            first.get_or_insert((exp, number));
         }
+    }
+    if let Some((exp, number)) = first {
+        // The numbers the session holds: another tab of it may have been
+        // given new ones; the page re-swaps where they differ.
+        let body = Json(serde_json::json!({
+            "expires_in": exp.saturating_sub(now),
+            "display": format_display(&number, &site.display_mask),
+            "number": number,
+            "numbers": held,
+        }));
+        return Ok(with_cors(body.into_response(), origin));
     }
     let body = (
         StatusCode::GONE,
@@ -616,6 +753,7 @@ mod tests {
             display_mask: String::new(),
             default_pool: "main".into(),
             ignore_referrers: vec!["pay.example".into()],
+            lines: vec![],
             geo_pools: vec![
                 GeoPool {
                     pool: "msk".into(),
@@ -736,10 +874,10 @@ mod tests {
             region: r.into(),
             city: String::new(),
         };
-        assert_eq!(choose_pool(&s, &place("RU", "RU-MOW")), "msk");
-        assert_eq!(choose_pool(&s, &place("RU", "RU-SPE")), "main");
-        assert_eq!(choose_pool(&s, &place("US", "US-CA")), "us");
-        assert_eq!(choose_pool(&s, &Place::default()), "main");
+        assert_eq!(choose_pool(&s.lines()[0], &place("RU", "RU-MOW")), "msk");
+        assert_eq!(choose_pool(&s.lines()[0], &place("RU", "RU-SPE")), "main");
+        assert_eq!(choose_pool(&s.lines()[0], &place("US", "US-CA")), "us");
+        assert_eq!(choose_pool(&s.lines()[0], &Place::default()), "main");
     }
 
     #[test]
