@@ -93,6 +93,7 @@ const init = () => {
       .then(r => { if (!r.ok) throw 0; return r.json(); })
       .then(r => {
         if (!on || !r.number) return;
+        if (r.touch_ignored && src.p) { src.c = src.p; delete src.p; set(ls, '_dm_src', src); }
         cur = r; save();
         if (r.visitor_id) vid = saveVid(d, ls, r.visitor_id, https);
         apply(r); watch(); sched();

@@ -33,7 +33,7 @@ export const touches = (st, href, ref, now = Date.now()) => {
   const t = capture(href, ref), j = get(st, '_dm_src') || {}, r = host(ref);
   t.ts = now;
   if (!j.f) j.f = t;
-  if (!j.c || KEYS.some(k => t[k]) || (r && r != host(href))) j.c = t;
+  if (!j.c || KEYS.some(k => t[k]) || (r && r != host(href))) { if (j.c) j.p = j.c; j.c = t; }
   set(st, '_dm_src', j);
   return j;
 };
@@ -46,8 +46,11 @@ const aged = (t, now) => {
   if (t.ts) o.touch_age = Math.max(0, Math.round((now - t.ts) / 1000));
   return o;
 };
-// The touch fields of a visit: the current touch flat, the first one nested.
-export const sendable = (j, now = Date.now()) => Object.assign(aged(j.c, now), { first_touch: aged(j.f, now) });
+// The touch fields of a visit: the current touch flat, the first one and the
+// one before the current (`p`: it stands when the tracker answers that the
+// current one came back from a payment or sign-in page) nested.
+export const sendable = (j, now = Date.now()) =>
+  Object.assign(aged(j.c, now), { first_touch: aged(j.f, now), previous_touch: j.p && aged(j.p, now) });
 
 export const uid = () => [...crypto.getRandomValues(new Uint8Array(16))].map(b => (b + 256).toString(16).slice(1)).join('');
 

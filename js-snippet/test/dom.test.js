@@ -215,6 +215,19 @@ test('bundle: automation is flagged; a prerendered page leases only once shown',
   } finally { p.close(); }
 });
 
+test('bundle: a touch the tracker ignores (back from a payment page) gives the previous one back', async () => {
+  const storage2 = storage({ _dm_src: JSON.stringify({ f: { utm_source: 'google', gclid: 'G0', ts: Date.now() - 60000 }, c: { utm_source: 'google', gclid: 'G0', ts: Date.now() - 60000 } }) });
+  const p = page({ storage: storage2, referrer: 'https://www.paypal.com/checkout', href: 'https://shop.example/paid', handler: () => json({ ...OK, touch_ignored: true }) });
+  try {
+    const b = p.calls[0].body;
+    assert.deepEqual([b.referrer, b.previous_touch.gclid], ['https://www.paypal.com/checkout', 'G0']);
+    await sleep(20);
+    const src = JSON.parse(p.storage.getItem('_dm_src'));
+    assert.equal(src.c.gclid, 'G0', 'the ad click is the current touch again');
+    assert.equal(src.p, undefined);
+  } finally { p.close(); }
+});
+
 test('bundle: Yandex Metrica ClientId is sent from its cookie', async () => {
   const p = page({ cookies: { _ym_uid: '1690000000123456789' } });
   try {

@@ -62,6 +62,11 @@ test('touches are stamped and sent with their age, a second click is newer', () 
   j = touches(st, 'https://shop.example/?utm_source=google&gclid=G2', '', t0 + 60_000);
   body = sendable(j, t0 + 61_000);
   assert.deepEqual([body.gclid, body.touch_age, body.first_touch.utm_source, body.first_touch.touch_age], ['G2', 1, 'yandex', 61]);
+  // Back from a payment page: a new current touch; the ad click is kept as
+  // the previous one and sent along (the tracker decides which stands).
+  j = touches(st, 'https://shop.example/paid', 'https://www.paypal.com/checkout', t0 + 120_000);
+  body = sendable(j, t0 + 120_000);
+  assert.deepEqual([body.referrer, body.previous_touch.gclid, body.previous_touch.touch_age], ['https://www.paypal.com/checkout', 'G2', 60]);
   // A touch stored by an older snippet has no time: sent without an age.
   assert.equal(sendable({ c: { utm_source: 'x' }, f: { utm_source: 'x' } }).touch_age, undefined);
 });

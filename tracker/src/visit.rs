@@ -39,6 +39,9 @@ pub struct VisitRequest {
     pub ym_uid: String,
     /// The visitor's first touch, kept by the snippet.
     pub first_touch: Option<serde_json::Value>,
+    /// The current touch before this page replaced it: it stands when this
+    /// page's touch is only a return from an ignored referrer.
+    pub previous_touch: Option<serde_json::Value>,
     /// The page runs under browser automation (`navigator.webdriver`).
     pub webdriver: bool,
 }
@@ -59,6 +62,10 @@ pub struct VisitResponse {
     /// first.
     #[serde(default)]
     pub numbers: Vec<LineAnswer>,
+    /// The page's touch was a return from an ignored referrer (a payment
+    /// page…): the snippet keeps its previous touch as the current one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub touch_ignored: bool,
 }
 
 /// One line's number for a visit.
@@ -148,6 +155,21 @@ impl VisitRequest {
     fn resolve(&mut self, site: &Site, now: u32, max_age: u32) -> Touches {
         let own: Vec<String> = site.origins.iter().map(|o| host_of(o)).collect();
         let ignored = |h: &str| !h.is_empty() && ignored_referrer(h, &own, &site.ignore_referrers);
+        // A return from an ignored referrer (a payment page, a sign-in, the
+        // site's other host) is not a touch, though the snippet, which does
+        // not know the lists, made it its current one: the touch before it
+        // stands, and the answer tells the snippet to take it back.
+        let returned = !self.touch.is_tagged() && ignored(&host_of(&self.touch.referrer));
+        if returned {
+            if let Some(mut prev) = self
+                .previous_touch
+                .take()
+                .and_then(|v| serde_json::from_value::<Touch>(v).ok())
+            {
+                prev.cut_long_fields();
+                self.touch = prev;
+            }
+        }
         let ts = match self.touch.touch_age {
             None => now,
             Some(age) => touch_time(now, age, max_age).unwrap_or_else(|| {
@@ -174,6 +196,7 @@ impl VisitRequest {
             ts,
             channel: self.touch.channel(ignored),
             fresh,
+            returned,
             first_ts,
             first_channel: first.channel(ignored),
             first,
@@ -211,6 +234,8 @@ struct Touches {
     /// The visit brings a source of its own (tags or a referrer that
     /// counts): it replaces an older touch on the session's live lease.
     fresh: bool,
+    /// The page's own touch was a return from an ignored referrer.
+    returned: bool,
     first: Touch,
     first_ts: u32,
     first_channel: Channel,
@@ -462,6 +487,7 @@ pub async fn create(
             replace: first.replace,
             kind: first.kind,
             numbers: answers,
+            touch_ignored: touches.returned,
         };
         Ok(with_cors(Json(resp).into_response(), origin))
     }
@@ -830,6 +856,25 @@ mod tests {
             (100 * DAY, Channel::Direct, false)
         );
         assert_eq!((t.first.utm_source.as_str(), t.first_ts), ("", 100 * DAY));
+        // Back from the payment page: the snippet made that its current
+        // touch (it does not know the lists); the ad click before it stands.
+        let (req, t) = resolve(
+            r#"{"site":"s","url":"https://a.example/paid","landing_url":"https://a.example/paid","referrer":"https://www.paypal.com/x","touch_age":0,
+                "previous_touch":{"utm_source":"google","utm_medium":"cpc","gclid":"G9","landing_url":"https://a.example/?gclid=G9","touch_age":600}}"#,
+        );
+        assert!(t.returned);
+        assert_eq!(
+            (req.touch.gclid.as_str(), t.channel, t.fresh, t.ts),
+            ("G9", Channel::PaidSearch, true, 100 * DAY - 600)
+        );
+        // Without a previous touch it is just direct.
+        let (_, t) = resolve(
+            r#"{"site":"s","url":"https://a.example/paid","referrer":"https://www.paypal.com/x"}"#,
+        );
+        assert_eq!(
+            (t.returned, t.channel, t.fresh),
+            (true, Channel::Direct, false)
+        );
         // A malformed first touch is the current one, not an error.
         let (_, t) = resolve(
             r#"{"site":"s","url":"https://a.example/?utm_source=vk&utm_medium=cpc","first_touch":"x"}"#,
