@@ -38,12 +38,13 @@ export const touches = (st, href, ref, now = Date.now()) => {
   return j;
 };
 
-// A touch as sent: its age in seconds instead of our clock's time (the
-// tracker's clock may differ from the visitor's).
+// A touch as sent: its age in seconds (milliseconds as decimals: two clicks
+// in one second stay in order) instead of our clock's time (the tracker's
+// clock may differ from the visitor's).
 const aged = (t, now) => {
   const o = Object.assign({}, t);
   delete o.ts;
-  if (t.ts) o.touch_age = Math.max(0, Math.round((now - t.ts) / 1000));
+  if (t.ts) o.touch_age = Math.max(0, now - t.ts) / 1000; // seconds, ms as decimals
   return o;
 };
 // The touch fields of a visit: the current touch flat, the first one and the

@@ -245,6 +245,9 @@ test('bundle: visit request, swap, storage', async () => {
     assert.equal(c.keepalive, true);
     const vid = p.jar.get('_dm_vid');
     assert.match(vid, /^[0-9a-f]{32}$/);
+    // Ages are seconds with milliseconds: the touch is a few ms old at most.
+    assert.ok(c.body.touch_age < 0.05 && c.body.first_touch.touch_age < 0.05, JSON.stringify(c.body));
+    c.body.touch_age = c.body.first_touch.touch_age = 0;
     assert.deepEqual(c.body, {
       site: 'site1', visitor_id: vid, url: 'https://shop.example/landing?utm_source=google&utm_medium=cpc&gclid=G1',
       landing_url: 'https://shop.example/landing?utm_source=google&utm_medium=cpc&gclid=G1', referrer: 'https://www.google.com/',

@@ -5,13 +5,13 @@
 --       network, network_cap,
 --       then field/value pairs stored on the lease (visitor, utm_*, ...).
 --       touch: when the visit's own touch (ad click, referral) happened,
---       0 when it brings none (an internal page view).
+--       Unix ms, 0 when it brings none (an internal page view).
 --       network, network_cap: the client's network (/24, /48) may take at
 --       most network_cap new leases of this pool per minute (0: no cap).
 -- Returns {status, number, expires_at, {reclaimed numbers}}
 --   status: 'leased' (new lease), 'renewed' (same session, same number),
 --           'retouched' (renewed, and the visit's touch is newer than the
---           lease's `touch_ts`: its fields replace the lease's, so a call
+--           lease's `touch_ms`: its fields replace the lease's, so a call
 --           carries the latest click), 'exhausted' (no free number rested
 --           long enough), 'capped' (the network took its share this minute).
 --
@@ -74,7 +74,7 @@ if current then
       redis.call('HSET', lease, 'expires_at', exp)
       redis.call('ZADD', p .. 'leased', exp, current)
       local status = 'renewed'
-      if touch > 0 and #ARGV >= FIELDS and touch > (tonumber(redis.call('HGET', lease, 'touch_ts')) or 0) then
+      if touch > 0 and #ARGV >= FIELDS and touch > (tonumber(redis.call('HGET', lease, 'touch_ms')) or 0) then
         redis.call('HSET', lease, unpack(ARGV, FIELDS))
         status = 'retouched'
       end

@@ -201,6 +201,7 @@ pub const LEASE_FIELDS: &[&str] = &[
     "ym_uid",
     "channel",
     "touch_ts",
+    "touch_ms",
     "first_touch_ts",
     "first_channel",
     "first_utm_source",

@@ -90,7 +90,9 @@ async fn lifecycle(redis_cfg: RedisConfig) {
         (None, "", false, "bing"),
         (Some(T + 9), "vk", true, "vk"),
     ] {
-        let ts = touch.unwrap_or(T + 10).to_string();
+        // Touch times in ms, as the tracker passes them.
+        let touch = touch.map(|t| u64::from(t) * 1000);
+        let ms = touch.unwrap_or(u64::from(T + 10) * 1000).to_string();
         let o = pool::allocate(
             &mut r,
             &s,
@@ -99,7 +101,7 @@ async fn lifecycle(redis_cfg: RedisConfig) {
             TIMING,
             &pool::LeaseRequest {
                 touch,
-                fields: &[("touch_ts", &ts), ("utm_source", src)],
+                fields: &[("touch_ms", &ms), ("utm_source", src)],
                 ..pool::LeaseRequest::session("A")
             },
         )

@@ -57,10 +57,10 @@ pub struct AllocateOutcome {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LeaseRequest<'a> {
     pub session: &'a str,
-    /// When the visit's own touch happened (`None`: it brings none); the
-    /// fields replace a renewed lease's only when it is newer than the
-    /// lease's `touch_ts`: the latest click wins.
-    pub touch: Option<u32>,
+    /// When the visit's own touch happened, Unix ms (`None`: it brings
+    /// none); the fields replace a renewed lease's only when it is newer
+    /// than the lease's `touch_ms`: the latest click wins.
+    pub touch: Option<u64>,
     /// The client's network (`bot::network_key`) and how many new leases
     /// of the pool it may take per minute (0: no cap).
     pub network: &'a str,

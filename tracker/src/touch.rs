@@ -14,7 +14,7 @@ pub const MAX_FIELD: usize = 2048;
 /// One touch as the snippet sends it: the page it landed on, the referrer,
 /// utm tags and click ids. A visit carries its current touch (flattened
 /// into the body) and the visitor's first touch (`first_touch`).
-#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Touch {
     pub landing_url: String,
@@ -30,8 +30,9 @@ pub struct Touch {
     pub yclid: String,
     pub fbclid: String,
     pub msclkid: String,
-    /// Seconds since the touch by the client's clock; absent: now.
-    pub touch_age: Option<u32>,
+    /// Seconds since the touch by the client's clock (milliseconds as
+    /// decimals); absent: now.
+    pub touch_age: Option<f64>,
 }
 
 impl Touch {
@@ -430,11 +431,13 @@ pub fn ignored_referrer(host: &str, own: &[String], extra: &[String]) -> bool {
         || IGNORED_REFERRERS.iter().any(|d| under(host, d))
 }
 
-/// When a touch happened, from its age as the client saw it (no clock
-/// skew: the age is a difference of the client's own clock). `None`
-/// when it is older than `max_age` seconds: it no longer counts.
-pub fn touch_time(now: u32, age: u32, max_age: u32) -> Option<u32> {
-    (age <= max_age).then(|| now.saturating_sub(age))
+/// When a touch happened, in Unix milliseconds, from its age in seconds as
+/// the client saw it (no clock skew: the age is a difference of the
+/// client's own clock; milliseconds order two clicks of one second).
+/// `None` when it is older than `max_age` seconds: it no longer counts.
+pub fn touch_time(now_ms: u64, age: f64, max_age: u32) -> Option<u64> {
+    let age = if age.is_finite() { age.max(0.0) } else { 0.0 };
+    (age <= f64::from(max_age)).then(|| now_ms.saturating_sub((age * 1000.0) as u64))
 }
 
 #[cfg(test)]
@@ -535,9 +538,12 @@ mod tests {
 
     #[test]
     fn touches_expire() {
-        assert_eq!(touch_time(1000, 0, 90), Some(1000));
-        assert_eq!(touch_time(1000, 90, 90), Some(910));
-        assert_eq!(touch_time(1000, 91, 90), None);
-        assert_eq!(touch_time(10, 50, 90), Some(0));
+        assert_eq!(touch_time(1_000_000, 0.0, 90), Some(1_000_000));
+        assert_eq!(touch_time(1_000_000, 90.0, 90), Some(910_000));
+        assert_eq!(touch_time(1_000_000, 0.25, 90), Some(999_750));
+        assert_eq!(touch_time(1_000_000, 90.5, 90), None);
+        assert_eq!(touch_time(10_000, 50.0, 90), Some(0));
+        assert_eq!(touch_time(10_000, -3.0, 90), Some(10_000));
+        assert_eq!(touch_time(10_000, f64::NAN, 90), Some(10_000));
     }
 }

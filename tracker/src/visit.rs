@@ -152,7 +152,7 @@ impl VisitRequest {
     /// Resolves the visit's touches against the site's ignore-lists and the
     /// clock: an expired current touch is forgotten, a missing or expired
     /// first touch is the current one.
-    fn resolve(&mut self, site: &Site, now: u32, max_age: u32) -> Touches {
+    fn resolve(&mut self, site: &Site, now_ms: u64, max_age: u32) -> Touches {
         let own: Vec<String> = site.origins.iter().map(|o| host_of(o)).collect();
         let ignored = |h: &str| !h.is_empty() && ignored_referrer(h, &own, &site.ignore_referrers);
         // A return from an ignored referrer (a payment page, a sign-in, the
@@ -170,13 +170,14 @@ impl VisitRequest {
                 self.touch = prev;
             }
         }
-        let ts = match self.touch.touch_age {
-            None => now,
-            Some(age) => touch_time(now, age, max_age).unwrap_or_else(|| {
+        let ms = match self.touch.touch_age {
+            None => now_ms,
+            Some(age) => touch_time(now_ms, age, max_age).unwrap_or_else(|| {
                 self.touch.forget();
-                now
+                now_ms
             }),
         };
+        let ts = (ms / 1000) as u32;
         let referrer = host_of(&self.touch.referrer);
         let fresh = self.touch.is_tagged() || (!referrer.is_empty() && !ignored(&referrer));
         let first = self
@@ -186,7 +187,7 @@ impl VisitRequest {
             .and_then(|mut f| {
                 let at = match f.touch_age {
                     None => ts,
-                    Some(age) => touch_time(now, age, max_age)?,
+                    Some(age) => (touch_time(now_ms, age, max_age)? / 1000) as u32,
                 };
                 f.cut_long_fields();
                 Some((f, at.min(ts)))
@@ -194,6 +195,7 @@ impl VisitRequest {
         let (first, first_ts) = first.unwrap_or_else(|| (self.touch.clone(), ts));
         Touches {
             ts,
+            ms,
             channel: self.touch.channel(ignored),
             fresh,
             returned,
@@ -213,6 +215,7 @@ impl VisitRequest {
             ("city", place.city.clone()),
             ("channel", t.channel.as_str().to_string()),
             ("touch_ts", t.ts.to_string()),
+            ("touch_ms", t.ms.to_string()),
             ("ym_uid", self.ym_uid.clone()),
             ("first_touch_ts", t.first_ts.to_string()),
             ("first_channel", t.first_channel.as_str().to_string()),
@@ -228,8 +231,10 @@ impl VisitRequest {
 /// A visit's touches, resolved.
 #[derive(Debug, PartialEq)]
 struct Touches {
-    /// When the current touch happened.
+    /// When the current touch happened (Unix seconds, and milliseconds:
+    /// what orders two touches of one lease).
     ts: u32,
+    ms: u64,
     channel: Channel,
     /// The visit brings a source of its own (tags or a referrer that
     /// counts): it replaces an older touch on the session's live lease.
@@ -360,9 +365,12 @@ pub async fn create(
         tracing::Span::current().record("session", session.as_str());
         let now = dialmark_schemas::unix_now();
         let timing = state.inventory.timing;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(u64::from(now) * 1000, |d| d.as_millis() as u64);
         let touches = req.resolve(
             &site,
-            now,
+            now_ms,
             state
                 .config
                 .tracker
@@ -387,7 +395,7 @@ pub async fn create(
         let network = bot::network_key(ip);
         let lease = pool::LeaseRequest {
             session: &session,
-            touch: touches.fresh.then_some(touches.ts),
+            touch: touches.fresh.then_some(touches.ms),
             network: &network,
             network_cap: state.config.tracker.leases_per_network_per_minute,
             fields: &fields,
@@ -797,7 +805,7 @@ mod tests {
 
     fn resolve(body: &str) -> (VisitRequest, Touches) {
         let mut req = VisitRequest::decode(body.as_bytes()).unwrap();
-        let t = req.resolve(&site(), 100 * DAY, 90 * DAY);
+        let t = req.resolve(&site(), u64::from(100 * DAY) * 1000, 90 * DAY);
         (req, t)
     }
 

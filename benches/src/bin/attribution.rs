@@ -13,7 +13,14 @@
 //! generous pool, is observed by the `pool_health` report (demand window
 //! = one simulated quarter-hour); its recommended size N is then tried at
 //! `--fractions` of N, each phase with a fresh pool and the same visitors.
-//! Accuracy = calls whose `calls.session_id` is the caller's own session /
+//! Visitors behave as on real sites: several page views per visit (each a
+//! `/v1/visits` of the same session), a second tab keeping the session alive
+//! too, a second ad click mid-session (a new campaign: the call must carry
+//! the newest click), call delays after the visit from a heavy-tailed
+//! (Pareto) distribution, and crawler traffic that runs the page's script
+//! (a search-bot user agent: it must get no pool number).
+//! Accuracy = calls whose `calls.session_id` is the caller's own session
+//! *and* whose `utm_campaign` is the caller's latest click at the call /
 //! calls placed (a call with no row counts as wrong too).
 //!
 //! Needs the services of `ops/test` (`DIALMARK_TEST_REDIS`,
@@ -57,9 +64,23 @@ struct Args {
     /// Share of calls made while the page is open; the others follow it.
     #[arg(long, default_value_t = 0.6)]
     call_during_session: f64,
-    /// Mean delay of a call after the page closed (simulated seconds).
+    /// Mean delay of a call after the page closed (simulated seconds), a
+    /// Pareto distribution with shape 1.5 (heavy-tailed: some call back
+    /// hours later).
     #[arg(long, default_value_t = 300.0)]
     mean_call_delay_seconds: f64,
+    /// Mean page views per visit (1 + geometric).
+    #[arg(long, default_value_t = 3.0)]
+    mean_page_views: f64,
+    /// Share of visitors with a second tab open on the site.
+    #[arg(long, default_value_t = 0.2)]
+    second_tab: f64,
+    /// Share of visitors who click a second ad mid-visit.
+    #[arg(long, default_value_t = 0.1)]
+    second_click: f64,
+    /// Share of the traffic that is crawlers running the page's script.
+    #[arg(long, default_value_t = 0.2)]
+    bots: f64,
     /// Pool size of the observed first phase.
     #[arg(long, default_value_t = 800)]
     observe_pool: usize,
@@ -72,15 +93,36 @@ struct Args {
 }
 
 /// One generated visitor; times in simulated seconds from the phase start.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Visitor {
     start: f64,
     session: f64,
     call_at: Option<f64>,
+    /// Later page views of the visit.
+    views: Vec<f64>,
+    /// When a second ad click lands (a page view with a new campaign).
+    second_click: Option<f64>,
+    tabs: u8,
+    bot: bool,
+}
+
+impl Visitor {
+    /// The campaign of the visitor's latest click at `t`.
+    fn campaign_at(&self, i: usize, t: f64) -> String {
+        match self.second_click {
+            Some(c) if t >= c => format!("v{i}b"),
+            _ => format!("v{i}"),
+        }
+    }
 }
 
 fn exp(rng: &mut ChaCha8Rng, mean: f64) -> f64 {
     -mean * (1.0 - rng.random::<f64>()).ln()
+}
+
+/// Pareto with shape 1.5 and the given mean (scale = mean / 3).
+fn pareto(rng: &mut ChaCha8Rng, mean: f64) -> f64 {
+    (mean / 3.0) / (1.0 - rng.random::<f64>()).powf(1.0 / 1.5)
 }
 
 /// The seeded visitor stream (the same for every phase).
@@ -95,18 +137,43 @@ fn generate(a: &Args) -> Vec<Visitor> {
             if t >= end {
                 break;
             }
+            if rng.random::<f64>() < a.bots {
+                out.push(Visitor {
+                    start: t,
+                    session: 1.0,
+                    bot: true,
+                    ..Visitor::default()
+                });
+                continue;
+            }
             let session = exp(&mut rng, a.mean_session_seconds).clamp(10.0, 3600.0);
             let call_at = (rng.random::<f64>() < a.call_probability).then(|| {
                 if rng.random::<f64>() < a.call_during_session {
                     t + rng.random::<f64>() * session
                 } else {
-                    t + session + exp(&mut rng, a.mean_call_delay_seconds)
+                    t + session + pareto(&mut rng, a.mean_call_delay_seconds)
                 }
             });
+            let extra = (exp(&mut rng, (a.mean_page_views - 1.0).max(0.01))).round() as usize;
+            let mut views: Vec<f64> = (0..extra.min(20))
+                .map(|_| t + rng.random::<f64>() * session)
+                .collect();
+            views.sort_by(f64::total_cmp);
+            let second_click =
+                (rng.random::<f64>() < a.second_click).then(|| t + rng.random::<f64>() * session);
+            let tabs = if rng.random::<f64>() < a.second_tab {
+                2
+            } else {
+                1
+            };
             out.push(Visitor {
                 start: t,
                 session,
                 call_at,
+                views,
+                second_click,
+                tabs,
+                bot: false,
             });
         }
     }
@@ -214,6 +281,9 @@ struct Outcome {
     kind: String,
     caller: String,
     call_code: Option<u16>,
+    /// The campaign of the latest click when the call was placed.
+    campaign: String,
+    bot: bool,
 }
 
 struct World {
@@ -229,6 +299,8 @@ struct World {
 struct CallRow {
     caller: String,
     session_id: String,
+    utm_campaign: String,
+    confidence: String,
 }
 
 #[derive(Debug, Clone)]
@@ -239,7 +311,11 @@ struct PhaseResult {
     without_pool_number: usize,
     calls: usize,
     right: usize,
+    wrong_touch: usize,
     wrong_visit: usize,
+    contested: usize,
+    bots: usize,
+    bot_burned: usize,
     unattributed: usize,
     missing_rows: usize,
     site: String,
@@ -254,6 +330,18 @@ impl PhaseResult {
         }
         self.right as f64 * 100.0 / self.calls as f64
     }
+}
+
+/// A search crawler that runs the page's script.
+const BOT_AGENT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+
+fn post_as(url: &str, body: serde_json::Value, agent: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(ureq::post(url)
+        .header("origin", dialmark_e2e::tracker::ORIGIN)
+        .header("user-agent", agent)
+        .send(body.to_string())?
+        .body_mut()
+        .read_json()?)
 }
 
 fn post(url: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
@@ -291,13 +379,39 @@ async fn phase(
         let base = w.tracker.url("/v1/visits/");
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(real(v.start)).await;
-            let body = serde_json::json!({
-                "site": site,
-                "url": format!("https://shop.test/landing?utm_source=sim&utm_campaign=v{i}"),
-                "utm_source": "sim",
-                "utm_campaign": format!("v{i}"),
-            });
-            let resp = tokio::task::spawn_blocking(move || post(&visits, body)).await;
+            let landing =
+                |c: &str| format!("https://shop.test/landing?utm_source=sim&utm_campaign={c}");
+            // The snippet's body: the latest click, its age (real seconds).
+            let touch = |campaign: &str, clicked: f64, now: f64, session: Option<&str>| {
+                let mut b = serde_json::json!({
+                    "site": site,
+                    "url": landing(campaign),
+                    "landing_url": landing(campaign),
+                    "utm_source": "sim",
+                    "utm_campaign": campaign,
+                    // Seconds with milliseconds, as the snippet sends them.
+                    "touch_age": (((now - clicked) / speed).max(0.0) * 1000.0).round() / 1000.0,
+                });
+                if let Some(s) = session {
+                    b["session_id"] = s.into();
+                }
+                b
+            };
+            if v.bot {
+                let body = touch(&format!("v{i}"), v.start, v.start, None);
+                let url = visits.clone();
+                let resp =
+                    tokio::task::spawn_blocking(move || post_as(&url, body, BOT_AGENT)).await;
+                let mut o = outcomes.lock().expect("outcomes");
+                o[i].bot = true;
+                if let Ok(Ok(r)) = resp {
+                    o[i].kind = r["kind"].as_str().unwrap_or("").to_string();
+                }
+                return;
+            }
+            let body = touch(&format!("v{i}"), v.start, v.start, None);
+            let url = visits.clone();
+            let resp = tokio::task::spawn_blocking(move || post(&url, body)).await;
             let Ok(Ok(resp)) = resp else {
                 return;
             };
@@ -312,15 +426,46 @@ async fn phase(
                 o[i].kind = kind;
                 o[i].caller = format!("+{caller}");
             }
-            // Keep-alives while the page is open; the call when it comes.
-            let end = real(v.start + v.session);
-            let keepalive = {
-                let (url, site) = (format!("{base}{session}/keepalive"), site.clone());
+            // Page views (the second click among them) while the page is
+            // open: each sends the latest click, as the snippet does.
+            let views = {
+                let (v, session, visits) = (v.clone(), session.clone(), visits.clone());
+                let mut times: Vec<f64> = v.views.clone();
+                times.extend(v.second_click);
+                times.sort_by(f64::total_cmp);
                 async move {
-                    let mut next = Instant::now() + Duration::from_secs_f64(every);
+                    for t in times {
+                        tokio::time::sleep_until(real(t)).await;
+                        let clicked = match v.second_click {
+                            Some(c) if t >= c => c,
+                            _ => v.start,
+                        };
+                        let body = touch(&v.campaign_at(i, t), clicked, t, Some(&session));
+                        let url = visits.clone();
+                        let _ = tokio::task::spawn_blocking(move || post(&url, body)).await;
+                    }
+                }
+            };
+            // Keep-alives of each open tab while the page is open.
+            let end = real(v.start + v.session);
+            let keepalive = |tab: u8| {
+                let (url, site, number) = (
+                    format!("{base}{session}/keepalive"),
+                    site.clone(),
+                    number.clone(),
+                );
+                async move {
+                    if tab >= v.tabs {
+                        return;
+                    }
+                    let mut next = Instant::now()
+                        + Duration::from_secs_f64(every * (1.0 + f64::from(tab) / 3.0));
                     while next < end {
                         tokio::time::sleep_until(next).await;
-                        let (url, body) = (url.clone(), serde_json::json!({ "site": site }));
+                        let (url, body) = (
+                            url.clone(),
+                            serde_json::json!({ "site": site, "number": number }),
+                        );
                         let _ = tokio::task::spawn_blocking(move || post(&url, body)).await;
                         next += Duration::from_secs_f64(every);
                     }
@@ -331,11 +476,12 @@ async fn phase(
                     tokio::time::sleep_until(real(at)).await;
                     let id = format!("sim{idx}-{i}-{}", uuid::Uuid::new_v4().simple());
                     let digits = number.trim_start_matches('+').to_string();
+                    outcomes.lock().expect("outcomes")[i].campaign = v.campaign_at(i, at);
                     let code = uac.call(&digits, &caller, &id).await;
                     outcomes.lock().expect("outcomes")[i].call_code = Some(code.unwrap_or(0));
                 }
             };
-            tokio::join!(keepalive, call);
+            tokio::join!(views, keepalive(0), keepalive(1), call);
         }));
     }
     for t in tasks {
@@ -350,7 +496,8 @@ async fn phase(
     for _ in 0..300 {
         rows = db
             .query(
-                "SELECT caller, session_id FROM calls FINAL WHERE caller LIKE ? AND received >= ?",
+                "SELECT caller, session_id, utm_campaign, toString(attribution_confidence) FROM calls FINAL \
+                 WHERE caller LIKE ? AND received >= ?",
             )
             .bind(&prefix)
             .bind(from)
@@ -361,10 +508,7 @@ async fn phase(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let by_caller: HashMap<&str, &str> = rows
-        .iter()
-        .map(|r| (r.caller.as_str(), r.session_id.as_str()))
-        .collect();
+    let by_caller: HashMap<&str, &CallRow> = rows.iter().map(|r| (r.caller.as_str(), r)).collect();
     let mut r = PhaseResult {
         label: label.to_string(),
         pool_size,
@@ -375,7 +519,17 @@ async fn phase(
             .count(),
         calls: placed.len(),
         right: 0,
+        wrong_touch: 0,
         wrong_visit: 0,
+        contested: rows
+            .iter()
+            .filter(|r| r.confidence == "recent_contested")
+            .count(),
+        bots: outcomes.iter().filter(|o| o.bot).count(),
+        bot_burned: outcomes
+            .iter()
+            .filter(|o| o.bot && o.kind == "pool")
+            .count(),
         unattributed: 0,
         missing_rows: 0,
         site,
@@ -385,8 +539,9 @@ async fn phase(
     for o in placed {
         match by_caller.get(o.caller.as_str()) {
             None => r.missing_rows += 1,
-            Some(s) if *s == o.session => r.right += 1,
-            Some(&"") => r.unattributed += 1,
+            Some(c) if c.session_id == o.session && c.utm_campaign == o.campaign => r.right += 1,
+            Some(c) if c.session_id == o.session => r.wrong_touch += 1,
+            Some(c) if c.session_id.is_empty() => r.unattributed += 1,
             Some(_) => r.wrong_visit += 1,
         }
     }
@@ -426,14 +581,20 @@ fn markdown(
     let speed = f64::from(a.speed);
     let mut s = String::new();
     s.push_str(&format!(
-        "Seed {}, {} simulated hour(s) at {:?} visitors/hour, call probability {}, \
-         mean page time {} s, {}% of calls during the visit and the rest after a mean {} s; \
-         time ×{} (tracker hold {} s, attribution window {} s simulated).\n\n",
+        "Seed {}, {} simulated hour(s) at {:?} visitors/hour ({}% of them crawlers running the \
+         script), call probability {}, mean page time {} s with {} page views a visit on average, \
+         {}% with a second tab, {}% clicking a second ad mid-visit, {}% of calls during the visit \
+         and the rest after a Pareto (shape 1.5) delay of mean {} s; time ×{} (tracker hold {} s, \
+         attribution window {} s simulated).\n\n",
         a.seed,
         a.visitors_per_hour.len(),
         a.visitors_per_hour,
+        a.bots * 100.0,
         a.call_probability,
         a.mean_session_seconds,
+        a.mean_page_views,
+        a.second_tab * 100.0,
+        a.second_click * 100.0,
         a.call_during_session * 100.0,
         a.mean_call_delay_seconds,
         a.speed,
@@ -454,20 +615,24 @@ fn markdown(
         advice["calls_on_pool"],
         advice["predicted_loss_percent"],
     ));
-    s.push_str("| phase | pool size | visits | visits without a pool number | calls | linked to the right visit | to another visit | to none | no call row | accuracy |\n");
-    s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    s.push_str("| phase | pool size | visits | visits without a pool number | crawler visits | numbers burned by crawlers | calls | right visit and touch | right visit, older touch | another visit | none | no call row | contested | accuracy |\n");
+    s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} % |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} % |\n",
             r.label,
             r.pool_size,
             r.visits,
             r.without_pool_number,
+            r.bots,
+            r.bot_burned,
             r.calls,
             r.right,
+            r.wrong_touch,
             r.wrong_visit,
             r.unattributed,
             r.missing_rows,
+            r.contested,
             r.accuracy()
         ));
     }
