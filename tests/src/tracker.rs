@@ -89,6 +89,28 @@ impl TestTracker {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// `POST /v1/visits` with `body` from a page of [`ORIGIN`]; the
+    /// tracker's answer (an error's JSON too).
+    pub async fn visit(&self, body: serde_json::Value) -> serde_json::Value {
+        let url = self.url("/v1/visits");
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            agent
+                .post(&url)
+                .header("origin", ORIGIN)
+                .send(body.to_string())
+                .unwrap()
+                .body_mut()
+                .read_json()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    }
 }
 
 /// The origin of the test sites' pages: the snippet API leases numbers

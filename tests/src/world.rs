@@ -40,8 +40,8 @@ pub async fn world(test: &str) -> World {
     body["site"] = site.as_str().into();
     body["url"] = yandex["landing_url"].clone();
     body["first_touch"] = yandex.clone();
-    let first = post_visit(&tracker, body).await;
-    let resp = post_visit(&tracker, serde_json::json!({"site": site, "session_id": first["session_id"],
+    let first = tracker.visit(body).await;
+    let resp = tracker.visit(serde_json::json!({"site": site, "session_id": first["session_id"],
         "url": "https://shop.test/?utm_source=google&utm_campaign=spring&gclid=TEST",
         "utm_source": "google", "utm_campaign": "spring", "gclid": "TEST", "touch_age": 0, "first_touch": yandex})).await;
     assert_eq!(resp["number"], number.as_str(), "{resp}");
@@ -53,22 +53,6 @@ pub async fn world(test: &str) -> World {
         unknown: unique_number(),
         tracker,
     }
-}
-
-/// `POST /v1/visits` with `body`; the tracker's answer.
-pub async fn post_visit(tracker: &TestTracker, body: serde_json::Value) -> serde_json::Value {
-    let url = tracker.url("/v1/visits");
-    tokio::task::spawn_blocking(move || {
-        ureq::post(&url)
-            .header("origin", crate::tracker::ORIGIN)
-            .send(body.to_string())
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap()
-    })
-    .await
-    .unwrap()
 }
 
 #[derive(Row, Deserialize, Debug)]

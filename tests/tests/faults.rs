@@ -182,24 +182,8 @@ async fn router_killed_mid_load_loses_no_finished_call() {
 }
 
 async fn visit(t: &TestTracker, site: &str) -> serde_json::Value {
-    let url = t.url("/v1/visits");
-    let body = serde_json::json!({"site": site, "url": "https://shop.test/?utm_source=google", "utm_source": "google"}).to_string();
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        agent
-            .post(&url)
-            .header("origin", dialmark_e2e::tracker::ORIGIN)
-            .send(body)
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    t.visit(serde_json::json!({"site": site, "url": "https://shop.test/?utm_source=google", "utm_source": "google"}))
+        .await
 }
 
 async fn answered(

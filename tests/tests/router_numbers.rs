@@ -132,20 +132,8 @@ async fn site(t: &TestTracker) -> (String, String, String, String) {
 }
 
 async fn visit(t: &TestTracker, site: &str) -> serde_json::Value {
-    let url = t.url("/v1/visits");
-    let body = serde_json::json!({"site": site, "url": "https://shop.test/?utm_source=google", "utm_source": "google"})
-        .to_string();
-    tokio::task::spawn_blocking(move || {
-        ureq::post(&url)
-            .header("origin", dialmark_e2e::tracker::ORIGIN)
-            .send(body)
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    t.visit(serde_json::json!({"site": site, "url": "https://shop.test/?utm_source=google", "utm_source": "google"}))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
