@@ -17,8 +17,10 @@
 //! `/v1/visits` of the same session), a second tab keeping the session alive
 //! too, a second ad click mid-session (a new campaign: the call must carry
 //! the newest click), call delays after the visit from a heavy-tailed
-//! (Pareto) distribution, and crawler traffic that runs the page's script
-//! (a search-bot user agent: it must get no pool number).
+//! (Pareto) distribution, returning visitors (a new session an hour or so
+//! later, carrying the click the snippet kept; their calls come then), and
+//! crawler traffic that runs the page's script (a search-bot user agent: it
+//! must get no pool number).
 //! Accuracy = calls whose `calls.session_id` is the caller's own session
 //! *and* whose `utm_campaign` is the caller's latest click at the call /
 //! calls placed (a call with no row counts as wrong too).
@@ -81,6 +83,10 @@ struct Args {
     /// Share of the traffic that is crawlers running the page's script.
     #[arg(long, default_value_t = 0.2)]
     bots: f64,
+    /// Share of visitors who come back (a new session, mean 1 simulated
+    /// hour after the first one ended); a returning caller calls then.
+    #[arg(long, default_value_t = 0.1)]
+    returning: f64,
     /// Pool size of the observed first phase.
     #[arg(long, default_value_t = 800)]
     observe_pool: usize,
@@ -104,6 +110,8 @@ struct Visitor {
     second_click: Option<f64>,
     tabs: u8,
     bot: bool,
+    /// The return visit: its start and length.
+    returns: Option<(f64, f64)>,
 }
 
 impl Visitor {
@@ -166,6 +174,18 @@ fn generate(a: &Args) -> Vec<Visitor> {
             } else {
                 1
             };
+            let returns = (rng.random::<f64>() < a.returning).then(|| {
+                let back = t + session + exp(&mut rng, 3600.0);
+                (
+                    back,
+                    exp(&mut rng, a.mean_session_seconds).clamp(10.0, 3600.0),
+                )
+            });
+            // A returning caller calls during the return visit.
+            let call_at = match (call_at, returns) {
+                (Some(_), Some((back, len))) => Some(back + rng.random::<f64>() * len),
+                (c, _) => c,
+            };
             out.push(Visitor {
                 start: t,
                 session,
@@ -174,6 +194,7 @@ fn generate(a: &Args) -> Vec<Visitor> {
                 second_click,
                 tabs,
                 bot: false,
+                returns,
             });
         }
     }
@@ -471,8 +492,9 @@ async fn phase(
                     }
                 }
             };
+            let call_now = v.returns.is_none();
             let call = async {
-                if let Some(at) = v.call_at {
+                if let (Some(at), true) = (v.call_at, call_now) {
                     tokio::time::sleep_until(real(at)).await;
                     let id = format!("sim{idx}-{i}-{}", uuid::Uuid::new_v4().simple());
                     let digits = number.trim_start_matches('+').to_string();
@@ -482,6 +504,52 @@ async fn phase(
                 }
             };
             tokio::join!(views, keepalive(0), keepalive(1), call);
+            // The return visit: a new session (the old one is long gone)
+            // with the click the snippet kept; the call comes during it.
+            let Some((back, len)) = v.returns else {
+                return;
+            };
+            tokio::time::sleep_until(real(back)).await;
+            let last_click = v.second_click.unwrap_or(v.start);
+            let body = touch(&v.campaign_at(i, back), last_click, back, None);
+            let url = visits.clone();
+            let Ok(Ok(resp)) = tokio::task::spawn_blocking(move || post(&url, body)).await else {
+                return;
+            };
+            let session = resp["session_id"].as_str().unwrap_or("").to_string();
+            let number = resp["number"].as_str().unwrap_or("").to_string();
+            outcomes.lock().expect("outcomes")[i].session = session.clone();
+            let end = real(back + len);
+            let keepalive = {
+                let (url, site, number) = (
+                    format!("{base}{session}/keepalive"),
+                    site.clone(),
+                    number.clone(),
+                );
+                async move {
+                    let mut next = Instant::now() + Duration::from_secs_f64(every);
+                    while next < end {
+                        tokio::time::sleep_until(next).await;
+                        let (url, body) = (
+                            url.clone(),
+                            serde_json::json!({ "site": site, "number": number }),
+                        );
+                        let _ = tokio::task::spawn_blocking(move || post(&url, body)).await;
+                        next += Duration::from_secs_f64(every);
+                    }
+                }
+            };
+            let call = async {
+                if let Some(at) = v.call_at {
+                    tokio::time::sleep_until(real(at)).await;
+                    let id = format!("sim{idx}-{i}-r{}", uuid::Uuid::new_v4().simple());
+                    let digits = number.trim_start_matches('+').to_string();
+                    outcomes.lock().expect("outcomes")[i].campaign = v.campaign_at(i, at);
+                    let code = uac.call(&digits, &caller, &id).await;
+                    outcomes.lock().expect("outcomes")[i].call_code = Some(code.unwrap_or(0));
+                }
+            };
+            tokio::join!(keepalive, call);
         }));
     }
     for t in tasks {
@@ -583,7 +651,8 @@ fn markdown(
     s.push_str(&format!(
         "Seed {}, {} simulated hour(s) at {:?} visitors/hour ({}% of them crawlers running the \
          script), call probability {}, mean page time {} s with {} page views a visit on average, \
-         {}% with a second tab, {}% clicking a second ad mid-visit, {}% of calls during the visit \
+         {}% with a second tab, {}% clicking a second ad mid-visit, {}% coming back about an hour \
+         later (their calls come then), {}% of the other calls during the visit \
          and the rest after a Pareto (shape 1.5) delay of mean {} s; time ×{} (tracker hold {} s, \
          attribution window {} s simulated).\n\n",
         a.seed,
@@ -595,6 +664,7 @@ fn markdown(
         a.mean_page_views,
         a.second_tab * 100.0,
         a.second_click * 100.0,
+        a.returning * 100.0,
         a.call_during_session * 100.0,
         a.mean_call_delay_seconds,
         a.speed,
