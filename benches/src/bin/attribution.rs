@@ -353,6 +353,18 @@ impl PhaseResult {
     }
 }
 
+/// Keep-alives of one open tab: the first after `first` seconds, then
+/// every `every` seconds until `end`.
+async fn keep_alive(url: String, body: serde_json::Value, first: f64, every: f64, end: Instant) {
+    let mut next = Instant::now() + Duration::from_secs_f64(first);
+    while next < end {
+        tokio::time::sleep_until(next).await;
+        let (url, body) = (url.clone(), body.clone());
+        let _ = tokio::task::spawn_blocking(move || post(&url, body)).await;
+        next += Duration::from_secs_f64(every);
+    }
+}
+
 /// A search crawler that runs the page's script.
 const BOT_AGENT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 
@@ -470,25 +482,13 @@ async fn phase(
             // Keep-alives of each open tab while the page is open.
             let end = real(v.start + v.session);
             let keepalive = |tab: u8| {
-                let (url, site, number) = (
-                    format!("{base}{session}/keepalive"),
-                    site.clone(),
-                    number.clone(),
-                );
+                let url = format!("{base}{session}/keepalive");
+                let body = serde_json::json!({ "site": site, "number": number });
+                // A second tab's first keep-alive is a little later.
+                let first = every * (1.0 + f64::from(tab) / 3.0);
                 async move {
-                    if tab >= v.tabs {
-                        return;
-                    }
-                    let mut next = Instant::now()
-                        + Duration::from_secs_f64(every * (1.0 + f64::from(tab) / 3.0));
-                    while next < end {
-                        tokio::time::sleep_until(next).await;
-                        let (url, body) = (
-                            url.clone(),
-                            serde_json::json!({ "site": site, "number": number }),
-                        );
-                        let _ = tokio::task::spawn_blocking(move || post(&url, body)).await;
-                        next += Duration::from_secs_f64(every);
+                    if tab < v.tabs {
+                        keep_alive(url, body, first, every, end).await;
                     }
                 }
             };
@@ -520,25 +520,13 @@ async fn phase(
             let number = resp["number"].as_str().unwrap_or("").to_string();
             outcomes.lock().expect("outcomes")[i].session = session.clone();
             let end = real(back + len);
-            let keepalive = {
-                let (url, site, number) = (
-                    format!("{base}{session}/keepalive"),
-                    site.clone(),
-                    number.clone(),
-                );
-                async move {
-                    let mut next = Instant::now() + Duration::from_secs_f64(every);
-                    while next < end {
-                        tokio::time::sleep_until(next).await;
-                        let (url, body) = (
-                            url.clone(),
-                            serde_json::json!({ "site": site, "number": number }),
-                        );
-                        let _ = tokio::task::spawn_blocking(move || post(&url, body)).await;
-                        next += Duration::from_secs_f64(every);
-                    }
-                }
-            };
+            let keepalive = keep_alive(
+                format!("{base}{session}/keepalive"),
+                serde_json::json!({ "site": site, "number": number }),
+                every,
+                every,
+                end,
+            );
             let call = async {
                 if let Some(at) = v.call_at {
                     tokio::time::sleep_until(real(at)).await;
