@@ -38,6 +38,14 @@ pub mod store;
 
 pub use error::Error;
 
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Seconds since the Unix epoch, the unit of every `DateTime` column.
 pub fn unix_now() -> u32 {
     std::time::SystemTime::now()

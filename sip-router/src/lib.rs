@@ -68,12 +68,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use dialmark_schemas::unix_now_ms as now_ms;
 
 /// Shards when `router.shards` is 0: one per core.
 fn shard_count(configured: usize) -> usize {

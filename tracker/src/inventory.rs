@@ -81,6 +81,13 @@ pub struct LineRef<'a> {
     pub geo_pools: &'a [GeoPool],
 }
 
+impl<'a> LineRef<'a> {
+    /// The line's pools: the default one, then its geo pools.
+    pub fn pools(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        std::iter::once(self.default_pool).chain(self.geo_pools.iter().map(|g| g.pool.as_str()))
+    }
+}
+
 /// The main line's name.
 pub const MAIN_LINE: &str = "main";
 
@@ -106,9 +113,7 @@ impl Site {
     pub fn pools(&self) -> Vec<&str> {
         let mut v: Vec<&str> = Vec::new();
         for l in self.lines() {
-            for p in
-                std::iter::once(l.default_pool).chain(l.geo_pools.iter().map(|g| g.pool.as_str()))
-            {
+            for p in l.pools() {
                 if !v.contains(&p) {
                     v.push(p);
                 }
@@ -283,7 +288,7 @@ impl Inventory {
             < site
                 .lines()
                 .iter()
-                .map(|l| 1 + l.geo_pools.len())
+                .map(|l| l.pools().count())
                 .sum::<usize>()
         {
             return Err(TrackerError::BadRequest(

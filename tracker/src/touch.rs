@@ -70,6 +70,15 @@ impl Touch {
         })
     }
 
+    /// A touch the client sent as a nested object (`first_touch`,
+    /// `previous_touch`), fields cut; `None` when absent or malformed
+    /// (never an error: the visit still gets its number).
+    pub fn from_value(v: Option<serde_json::Value>) -> Option<Touch> {
+        let mut t: Touch = serde_json::from_value(v?).ok()?;
+        t.cut_long_fields();
+        Some(t)
+    }
+
     pub fn is_tagged(&self) -> bool {
         self.tags().iter().any(|(_, v)| !v.is_empty())
     }

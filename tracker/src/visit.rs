@@ -161,12 +161,7 @@ impl VisitRequest {
         // stands, and the answer tells the snippet to take it back.
         let returned = !self.touch.is_tagged() && ignored(&host_of(&self.touch.referrer));
         if returned {
-            if let Some(mut prev) = self
-                .previous_touch
-                .take()
-                .and_then(|v| serde_json::from_value::<Touch>(v).ok())
-            {
-                prev.cut_long_fields();
+            if let Some(prev) = Touch::from_value(self.previous_touch.take()) {
                 self.touch = prev;
             }
         }
@@ -180,21 +175,15 @@ impl VisitRequest {
         let ts = (ms / 1000) as u32;
         let referrer = host_of(&self.touch.referrer);
         let fresh = self.touch.is_tagged() || (!referrer.is_empty() && !ignored(&referrer));
-        let first = self
-            .first_touch
-            .take()
-            .and_then(|v| serde_json::from_value::<Touch>(v).ok())
-            .and_then(|mut f| {
-                let at = match f.touch_age {
-                    None => ts,
-                    Some(age) => (touch_time(now_ms, age, max_age)? / 1000) as u32,
-                };
-                f.cut_long_fields();
-                Some((f, at.min(ts)))
-            });
+        let first = Touch::from_value(self.first_touch.take()).and_then(|f| {
+            let at = match f.touch_age {
+                None => ts,
+                Some(age) => (touch_time(now_ms, age, max_age)? / 1000) as u32,
+            };
+            Some((f, at.min(ts)))
+        });
         let (first, first_ts) = first.unwrap_or_else(|| (self.touch.clone(), ts));
         Touches {
-            ts,
             ms,
             channel: self.touch.channel(ignored),
             fresh,
@@ -214,7 +203,7 @@ impl VisitRequest {
             ("region", place.region.clone()),
             ("city", place.city.clone()),
             ("channel", t.channel.as_str().to_string()),
-            ("touch_ts", t.ts.to_string()),
+            ("touch_ts", t.ts().to_string()),
             ("touch_ms", t.ms.to_string()),
             ("ym_uid", self.ym_uid.clone()),
             ("first_touch_ts", t.first_ts.to_string()),
@@ -231,9 +220,8 @@ impl VisitRequest {
 /// A visit's touches, resolved.
 #[derive(Debug, PartialEq)]
 struct Touches {
-    /// When the current touch happened (Unix seconds, and milliseconds:
-    /// what orders two touches of one lease).
-    ts: u32,
+    /// When the current touch happened, Unix ms (what orders two touches
+    /// of one lease; [`Touches::ts`] in seconds).
     ms: u64,
     channel: Channel,
     /// The visit brings a source of its own (tags or a referrer that
@@ -244,6 +232,13 @@ struct Touches {
     first: Touch,
     first_ts: u32,
     first_channel: Channel,
+}
+
+impl Touches {
+    /// When the current touch happened, Unix seconds.
+    fn ts(&self) -> u32 {
+        (self.ms / 1000) as u32
+    }
 }
 
 /// CORS check: a browser request from an origin the site does not list is
@@ -363,11 +358,10 @@ pub async fn create(
         let session = req.session_id.clone().unwrap_or_else(new_id);
         let visitor = req.visitor_id.clone().unwrap_or_else(new_id);
         tracing::Span::current().record("session", session.as_str());
-        let now = dialmark_schemas::unix_now();
+        // One clock read: the visit's second and its touch's milliseconds agree.
+        let now_ms = dialmark_schemas::unix_now_ms();
+        let now = (now_ms / 1000) as u32;
         let timing = state.inventory.timing;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(u64::from(now) * 1000, |d| d.as_millis() as u64);
         let touches = req.resolve(
             &site,
             now_ms,
@@ -465,7 +459,7 @@ pub async fn create(
             wbraid: req.touch.wbraid.clone(),
             ym_uid: req.ym_uid.clone(),
             channel: touches.channel.as_str().into(),
-            touch_ts: touches.ts,
+            touch_ts: touches.ts(),
             first_touch_ts: touches.first_ts,
             first_channel: touches.first_channel.as_str().into(),
             first_utm_source: touches.first.utm_source.clone(),
@@ -673,11 +667,7 @@ pub async fn keepalive(
     let mut pools: Vec<(&str, &str)> = site
         .lines()
         .iter()
-        .flat_map(|l| {
-            std::iter::once(l.default_pool)
-                .chain(l.geo_pools.iter().map(|g| g.pool.as_str()))
-                .map(|p| (p, l.name))
-        })
+        .flat_map(|l| l.pools().map(|p| (p, l.name)))
         .collect();
     if let Some(shown) = req.number.as_deref().filter(|n| n.len() <= 32) {
         if let Some(rec) = state.inventory.route(shown).await? {
@@ -818,7 +808,7 @@ mod tests {
                 "first_touch":{"utm_source":"yandex","utm_medium":"cpc","yclid":"Y1","touch_age":864000}}"#,
         );
         assert_eq!(
-            (t.ts, t.channel, t.fresh),
+            (t.ts(), t.channel, t.fresh),
             (100 * DAY - 1, Channel::PaidSearch, true)
         );
         assert_eq!(
@@ -830,7 +820,7 @@ mod tests {
         let (_, t) =
             resolve(r#"{"site":"s","url":"https://a.example/b","referrer":"https://a.example/a"}"#);
         assert_eq!(
-            (t.ts, t.channel, t.fresh),
+            (t.ts(), t.channel, t.fresh),
             (100 * DAY, Channel::Direct, false)
         );
         assert_eq!((t.first_ts, t.first_channel), (100 * DAY, Channel::Direct));
@@ -860,7 +850,7 @@ mod tests {
             ("", "https://a.example/")
         );
         assert_eq!(
-            (t.ts, t.channel, t.fresh),
+            (t.ts(), t.channel, t.fresh),
             (100 * DAY, Channel::Direct, false)
         );
         assert_eq!((t.first.utm_source.as_str(), t.first_ts), ("", 100 * DAY));
@@ -872,7 +862,7 @@ mod tests {
         );
         assert!(t.returned);
         assert_eq!(
-            (req.touch.gclid.as_str(), t.channel, t.fresh, t.ts),
+            (req.touch.gclid.as_str(), t.channel, t.fresh, t.ts()),
             ("G9", Channel::PaidSearch, true, 100 * DAY - 600)
         );
         // Without a previous touch it is just direct.

@@ -368,21 +368,22 @@ async fn keep_alive(url: String, body: serde_json::Value, first: f64, every: f64
 /// A search crawler that runs the page's script.
 const BOT_AGENT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 
-fn post_as(url: &str, body: serde_json::Value, agent: &str) -> anyhow::Result<serde_json::Value> {
-    Ok(ureq::post(url)
-        .header("origin", dialmark_e2e::tracker::ORIGIN)
-        .header("user-agent", agent)
-        .send(body.to_string())?
-        .body_mut()
-        .read_json()?)
+/// A POST from a page of the site; `agent` replaces the HTTP client's own
+/// user agent.
+fn post_as(
+    url: &str,
+    body: serde_json::Value,
+    agent: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut req = ureq::post(url).header("origin", dialmark_e2e::tracker::ORIGIN);
+    if let Some(a) = agent {
+        req = req.header("user-agent", a);
+    }
+    Ok(req.send(body.to_string())?.body_mut().read_json()?)
 }
 
 fn post(url: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-    Ok(ureq::post(url)
-        .header("origin", dialmark_e2e::tracker::ORIGIN)
-        .send(body.to_string())?
-        .body_mut()
-        .read_json()?)
+    post_as(url, body, None)
 }
 
 async fn phase(
@@ -434,7 +435,7 @@ async fn phase(
                 let body = touch(&format!("v{i}"), v.start, v.start, None);
                 let url = visits.clone();
                 let resp =
-                    tokio::task::spawn_blocking(move || post_as(&url, body, BOT_AGENT)).await;
+                    tokio::task::spawn_blocking(move || post_as(&url, body, Some(BOT_AGENT))).await;
                 let mut o = outcomes.lock().expect("outcomes");
                 o[i].bot = true;
                 if let Ok(Ok(r)) = resp {
