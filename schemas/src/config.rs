@@ -766,17 +766,8 @@ impl RawConfig {
         }
         let w = &r.call_webhook;
         if let Some(url) = &w.url {
-            if !url.starts_with("http://") && !url.starts_with("https://") {
-                return Err(Error::config(
-                    "router.call_webhook.url",
-                    "must be an http(s) URL",
-                ));
-            }
-            if w.secret.len() < 16 {
-                return Err(Error::config(
-                    "router.call_webhook.secret",
-                    "must be at least 16 characters when the webhook is on",
-                ));
+            if let Err((field, why)) = check_webhook(url, &w.secret) {
+                return Err(Error::config(format!("router.call_webhook.{field}"), why));
             }
             if w.timeout_ms == 0 || w.max_backoff_seconds == 0 {
                 return Err(Error::config(
@@ -841,6 +832,24 @@ impl Config {
 }
 
 /// A ClickHouse/SQL identifier we are willing to splice into DDL.
+/// What is wrong with a call webhook's receiver, as (field, reason): the
+/// node's `router.call_webhook` and each site's `webhook` obey one rule.
+pub fn check_webhook(url: &str, secret: &str) -> Result<(), (&'static str, &'static str)> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    if rest.is_none_or(|r| r.is_empty() || r.starts_with('/') || r.contains(char::is_whitespace)) {
+        return Err(("url", "must be an http(s) URL with a host"));
+    }
+    if secret.len() < 16 {
+        return Err((
+            "secret",
+            "must be at least 16 characters when the webhook is on",
+        ));
+    }
+    Ok(())
+}
+
 pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -851,6 +860,26 @@ pub fn is_identifier(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhooks_need_an_http_url_with_a_host_and_a_long_secret() {
+        let secret = "0123456789abcdef";
+        assert_eq!(check_webhook("https://crm.example/hook", secret), Ok(()));
+        assert_eq!(check_webhook("http://127.0.0.1:9/x", secret), Ok(()));
+        for bad in [
+            "ftp://crm.example",
+            "https://",
+            "http:///path",
+            "crm.example",
+            "https://a b",
+        ] {
+            assert_eq!(check_webhook(bad, secret).unwrap_err().0, "url", "{bad}");
+        }
+        assert_eq!(
+            check_webhook("https://crm.example", "short").unwrap_err().0,
+            "secret"
+        );
+    }
 
     #[test]
     fn secrets_from_the_environment_win() {

@@ -23,6 +23,16 @@ pub fn site_key(site: &str) -> String {
     format!("dm:site:{site}")
 }
 
+/// A site's own call webhook (the `webhook` field of its config JSON):
+/// the router sends that site's `call.started` and `call.completed`
+/// events there, signed with `secret`, besides the node's global webhook.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteWebhook {
+    pub url: String,
+    pub secret: String,
+}
+
 /// Pool config: `STRING dm:pool:{ID}` holding JSON.
 pub fn pool_key(pool: &str) -> String {
     format!("dm:pool:{pool}")

@@ -263,6 +263,10 @@ pub enum Action {
     /// A trunk answered the call (its quality counts the answer now; the
     /// attempt's row comes at the hang-up).
     Answered { trunk: String, pdd_ms: u32 },
+    /// The call rings (its first 18x, or an answer with none before it):
+    /// what is known of it now, for the `call.started` webhook; `ended`
+    /// holds when it started ringing.
+    Started(Box<CallRow>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -958,12 +962,25 @@ impl Call {
         }
         if self.ringing_ms.is_none() {
             self.ringing_ms = Some(now_ms);
+            out.push(self.started(now_ms));
         }
         out.push(Action::ToCarrier(wire::strip_top_via(msg)));
     }
 
+    /// The `call.started` event: the row so far, `ended` set to when it
+    /// rang (nothing is answered or over yet).
+    fn started(&self, now_ms: u64) -> Action {
+        let mut r = self.row(Disposition::Answered, now_ms);
+        r.answered = 0;
+        r.ring_ms = 0;
+        Action::Started(Box::new(r))
+    }
+
     fn answered(&mut self, idx: usize, msg: &Message<'_>, now_ms: u64, out: &mut Vec<Action>) {
         let code = msg.status().unwrap_or(200);
+        if self.ringing_ms.is_none() {
+            out.push(self.started(now_ms));
+        }
         let a = &mut self.attempts[idx];
         let (n, tcp) = (a.n, a.tcp);
         a.answered_ms = Some(now_ms);

@@ -1,14 +1,15 @@
 //! Number lookup for the router: the routing record of a DID (a short-TTL
 //! local cache in front of the tracker's Redis record, serving the cached
 //! record when Redis is away) and the visit a call is attributed to (live
-//! lease, recent lease, static label, overflow), read at call time.
+//! lease, recent lease, static label, overflow), read at call time; and a
+//! site's own call webhook, for the webhook fan-out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dialmark_schemas::config::RedisConfig;
-use dialmark_schemas::layout::{self, NumberKind, RouteRecord};
+use dialmark_schemas::layout::{self, NumberKind, RouteRecord, SiteWebhook};
 use dialmark_schemas::rows::{Attribution, Confidence};
 use dialmark_schemas::store::Redis;
 use tokio::sync::OnceCell;
@@ -28,14 +29,21 @@ pub enum Lookup {
     Unavailable,
 }
 
+/// How long a site's webhook setting is trusted before it is read again:
+/// a changed URL or secret applies within this long.
+pub const SITE_HOOK_TTL: Duration = Duration::from_secs(30);
+
 /// Cached routing records (`None`: known to be unknown) and when read.
 type Cache = Arc<Mutex<HashMap<String, (Option<RouteRecord>, Instant)>>>;
+/// Cached site webhooks (`None`: the site has none) and when read.
+type HookCache = Arc<Mutex<HashMap<String, (Option<SiteWebhook>, Instant)>>>;
 
 #[derive(Clone)]
 pub struct Directory {
     cfg: RedisConfig,
     redis: Arc<OnceCell<Redis>>,
     cache: Cache,
+    hooks: HookCache,
     ttl: Duration,
     window: u32,
 }
@@ -46,6 +54,7 @@ impl Directory {
             cfg,
             redis: Arc::new(OnceCell::new()),
             cache: Arc::new(Mutex::new(HashMap::new())),
+            hooks: Arc::new(Mutex::new(HashMap::new())),
             ttl,
             window: attribution_window,
         }
@@ -120,6 +129,44 @@ impl Directory {
         }
     }
 
+    /// The site's own webhook (`Ok(None)`: it has none), cached for
+    /// [`SITE_HOOK_TTL`]; the stale setting when Redis fails, `Err` when
+    /// there is none to serve.
+    pub async fn site_webhook(&self, site: &str) -> Result<Option<SiteWebhook>, String> {
+        let cached = self.hooks.lock().expect("hook cache").get(site).cloned();
+        if let Some((hook, at)) = &cached {
+            if at.elapsed() < SITE_HOOK_TTL {
+                return Ok(hook.clone());
+            }
+        }
+        let fresh = match self.conn().await {
+            Some(mut c) => {
+                let mut get = redis::cmd("GET");
+                get.arg(layout::site_key(site));
+                let read = get.query_async::<Option<String>>(&mut c);
+                match tokio::time::timeout(Duration::from_secs(2), read).await {
+                    Ok(Ok(json)) => Ok(json.and_then(|j| site_hook(&j))),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("timeout".to_string()),
+                }
+            }
+            None => Err("not connected".to_string()),
+        };
+        match fresh {
+            Ok(hook) => {
+                self.hooks
+                    .lock()
+                    .expect("hook cache")
+                    .insert(site.to_string(), (hook.clone(), Instant::now()));
+                Ok(hook)
+            }
+            Err(e) => {
+                warn!(site, cause = %e, stale = cached.is_some(), "site webhook lookup failed");
+                cached.map(|(hook, _)| hook).ok_or(e)
+            }
+        }
+    }
+
     /// Who the call is attributed to, read now (`now` in Unix seconds).
     pub async fn attribution(&self, rec: &RouteRecord, now: u32) -> Source {
         match rec.kind {
@@ -170,6 +217,17 @@ impl Directory {
         }
         s
     }
+}
+
+/// The `webhook` of a site's config JSON (the tracker validated it); a
+/// site record that does not parse has none.
+fn site_hook(json: &str) -> Option<SiteWebhook> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        #[serde(default)]
+        webhook: Option<SiteWebhook>,
+    }
+    serde_json::from_str::<Only>(json).ok()?.webhook
 }
 
 /// Picks the lease a call belongs to: a live lease; a lease that expired
@@ -279,6 +337,22 @@ pub fn source_header(s: &Source) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sites_webhook_is_read_off_its_config() {
+        let hook = site_hook(
+            r#"{"id":"s","origins":[],"webhook":{"url":"https://crm.example/hook","secret":"0123456789abcdef"}}"#,
+        );
+        assert_eq!(
+            hook,
+            Some(SiteWebhook {
+                url: "https://crm.example/hook".into(),
+                secret: "0123456789abcdef".into()
+            })
+        );
+        assert_eq!(site_hook(r#"{"id":"s","origins":[]}"#), None);
+        assert_eq!(site_hook("not json"), None);
+    }
 
     fn m(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

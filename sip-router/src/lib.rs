@@ -29,7 +29,7 @@
 //! - [`abuse`]: untrusted INVITEs counted per source and minute, sampled.
 //! - [`reload`]: what a SIGHUP config reload takes over.
 //! - [`alert`]: the Alertmanager-compatible webhook.
-//! - [`webhook`]: the signed completed-call webhook (durable outbox).
+//! - [`webhook`]: the signed call webhooks, global and per site (durable spools).
 //! - [`http`]: `/healthz`, `/metrics`, `/status` for the NOC.
 #![forbid(unsafe_code)]
 
@@ -113,19 +113,24 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     info!(addr = %http.local_addr()?, "router http listening");
 
     let ch = dialmark_schemas::ch::client(&config.clickhouse);
-    let (outbox, hook_task) =
-        match webhook::start(&r.call_webhook, &config.sink.spool_dir, config.sink.fsync)
-            .context("opening the call webhook spool")?
-        {
-            Some((outbox, task)) => (Some(outbox), Some(task)),
-            None => (None, None),
-        };
+    let directory = directory::Directory::new(
+        config.redis.clone(),
+        Duration::from_millis(r.route_cache_ms),
+        config.tracker.attribution_window_seconds,
+    );
+    let hooks = webhook::start(
+        &r.call_webhook,
+        directory.clone(),
+        &config.sink.spool_dir,
+        config.sink.fsync,
+    )
+    .context("opening the call webhook spools")?;
     let (calls, t1) = Sink::<Call>::spawn_with_outbox(
         ch.clone(),
         &config.sink,
         "router",
         Duration::ZERO,
-        outbox,
+        Some(hooks.outbox),
     )?;
     let (attempts, t2) =
         Sink::<CallAttempt>::spawn(ch.clone(), &config.sink, "router", Duration::ZERO)?;
@@ -144,12 +149,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         attempts,
         trunk_events,
         untrusted,
+        events: hooks.events,
     };
-    let directory = directory::Directory::new(
-        config.redis.clone(),
-        Duration::from_millis(r.route_cache_ms),
-        config.tracker.attribution_window_seconds,
-    );
     // Calls a killed predecessor left up: closed as node_lost, on record.
     let journal_dir = config.sink.spool_dir.join("router").join("journal");
     let (lost, old) = journal::recover(&journal_dir).context("reading the call journal")?;
@@ -298,7 +299,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     drop(sinks);
     // Every sink handle is gone with the shards: writers flush and end.
     let flush = async {
-        for t in [t1, t2, t3, t4].into_iter().chain(hook_task) {
+        for t in [t1, t2, t3, t4, hooks.task] {
             let _ = t.await;
         }
     };

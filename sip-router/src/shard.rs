@@ -62,6 +62,8 @@ pub struct Sinks {
     pub attempts: Sink<CallAttempt>,
     pub trunk_events: Sink<dialmark_schemas::rows::TrunkEvent>,
     pub untrusted: Sink<dialmark_schemas::rows::UntrustedSource>,
+    /// Ringing calls for the `call.started` webhooks.
+    pub events: crate::webhook::Events,
 }
 
 /// A received message on its way to a shard.
@@ -950,6 +952,7 @@ impl Shard {
                 }
                 Action::Attempt(row) => self.attempt_row(*row, now),
                 Action::Record(row) => self.record(*row),
+                Action::Started(row) => self.sinks.events.started(*row),
                 Action::TrunkTimeout(trunk) => {
                     let _ = self.control.try_send(ControlMsg::TrunkTimeout { trunk });
                 }

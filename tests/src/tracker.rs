@@ -133,6 +133,7 @@ pub async fn provision(t: &TestTracker, n: usize) -> (String, String, Vec<String
         geo_pools: vec![],
         ignore_referrers: vec![],
         lines: vec![],
+        webhook: None,
     })
     .await
     .expect("site");

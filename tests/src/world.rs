@@ -15,6 +15,7 @@ use crate::tracker::{config, single_redis, TestTracker};
 /// google/spring, a quarantine number and an unknown number.
 pub struct World {
     pub tracker: TestTracker,
+    pub site: String,
     pub number: String,
     pub session: String,
     pub quarantine: String,
@@ -51,6 +52,7 @@ pub async fn world(test: &str) -> World {
         session: resp["session_id"].as_str().unwrap().to_string(),
         quarantine,
         unknown: unique_number(),
+        site,
         tracker,
     }
 }

@@ -71,6 +71,7 @@ async fn tracker_load_measures_real_visits_in_both_modes() {
             geo_pools: vec![],
             ignore_referrers: vec![],
             lines: vec![],
+            webhook: None,
         })
         .await
         .expect("site with the load generator's origin");

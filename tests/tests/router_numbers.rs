@@ -88,6 +88,7 @@ async fn site(t: &TestTracker) -> (String, String, String, String) {
         geo_pools: vec![],
         ignore_referrers: vec![],
         lines: vec![],
+        webhook: None,
     })
     .await
     .unwrap();

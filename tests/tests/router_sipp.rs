@@ -3,8 +3,8 @@
 //! Redis records, and the rows in ClickHouse. Covers failover on 503 and on
 //! silence, no failover on busy, CANCEL while ringing, quarantine / unknown
 //! / untrusted rejections, a probe-down trunk raising the webhook alert
-//! and being skipped until it recovers, and the signed completed-call
-//! webhook.
+//! and being skipped until it recovers, and the signed call webhooks
+//! (the node's and a site's own).
 
 use std::time::Duration;
 
@@ -475,22 +475,48 @@ async fn a_flooding_source_is_banned_and_carriers_keep_working() {
     assert!(run.success, "{}", run.output);
 }
 
-/// The completed-call webhook: sent only once the call row is in
-/// ClickHouse, signed, retried after the receiver's 503 with the same
-/// delivery id, and carrying the call's attribution.
-#[tokio::test(flavor = "multi_thread")]
-async fn completed_call_webhook_is_signed_retried_and_sent_after_the_row() {
+/// The signature check a receiver runs: HMAC-SHA256(secret, "t." + body).
+fn assert_signed(h: &dialmark_e2e::webhook::Received, secret: &str) {
     use hmac::{Hmac, Mac};
+    let sig = h.header("x-dialmark-signature").expect("signed");
+    let (t, v1) = sig
+        .strip_prefix("t=")
+        .and_then(|s| s.split_once(",v1="))
+        .expect("t=…,v1=…");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{}", h.body).as_bytes());
+    let want: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(v1, want, "signature over t.body with {secret}");
+}
+
+fn doc(h: &dialmark_e2e::webhook::Received) -> serde_json::Value {
+    serde_json::from_str(&h.body).unwrap()
+}
+
+/// The call webhooks: `call.started` while the call rings, then
+/// `call.completed` only once the call row is in ClickHouse, signed,
+/// retried after the receiver's 503 with the same delivery id, and
+/// carrying the call's attribution.
+#[tokio::test(flavor = "multi_thread")]
+async fn call_webhooks_are_signed_retried_and_completed_after_the_row() {
     use std::sync::{Arc, Mutex};
 
     const SECRET: &str = "test-secret-0123456789";
     let w = world("rhook").await;
     let ch = w.tracker.config.clickhouse.clone();
-    // Per delivery: completed calls rows with its call_id when it arrived
-    // (the answer's own row, `ended` = 0, comes first).
+    // Per completed delivery: completed calls rows with its call_id when it
+    // arrived (the answer's own row, `ended` = 0, comes first).
     let rows_seen = Arc::new(Mutex::new(Vec::new()));
     let seen = rows_seen.clone();
     let (hook_port, hooks) = dialmark_e2e::webhook::receiver_with(move |req| {
+        if req.header("x-dialmark-event") != Some("call.completed") {
+            return 200;
+        }
         let doc: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
         let id = doc["call_id"].as_str().unwrap_or("").to_string();
         let query = format!(
@@ -534,43 +560,54 @@ async fn completed_call_webhook_is_signed_retried_and_sent_after_the_row() {
     )
     .await;
     assert!(run.success, "{}\n{}", run.output, r.proc.output());
-    wait_for("two webhook deliveries", 20, || {
-        hooks.lock().unwrap().len() >= 2
+    wait_for("three webhook deliveries", 20, || {
+        hooks.lock().unwrap().len() >= 3
     })
     .await;
     // Nothing more arrives once one was accepted.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let hooks = hooks.lock().unwrap().clone();
-    assert_eq!(hooks.len(), 2, "one refused, one accepted: {hooks:?}");
+    let events: Vec<_> = hooks
+        .iter()
+        .map(|h| h.header("x-dialmark-event").unwrap_or(""))
+        .collect();
+    assert_eq!(
+        events,
+        ["call.started", "call.completed", "call.completed"],
+        "ringing, then completed: refused once, accepted once"
+    );
     assert_eq!(
         *rows_seen.lock().unwrap(),
         ["1", "1"],
-        "the call row was in ClickHouse before each delivery"
+        "the call row was in ClickHouse before each completed delivery"
     );
     assert!(
-        hooks[1].at - hooks[0].at >= Duration::from_millis(900),
+        hooks[2].at - hooks[1].at >= Duration::from_millis(900),
         "retried after a backoff"
     );
-    for h in &hooks {
-        let doc: serde_json::Value = serde_json::from_str(&h.body).unwrap();
-        assert_eq!(h.header("x-dialmark-delivery"), doc["call_id"].as_str());
-        assert_eq!(h.header("x-dialmark-event"), Some("call.completed"));
-        // Recompute the signature as a receiver would.
-        let sig = h.header("x-dialmark-signature").expect("signed");
-        let (t, v1) = sig
-            .strip_prefix("t=")
-            .and_then(|s| s.split_once(",v1="))
-            .expect("t=…,v1=…");
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(format!("{t}.{}", h.body).as_bytes());
-        let want: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(v1, want, "signature over t.body");
+    let started = doc(&hooks[0]);
+    let call_id = started["call_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        hooks[0].header("x-dialmark-delivery"),
+        Some(format!("{call_id}.started").as_str())
+    );
+    assert_eq!(started["event"], "call.started");
+    assert_eq!(started["number"], w.number.as_str());
+    assert_eq!(started["site"], w.site.as_str());
+    assert_eq!(started["trunk"], "b");
+    assert_eq!(started["source"]["gclid"], "TEST");
+    assert!(started["ringing"].is_string(), "{started}");
+    assert!(
+        started.get("disposition").is_none() && started.get("talk_ms").is_none(),
+        "nothing is known of the end while it rings: {started}"
+    );
+    assert_signed(&hooks[0], SECRET);
+    for h in &hooks[1..] {
+        let doc = doc(h);
+        assert_eq!(h.header("x-dialmark-delivery"), Some(call_id.as_str()));
+        assert_signed(h, SECRET);
         assert_eq!(doc["event"], "call.completed");
+        assert_eq!(doc["call_id"], call_id.as_str());
         assert_eq!(doc["number"], w.number.as_str());
         assert_eq!(doc["disposition"], "answered");
         assert_eq!(doc["attribution"], "live_lease");
@@ -579,7 +616,106 @@ async fn completed_call_webhook_is_signed_retried_and_sent_after_the_row() {
         assert_eq!(doc["source"]["gclid"], "TEST");
         assert_eq!(doc["final_trunk"], "b");
     }
-    assert_eq!(hooks[0].body, hooks[1].body, "the same delivery, retried");
+    assert_eq!(hooks[1].body, hooks[2].body, "the same delivery, retried");
+}
+
+/// A site's own webhook gets that site's events signed with the site's
+/// secret, besides the node's global receiver; while the site's receiver
+/// is down, only its own events wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sites_own_webhook_gets_its_events_and_waits_alone() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const GLOBAL: &str = "global-secret-0123456789";
+    const SITE: &str = "site-secret-0123456789";
+    let w = world("rsitehook").await;
+    let (global_port, global) = dialmark_e2e::webhook::receiver();
+    // Down for its first three tries (backoff 1 + 2 + 4 s).
+    let tries = Arc::new(AtomicUsize::new(0));
+    let t = tries.clone();
+    let (site_port, site) = dialmark_e2e::webhook::receiver_with(move |_| {
+        if t.fetch_add(1, Ordering::SeqCst) < 3 {
+            503
+        } else {
+            200
+        }
+    });
+    let inv = &w.tracker.state.inventory;
+    let mut s = inv.site(&w.site).await.unwrap();
+    s.webhook = Some(dialmark_schemas::layout::SiteWebhook {
+        url: format!("http://127.0.0.1:{site_port}/site"),
+        secret: "short".into(),
+    });
+    let err = inv.put_site(s.clone()).await.unwrap_err().to_string();
+    assert!(err.contains("webhook.secret"), "{err}");
+    s.webhook.as_mut().unwrap().secret = SITE.into();
+    inv.put_site(s).await.unwrap();
+
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let extra = format!(
+        "call_webhook = {{ url = \"http://127.0.0.1:{global_port}/calls\", secret = \"{GLOBAL}\" }}"
+    );
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("b", pb)],
+            router: &extra,
+            probe: "",
+        },
+    );
+    let run = call(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &["-d", "300"],
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    wait_for("the global receiver's two events", 20, || {
+        global.lock().unwrap().len() >= 2
+    })
+    .await;
+    assert!(
+        tries.load(Ordering::SeqCst) <= 3,
+        "the site's receiver was still refusing when the global one had both"
+    );
+    wait_for("the site's receiver's two events", 30, || {
+        site.lock().unwrap().len() >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let global = global.lock().unwrap().clone();
+    let site = site.lock().unwrap().clone();
+    assert_eq!(global.len(), 2, "{global:?}");
+    assert_eq!(site.len(), 5, "3 refused, then started and completed");
+    let events = |hs: &[dialmark_e2e::webhook::Received]| -> Vec<String> {
+        hs.iter()
+            .map(|h| h.header("x-dialmark-event").unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(events(&global), ["call.started", "call.completed"]);
+    assert_eq!(
+        events(&site[2..]),
+        ["call.started", "call.started", "call.completed"]
+    );
+    for h in &global {
+        assert_signed(h, GLOBAL);
+    }
+    for h in &site {
+        assert_signed(h, SITE);
+        assert_eq!(doc(h)["site"], w.site.as_str());
+    }
+    assert_eq!(
+        doc(&site[4])["call_id"],
+        doc(&global[1])["call_id"],
+        "the same call"
+    );
+    assert_eq!(site[4].body, global[1].body, "the same document");
+    assert_eq!(doc(&site[4])["disposition"], "answered");
+    assert_eq!(doc(&site[3])["source"]["utm_source"], "google");
 }
 
 /// Names of the trunks `/status.json` lists.
@@ -762,17 +898,25 @@ async fn a_webhook_refused_with_4xx_is_dead_lettered_not_retried() {
     )
     .await;
     assert!(run.success, "{}", run.output);
-    let dead = r.spool_dir().join("router/call_webhook/dead-letter.jsonl");
-    wait_for("the refused delivery dead-lettered", 20, || dead.exists()).await;
+    let dead = r
+        .spool_dir()
+        .join("router/webhooks/global/dead-letter.jsonl");
+    let lines = || {
+        std::fs::read_to_string(&dead)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    wait_for("both refused events dead-lettered", 20, || lines() == 2).await;
     let text = std::fs::read_to_string(&dead).unwrap();
-    assert_eq!(text.lines().count(), 1, "{text}");
     assert!(
-        text.contains(&w.session),
-        "the call's record is kept: {text}"
+        text.contains(&w.session)
+            && text.contains("call.started")
+            && text.contains("call.completed"),
+        "the events are kept: {text}"
     );
     // Past the first retry's backoff (1 s): no second attempt.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    assert_eq!(hooks.lock().unwrap().len(), 1, "a 4xx is final");
+    assert_eq!(hooks.lock().unwrap().len(), 2, "a 4xx is final");
     let metrics = ureq::get(&format!("http://127.0.0.1:{}/metrics", r.http_port))
         .call()
         .unwrap()
@@ -782,7 +926,10 @@ async fn a_webhook_refused_with_4xx_is_dead_lettered_not_retried() {
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("dialmark_call_webhooks_total{result=\"refused\"} 1")),
+            .any(|l| l.starts_with("dialmark_call_webhooks_total{")
+                && l.contains("destination=\"global\"")
+                && l.contains("result=\"refused\"")
+                && l.ends_with(" 2")),
         "{metrics}"
     );
 }

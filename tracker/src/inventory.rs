@@ -57,6 +57,10 @@ pub struct Site {
     /// (`replace`, `default_pool`, `geo_pools`) are the main line.
     #[serde(default)]
     pub lines: Vec<Line>,
+    /// The site's own call webhook (`call.started`, `call.completed`),
+    /// besides the node's global one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<layout::SiteWebhook>,
 }
 
 /// A tracked number of a site besides the main one.
@@ -245,6 +249,11 @@ impl Inventory {
                     "geo_pools[{i}].pool: not a valid pool id"
                 )));
             }
+        }
+        if let Some(w) = &site.webhook {
+            dialmark_schemas::config::check_webhook(&w.url, &w.secret).map_err(
+                |(field, why)| TrackerError::BadRequest(format!("webhook.{field}: {why}")),
+            )?;
         }
         site.replace = self.normalize_all("replace", &site.replace)?;
         let mut names = vec![MAIN_LINE.to_string()];

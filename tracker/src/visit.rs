@@ -778,6 +778,7 @@ mod tests {
             default_pool: "main".into(),
             ignore_referrers: vec!["pay.example".into()],
             lines: vec![],
+            webhook: None,
             geo_pools: vec![
                 GeoPool {
                     pool: "msk".into(),

@@ -233,6 +233,66 @@ fn answered_call_forwards_and_records_talk_time() {
     assert_eq!(call.final_reply(), None, "answered: no reply to repeat");
 }
 
+fn started(actions: &[Action]) -> Vec<CallRow> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Started(r) => Some((**r).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `call.started` fires once, at the first ringing (not at 100 Trying, not
+/// again at a later 18x or the answer), or at an answer with no ringing.
+#[test]
+fn the_call_starts_at_its_first_ringing_or_its_answer() {
+    let trunks = || vec![trunk("a", 5091), trunk("b", 5092)];
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], trunks()),
+        policy(),
+        T0,
+    );
+    assert!(started(&out).is_empty());
+    let (_, inv) = sent_invite(&out).unwrap();
+    let out = respond(&mut call, 1, &inv, 100, "Trying", T0 + 100);
+    assert!(started(&out).is_empty(), "100 Trying is not ringing");
+    let out = respond(&mut call, 1, &inv, 180, "Ringing", T0 + 2_500);
+    let rows = started(&out);
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(
+        (r.received, r.ended, r.answered, r.final_trunk.as_str()),
+        ((T0 / 1000) as u32, ((T0 + 2_500) / 1000) as u32, 0, "a"),
+        "ringing since `ended`, on trunk a"
+    );
+    assert_eq!((r.utm_source.as_str(), r.site.as_str()), ("google", "demo"));
+    let out = respond(&mut call, 1, &inv, 183, "Session Progress", T0 + 2_600);
+    assert!(started(&out).is_empty(), "once per call");
+    let out = respond(&mut call, 1, &inv, 200, "OK", T0 + 4_000);
+    assert!(started(&out).is_empty(), "once per call");
+
+    let (mut call, out) = Call::start(
+        INVITE.as_bytes().to_vec(),
+        setup(&["+74951234567"], trunks()),
+        policy(),
+        T0,
+    );
+    let (_, inv) = sent_invite(&out).unwrap();
+    let out = respond(&mut call, 1, &inv, 200, "OK", T0 + 700);
+    assert_eq!(started(&out).len(), 1, "answered without ringing");
+    let before = out
+        .iter()
+        .position(|a| matches!(a, Action::Started(_)))
+        .unwrap();
+    let rec = out
+        .iter()
+        .position(|a| matches!(a, Action::Record(_)))
+        .unwrap();
+    assert!(before < rec, "started before the answer's row");
+}
+
 #[test]
 fn failover_on_503_then_answer() {
     let (mut call, out) = Call::start(
