@@ -38,6 +38,17 @@ pub fn pool_key(pool: &str) -> String {
     format!("dm:pool:{pool}")
 }
 
+/// A site's read token, by its keyed hash: `STRING dm:token:{HASH}`
+/// holding JSON (`site`, `name`, `created`).
+pub fn token_key(hash: &str) -> String {
+    format!("dm:token:{hash}")
+}
+
+/// A site's read tokens: `HASH dm:site_tokens:{ID}`, name → token hash.
+pub fn site_tokens_key(site: &str) -> String {
+    format!("dm:site_tokens:{site}")
+}
+
 /// `SET` of site ids.
 pub const SITES: &str = "dm:sites";
 /// `SET` of pool ids.

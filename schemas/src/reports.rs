@@ -31,6 +31,14 @@ pub const REPORTS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Whether a report's SQL can be limited to one site (it filters on
+/// `{site}` outside its comments); the others cover the whole node.
+pub fn per_site(sql: &str) -> bool {
+    sql.lines()
+        .filter_map(|l| l.split("--").next())
+        .any(|l| l.contains("{site}"))
+}
+
 /// Conversion name used by `google_ads_export` when none is given.
 pub const DEFAULT_CONVERSION: &str = "dialmark call";
 
@@ -216,6 +224,16 @@ mod tests {
         let mut listed: Vec<String> = REPORTS.iter().map(|(n, _)| n.to_string()).collect();
         listed.sort();
         assert_eq!(files, listed);
+    }
+
+    #[test]
+    fn only_trunk_quality_covers_the_whole_node() {
+        let node_wide: Vec<&str> = REPORTS
+            .iter()
+            .filter(|(_, sql)| !per_site(sql))
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(node_wide, ["trunk_quality"]);
     }
 
     #[test]

@@ -296,7 +296,7 @@ fn recent(shared: &Shared) -> (Vec<String>, Vec<String>) {
         .map(|(at, trunk)| {
             format!(
                 "{} — failover from {trunk}",
-                crate::alert::rfc3339(at / 1000)
+                dialmark_schemas::rfc3339(at / 1000)
             )
         })
         .collect();
@@ -309,7 +309,7 @@ fn recent(shared: &Shared) -> (Vec<String>, Vec<String>) {
         .map(|e| {
             let mut line = format!(
                 "{} — {}: {} → {} ({}) {}",
-                crate::alert::rfc3339(u64::from(e.ts)),
+                dialmark_schemas::rfc3339(u64::from(e.ts)),
                 e.trunk,
                 e.previous.as_str(),
                 e.state.as_str(),
@@ -392,7 +392,7 @@ fn row_html(t: &TrunkStatus) -> String {
         group = esc(&t.group),
         addr = esc(&t.address),
         why = esc(&t.why),
-        since = crate::alert::rfc3339(t.since_unix),
+        since = dialmark_schemas::rfc3339(t.since_unix),
         prio = t.priority,
         weight = t.weight,
         active = t.active_calls,

@@ -37,8 +37,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::alert::rfc3339;
 use crate::directory::Directory;
+use dialmark_schemas::rfc3339;
 
 /// Ringing calls the fan-out may have queued before new ones are dropped.
 const STARTED_QUEUE: usize = 4_096;

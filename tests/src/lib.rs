@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod env;
+pub mod http;
 pub mod process;
 pub mod rawsip;
 pub mod router;

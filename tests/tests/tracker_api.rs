@@ -8,73 +8,11 @@ use std::time::Duration;
 
 use clickhouse::Row;
 use dialmark_e2e::env::{unique, unique_number};
+use dialmark_e2e::http::send;
 use dialmark_e2e::tracker::{config, single_redis, TestTracker};
 use dialmark_schemas::rows::{Attribution, Call, Disposition, NumberStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
-
-struct Resp {
-    status: u16,
-    body: Value,
-    headers: Vec<(String, String)>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-async fn send(
-    method: &'static str,
-    url: String,
-    headers: Vec<(&'static str, String)>,
-    body: Option<String>,
-) -> Resp {
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut resp = match (method, body) {
-            ("GET", _) => {
-                let mut r = agent.get(&url);
-                for (k, v) in &headers {
-                    r = r.header(*k, v);
-                }
-                r.call()
-            }
-            (_, b) => {
-                let mut r = agent.post(&url);
-                if method == "PUT" {
-                    r = agent.put(&url);
-                }
-                for (k, v) in &headers {
-                    r = r.header(*k, v);
-                }
-                r.send(b.unwrap_or_default())
-            }
-        }
-        .expect("http");
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
-        Resp {
-            status,
-            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            headers,
-        }
-    })
-    .await
-    .unwrap()
-}
 
 fn admin() -> Vec<(&'static str, String)> {
     vec![("authorization", "Bearer test-token".to_string())]

@@ -4,11 +4,11 @@
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 
+use crate::access;
 use crate::app::{AppState, Shared};
 use crate::error::TrackerError;
 use crate::inventory::{AddNumbers, Inventory, PoolDef, QuarantineEntry, Site};
@@ -17,6 +17,11 @@ use crate::pool;
 pub fn router() -> Router<Shared> {
     Router::new()
         .route("/v1/admin/sites/{id}", put(put_site).get(get_site))
+        .route(
+            "/v1/admin/sites/{id}/tokens",
+            post(issue_token).get(list_tokens),
+        )
+        .route("/v1/admin/sites/{id}/tokens/{name}", delete(revoke_token))
         .route("/v1/admin/pools/{id}", put(put_pool).get(get_pool))
         .route("/v1/admin/numbers", post(add_numbers))
         .route("/v1/admin/numbers/{number}", get(get_number))
@@ -31,22 +36,7 @@ pub fn router() -> Router<Shared> {
 
 /// Checks `Authorization: Bearer <tracker.admin_token>`.
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), TrackerError> {
-    let expected = state.config.tracker.admin_token.as_bytes();
-    if expected.is_empty() {
-        return Err(TrackerError::Forbidden(
-            "admin API is off (tracker.admin_token is empty)".into(),
-        ));
-    }
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(TrackerError::Unauthorized("missing bearer token"))?;
-    if bool::from(given.as_bytes().ct_eq(expected)) {
-        Ok(())
-    } else {
-        Err(TrackerError::Unauthorized("wrong bearer token"))
-    }
+    access::admin(state, headers)
 }
 
 fn body<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Result<T, TrackerError> {
@@ -73,6 +63,46 @@ async fn get_site(
 ) -> Result<Json<Site>, TrackerError> {
     authorize(&s, &headers)?;
     Ok(Json(s.inventory.site(&id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+}
+
+async fn issue_token(
+    State(s): State<Shared>,
+    Path(site): Path<String>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, TrackerError> {
+    authorize(&s, &headers)?;
+    let req: NewToken = body(&bytes)?;
+    let token = access::issue(&s, &site, &req.name, dialmark_schemas::unix_now()).await?;
+    Ok(Json(
+        serde_json::json!({ "token": token, "site": site, "name": req.name }),
+    ))
+}
+
+async fn list_tokens(
+    State(s): State<Shared>,
+    Path(site): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, TrackerError> {
+    authorize(&s, &headers)?;
+    let tokens = access::list(&s, &site).await?;
+    Ok(Json(serde_json::json!({ "tokens": tokens })))
+}
+
+async fn revoke_token(
+    State(s): State<Shared>,
+    Path((site, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, TrackerError> {
+    authorize(&s, &headers)?;
+    access::revoke(&s, &site, &name).await?;
+    Ok(Json(serde_json::json!({ "revoked": name, "site": site })))
 }
 
 async fn put_pool(

@@ -1,6 +1,6 @@
 //! The HTTP surface of the tracker: routes, shared state, the snippet file
 //! and `/metrics`. Handlers live with the module that owns their logic
-//! (`visit`, `admin`).
+//! (`visit`, `admin`, `calls`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::geo::Geo;
 use crate::inventory::Inventory;
 use crate::pool::{self, LeaseTiming};
-use crate::{admin, visit};
+use crate::{admin, calls, visit};
 
 /// State shared by every handler.
 #[derive(Clone)]
@@ -136,6 +136,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(axum::middleware::from_fn(visit::readable_errors)),
         )
         .merge(admin::router())
+        .merge(calls::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(count_requests))
         .with_state(Arc::new(state))

@@ -10,14 +10,18 @@
 //! - [`inventory`]: sites, pools, numbers and the number lifecycle.
 //! - [`release`]: the quarantine release on the tracker's own timer.
 //! - [`admin`]: the admin API and the inventory file loader.
+//! - [`access`]: the admin token and the sites' read tokens.
+//! - [`calls`]: the calls API (call log, one call, reports) and its OpenAPI.
 //! - [`report`]: the `report` command over `schemas/reports/`.
 //! - [`geo`]: client IP, MaxMind geo, IP truncation.
 //! - [`error`]: the error type and its HTTP mapping.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod app;
 pub mod bot;
+pub mod calls;
 pub mod error;
 pub mod geo;
 pub mod inventory;

@@ -29,14 +29,38 @@ pub async fn run(
     })?;
     let sql = reports::render(name, params)?;
     let client = dialmark_schemas::ch::client(&config.clickhouse);
+    stream(&client, &sql, ch_format, out).await?;
+    out.flush().await?;
+    Ok(())
+}
+
+/// Runs complete SQL and writes its output in `ch_format` to `out`.
+pub async fn stream(
+    client: &clickhouse::Client,
+    sql: &str,
+    ch_format: &str,
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> Result<(), clickhouse::error::Error> {
     // query_raw: the SQL is complete; a `?` in a site id is not a bind marker.
     let mut cursor = client
-        .query_raw(&sql)
+        .query_raw(sql)
         .with_setting("output_format_json_quote_64bit_integers", "0")
         .fetch_bytes(ch_format)?;
     while let Some(chunk) = cursor.next().await? {
-        out.write_all(&chunk).await?;
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?;
     }
-    out.flush().await?;
     Ok(())
+}
+
+/// [`stream`] into memory (an API answer).
+pub async fn fetch(
+    client: &clickhouse::Client,
+    sql: &str,
+    ch_format: &str,
+) -> Result<Vec<u8>, clickhouse::error::Error> {
+    let mut out = Vec::new();
+    stream(client, sql, ch_format, &mut out).await?;
+    Ok(out)
 }

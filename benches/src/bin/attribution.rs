@@ -609,7 +609,7 @@ async fn phase(
 /// The advisor's view of an observed phase (one row of `pool_health`).
 async fn advise(w: &World, p: &PhaseResult) -> anyhow::Result<serde_json::Value> {
     let date = |t: u32| {
-        dialmark_router::alert::rfc3339(u64::from(t))
+        dialmark_schemas::rfc3339(u64::from(t))
             .trim_end_matches('Z')
             .to_string()
     };

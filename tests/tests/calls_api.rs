@@ -1,0 +1,289 @@
+//! The calls API end to end: real SIPp calls through the router (one with
+//! a failover), then read back as a marketer's site token reads them: the
+//! call log with filters and cursor pages, one call with both forwarding
+//! attempts and the pages viewed before it, the reports as JSON and CSV,
+//! the limits of a site token, 400s naming the bad parameter, revocation,
+//! and the served OpenAPI document.
+
+use dialmark_e2e::http::{send, Resp};
+use dialmark_e2e::process::free_port;
+use dialmark_e2e::router::{RouterOptions, TestRouter};
+use dialmark_e2e::sipp::{Scenario, Uas};
+use dialmark_e2e::world::{call, calls, reject, world};
+use serde_json::{json, Value};
+
+fn bearer(token: &str) -> Vec<(&'static str, String)> {
+    vec![("authorization", format!("Bearer {token}"))]
+}
+
+async fn get(w: &dialmark_e2e::world::World, path: &str, token: &str) -> Resp {
+    send("GET", w.tracker.url(path), bearer(token), None).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
+    let w = world("callsapi").await;
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Uas::start(pa, reject(503, "Service Unavailable"));
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("a", pa), ("b", pb)],
+            router: "",
+            probe: "",
+        },
+    );
+    // Three calls, each failed over from trunk a to b.
+    for _ in 0..3 {
+        let run = call(
+            r.sip_port,
+            &w.number,
+            Scenario::Builtin("uac"),
+            "127.0.0.1",
+            &["-d", "200"],
+        )
+        .await;
+        assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    }
+    calls(&w, &w.number, 3).await;
+
+    // The admin issues the marketer's token, once per name.
+    let tokens = format!("/v1/admin/sites/{}/tokens", w.site);
+    let issued = send(
+        "POST",
+        w.tracker.url(&tokens),
+        bearer("test-token"),
+        Some(json!({"name": "marketing"}).to_string()),
+    )
+    .await;
+    assert_eq!(issued.status, 200, "{}", issued.body);
+    let token = issued.body["token"].as_str().unwrap().to_string();
+    let again = send(
+        "POST",
+        w.tracker.url(&tokens),
+        bearer("test-token"),
+        Some(json!({"name": "marketing"}).to_string()),
+    )
+    .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    let refused = send(
+        "POST",
+        w.tracker.url(&tokens),
+        bearer(&token),
+        Some(json!({"name": "mine"}).to_string()),
+    )
+    .await;
+    assert_eq!(refused.status, 401, "a read token is not the admin");
+    let listed = get(&w, &tokens, "test-token").await;
+    assert_eq!(listed.body["tokens"][0]["name"], "marketing");
+    assert!(
+        !listed.body.to_string().contains(&token),
+        "tokens are never shown again"
+    );
+
+    // The call log, two per page, newest first.
+    let page1 = get(
+        &w,
+        &format!("/v1/calls?number={}&limit=2", w.number),
+        &token,
+    )
+    .await;
+    assert_eq!(page1.status, 200, "{}", page1.body);
+    let first = page1.body["calls"].as_array().unwrap().clone();
+    assert_eq!(first.len(), 2);
+    let cursor = page1.body["next_cursor"].as_str().expect("a next page");
+    let page2 = get(
+        &w,
+        &format!("/v1/calls?number={}&limit=2&cursor={cursor}", w.number),
+        &token,
+    )
+    .await;
+    assert_eq!(page2.status, 200, "{}", page2.body);
+    let second = page2.body["calls"].as_array().unwrap().clone();
+    assert_eq!(second.len(), 1, "{}", page2.body);
+    assert_eq!(page2.body["next_cursor"], Value::Null, "the last page");
+    let ids: Vec<&str> = first
+        .iter()
+        .chain(&second)
+        .map(|c| c["call_id"].as_str().unwrap())
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "no call twice across pages: {ids:?}");
+    let times: Vec<&str> = first
+        .iter()
+        .chain(&second)
+        .map(|c| c["received"].as_str().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|p| p[0] >= p[1]),
+        "newest first: {times:?}"
+    );
+    let c = &first[0];
+    assert_eq!(c["site"], w.site.as_str());
+    assert_eq!(c["disposition"], "answered");
+    assert_eq!(c["attempts"], 2);
+    assert_eq!(c["final_trunk"], "b");
+    assert_eq!(c["utm_source"], "google");
+    assert_eq!(c["utm_campaign"], "spring");
+    assert!(c["received"].as_str().unwrap().ends_with('Z'), "{c}");
+
+    // Filters: a disposition and a source no call has.
+    let none = get(&w, "/v1/calls?disposition=missed", &token).await;
+    assert_eq!(none.body["calls"], json!([]), "{}", none.body);
+    let none = get(&w, "/v1/calls?utm_source=bing", &token).await;
+    assert_eq!(none.body["calls"], json!([]));
+    let google = get(
+        &w,
+        "/v1/calls?utm_source=google&channel=paid_search",
+        &token,
+    )
+    .await;
+    assert_eq!(
+        google.body["calls"].as_array().unwrap().len(),
+        3,
+        "{}",
+        google.body
+    );
+
+    // One call: both forwarding attempts, the pages before it.
+    let id = c["call_id"].as_str().unwrap();
+    let one = get(&w, &format!("/v1/calls/{id}"), &token).await;
+    assert_eq!(one.status, 200, "{}", one.body);
+    let fw = one.body["forwarding"].as_array().unwrap();
+    let seen: Vec<(String, u64, String)> = fw
+        .iter()
+        .map(|a| {
+            (
+                a["trunk"].as_str().unwrap().to_string(),
+                a["final_code"].as_u64().unwrap(),
+                a["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("a".to_string(), 503, "rejected".to_string()),
+            ("b".to_string(), 200, "answered".to_string())
+        ],
+        "the failed attempt too"
+    );
+    let journey = one.body["journey"].as_array().unwrap();
+    let sources: Vec<&str> = journey
+        .iter()
+        .map(|v| v["utm_source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["yandex", "google"], "{}", one.body["journey"]);
+    assert_eq!(one.body["first_utm_source"], "yandex", "first touch");
+    assert_eq!(one.body["gclid"], "TEST", "last touch");
+    assert!(one.body["earlier_calls"].is_array());
+
+    // Reports: JSON and CSV for the site; node-wide ones are the admin's.
+    let rep = get(&w, "/v1/reports/campaigns", &token).await;
+    assert_eq!(rep.status, 200, "{}", rep.body);
+    let row = rep.body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["utm_source"] == "google")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["calls"], 3, "{}", rep.body);
+    let csv = get(&w, "/v1/reports/campaigns?format=csv", &token).await;
+    assert_eq!(csv.status, 200);
+    assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
+    let text = csv.body.as_str().unwrap().to_string();
+    assert!(text.starts_with("\"utm_source\",\"utm_medium\""), "{text}");
+    assert!(text.contains("\"google\""), "{text}");
+    assert_eq!(
+        get(&w, "/v1/reports/trunk_quality", &token).await.status,
+        403
+    );
+    assert_eq!(
+        get(&w, "/v1/reports/trunk_quality", "test-token")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get(&w, "/v1/reports/nope", &token).await.status, 404);
+
+    // Bad input is a 400 naming the parameter.
+    for (path, field) in [
+        ("/v1/calls?limit=0", "limit:"),
+        ("/v1/calls?from=yesterday", "from:"),
+        ("/v1/calls?disposition=lost", "disposition:"),
+        ("/v1/calls?cursor=abc", "cursor:"),
+        ("/v1/calls?sort=asc", "sort:"),
+        ("/v1/calls?number=12", "number:"),
+        ("/v1/calls/not-a-uuid", "id:"),
+        ("/v1/reports/campaigns?format=xml", "format:"),
+        ("/v1/reports/google_ads_export?min_talk=x", "min_talk:"),
+    ] {
+        let r = get(&w, path, &token).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        let e = r.body["error"].as_str().unwrap_or("");
+        assert!(e.starts_with(field), "{path}: {e}");
+    }
+
+    // Another site's token sees none of it.
+    let other = format!("othersite{}", &w.site[w.site.len().saturating_sub(6)..]);
+    let put = send(
+        "PUT",
+        w.tracker.url(&format!("/v1/admin/sites/{other}")),
+        bearer("test-token"),
+        Some(json!({"origins": ["https://other.test"], "replace": ["+74950000009"], "default_pool": "none"}).to_string()),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let theirs = send(
+        "POST",
+        w.tracker.url(&format!("/v1/admin/sites/{other}/tokens")),
+        bearer("test-token"),
+        Some(json!({"name": "marketing"}).to_string()),
+    )
+    .await;
+    let theirs = theirs.body["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        get(&w, &format!("/v1/calls/{id}"), &theirs).await.status,
+        404
+    );
+    assert_eq!(
+        get(&w, &format!("/v1/calls?site={}", w.site), &theirs)
+            .await
+            .status,
+        403
+    );
+    let theirs_log = get(&w, "/v1/calls", &theirs).await;
+    assert_eq!(theirs_log.body["calls"], json!([]));
+    // The admin reads every site.
+    let all = get(&w, &format!("/v1/calls?number={}", w.number), "test-token").await;
+    assert_eq!(all.body["calls"].as_array().unwrap().len(), 3);
+
+    // Revoked: refused at once.
+    let del = send(
+        "DELETE",
+        w.tracker.url(&format!("{tokens}/marketing")),
+        bearer("test-token"),
+        None,
+    )
+    .await;
+    assert_eq!(del.status, 200, "{}", del.body);
+    assert_eq!(get(&w, "/v1/calls", &token).await.status, 401);
+    assert_eq!(get(&w, "/v1/calls", "").await.status, 401);
+
+    // The OpenAPI document lists every route served here.
+    let doc = send("GET", w.tracker.url("/v1/openapi.json"), vec![], None).await;
+    assert_eq!(doc.status, 200);
+    for path in [
+        "/v1/calls",
+        "/v1/calls/{id}",
+        "/v1/reports/{name}",
+        "/v1/admin/sites/{id}/tokens",
+        "/v1/admin/sites/{id}/tokens/{name}",
+    ] {
+        assert!(doc.body["paths"][path].is_object(), "{path} documented");
+    }
+}
