@@ -12,7 +12,7 @@ const init = () => {
     ms = +o.timeout || 1000, af = +o.antiflicker, https = L.protocol == 'https:',
     SK = '_dm_s_' + site, vis = () => d.visibilityState == 'visible',
     kaUrl = () => base + '/v1/visits/' + cur.session_id + '/keepalive';
-  let ls, on, cur, fx, tel, timer, mo, busy, deb, vid, src, from = {}, shown = {};
+  let ls, on, cur, fx, tel, timer, mo, busy, deb, vid, src, from = {}, shown = {}, page = L.href.split('#')[0];
   try { ls = localStorage; } catch (e) {}
 
   const show = () => { if (af) de.style.opacity = ''; };
@@ -50,14 +50,22 @@ const init = () => {
     if (on && cur && vis()) timer = setInterval(tick, (cur.keepalive_seconds || 30) * 1000);
   };
 
+  // A single-page app's route change is a page view too (the caller's
+  // journey); a change of the #fragment alone is not.
+  const nav = () => {
+    later();
+    const p = L.href.split('#')[0];
+    if (p != page) { page = p; visit(); }
+  };
+
   const watch = () => {
     if (mo) return;
     mo = new MutationObserver(later);
     mo.observe(de, { childList: true, subtree: true, characterData: true, attributes: true, attributeFilter: ['href'] });
-    addEventListener('popstate', later);
+    addEventListener('popstate', nav);
     ['pushState', 'replaceState'].forEach(k => {
       const f = H[k];
-      H[k] = function () { const r = f.apply(this, arguments); later(); return r; };
+      H[k] = function () { const r = f.apply(this, arguments); nav(); return r; };
     });
     d.addEventListener('visibilitychange', () => { vis() ? tick() : beacon(); sched(); });
     addEventListener('pagehide', beacon);

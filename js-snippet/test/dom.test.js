@@ -169,6 +169,26 @@ const page = (opts = {}) => {
   return { ctx, doc, body, html, calls, beacons, jar, hist, text, close, dm: ctx.dialmark, storage: ctx.localStorage, intervals };
 };
 
+test('bundle: a single-page app route change is a page view of the same session; a #fragment is not', async () => {
+  const p = page();
+  try {
+    await sleep(20);
+    assert.equal(p.calls.length, 1);
+    p.ctx.location.href = 'https://shop.example/landing?utm_source=google&utm_medium=cpc&gclid=G1#reviews';
+    p.ctx.history.replaceState({}, '', '#reviews');
+    await sleep(20);
+    assert.equal(p.calls.length, 1, 'only the fragment changed');
+    p.ctx.location.href = 'https://shop.example/pricing';
+    p.ctx.history.pushState({}, '', '/pricing');
+    await sleep(20);
+    const visits = p.calls.filter(c => /\/v1\/visits$/.test(c.url));
+    assert.equal(visits.length, 2, JSON.stringify(p.calls));
+    assert.equal(visits[1].body.url, 'https://shop.example/pricing');
+    assert.equal(visits[1].body.session_id, 'S1', 'the same session');
+    assert.equal(visits[1].body.utm_source, visits[0].body.utm_source, 'the same touch');
+  } finally { p.close(); }
+});
+
 test('bundle: several lines swap only their own numbers; a line without a number keeps its own', async () => {
   const two = {
     ...OK, replace: ['+74950000000'],

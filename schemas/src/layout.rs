@@ -49,6 +49,11 @@ pub fn site_tokens_key(site: &str) -> String {
     format!("dm:site_tokens:{site}")
 }
 
+/// Pub/sub channel of the live call feed (router → tracker): one JSON
+/// call event document per message (`call.started`, `call.answered`,
+/// `call.completed`), as the call webhooks send them.
+pub const LIVE_CALLS: &str = "dm:live:calls";
+
 /// `SET` of site ids.
 pub const SITES: &str = "dm:sites";
 /// `SET` of pool ids.

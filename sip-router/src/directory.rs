@@ -167,6 +167,17 @@ impl Directory {
         }
     }
 
+    /// `PUBLISH channel msg` on the router's Redis connection.
+    pub async fn publish(&self, channel: &str, msg: &str) -> Result<(), String> {
+        let mut c = self.conn().await.ok_or("not connected")?;
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(msg);
+        cmd.query_async::<i64>(&mut c)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// Who the call is attributed to, read now (`now` in Unix seconds).
     pub async fn attribution(&self, rec: &RouteRecord, now: u32) -> Source {
         match rec.kind {

@@ -30,6 +30,7 @@
 //! - [`reload`]: what a SIGHUP config reload takes over.
 //! - [`alert`]: the Alertmanager-compatible webhook.
 //! - [`webhook`]: the signed call webhooks, global and per site (durable spools).
+//! - [`live`]: the live call feed on Redis pub/sub, for the marketers' call log.
 //! - [`http`]: `/healthz`, `/metrics`, `/status` for the NOC.
 #![forbid(unsafe_code)]
 
@@ -43,6 +44,7 @@ pub mod dispatch;
 pub mod health;
 pub mod http;
 pub mod journal;
+pub mod live;
 pub mod manual;
 pub mod originate;
 pub mod quality;
@@ -121,6 +123,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let hooks = webhook::start(
         &r.call_webhook,
         directory.clone(),
+        live::Live::start(directory.clone()),
         &config.sink.spool_dir,
         config.sink.fsync,
     )

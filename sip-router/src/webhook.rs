@@ -17,7 +17,8 @@
 //! Delivery is at least once: receivers dedupe on `X-Dialmark-Delivery`
 //! (the call id for `call.completed`, `ID.started` for `call.started`). A
 //! ringing event the channel has no room for is dropped and counted rather
-//! than waited on: signalling never waits for a webhook.
+//! than waited on: signalling never waits for a webhook. The fan-out also
+//! feeds every event, and `call.answered`, to the live feed ([`Live`]).
 //!
 //! Signature: `X-Dialmark-Signature: t=UNIX,v1=HEX` where HEX is
 //! HMAC-SHA256(secret, "UNIX." + body); receivers recompute it and refuse
@@ -38,6 +39,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::directory::Directory;
+use crate::live::Live;
 use dialmark_schemas::rfc3339;
 
 /// Ringing calls the fan-out may have queued before new ones are dropped.
@@ -75,10 +77,12 @@ pub fn signature(secret: &[u8], unix: u64, body: &[u8]) -> String {
     format!("t={unix},v1={hex}")
 }
 
-/// The two events.
+/// The events: webhooks send `Started` and `Completed`; the live feed
+/// ([`crate::live`]) also `Answered` (the call talks now).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     Started,
+    Answered,
     Completed,
 }
 
@@ -86,6 +90,7 @@ impl Event {
     pub fn as_str(self) -> &'static str {
         match self {
             Event::Started => "call.started",
+            Event::Answered => "call.answered",
             Event::Completed => "call.completed",
         }
     }
@@ -94,6 +99,7 @@ impl Event {
     fn delivery_id(self, call: &Call) -> String {
         match self {
             Event::Started => format!("{}.started", call.call_id),
+            Event::Answered => format!("{}.answered", call.call_id),
             Event::Completed => call.call_id.to_string(),
         }
     }
@@ -154,7 +160,7 @@ pub fn payload(c: &Call, event: Event) -> serde_json::Value {
             "trunk": c.final_trunk,
             "destination": c.destination,
         }),
-        Event::Completed => serde_json::json!({
+        Event::Answered | Event::Completed => serde_json::json!({
             "answered": time(c.answered),
             "ended": time(c.ended),
             "ring_ms": c.ring_ms,
@@ -260,6 +266,7 @@ pub struct Webhooks {
 pub fn start(
     cfg: &CallWebhookConfig,
     directory: Directory,
+    live: Live,
     spool_dir: &Path,
     fsync: spool::Fsync,
 ) -> std::io::Result<Webhooks> {
@@ -276,6 +283,7 @@ pub fn start(
         timeout: Duration::from_millis(cfg.timeout_ms),
         max_backoff: Duration::from_secs(cfg.max_backoff_seconds),
         directory,
+        live,
         root: spool_dir.join("router").join("webhooks"),
         fsync,
         outbox,
@@ -318,6 +326,7 @@ struct FanOut {
     timeout: Duration,
     max_backoff: Duration,
     directory: Directory,
+    live: Live,
     root: PathBuf,
     fsync: spool::Fsync,
     outbox: spool::Reader,
@@ -430,8 +439,8 @@ impl FanOut {
             };
             match serde_json::from_slice::<Call>(record) {
                 // An answered call's first row (`ended` = 0) is not a
-                // completed call: its final row follows.
-                Ok(call) if call.ended == 0 => {}
+                // completed call (its final row follows): live feed only.
+                Ok(call) if call.ended == 0 => self.live.publish(&payload(&call, Event::Answered)),
                 Ok(call) => {
                     let to = match self.receivers(&call.site).await {
                         Ok(to) => to,
@@ -446,6 +455,7 @@ impl FanOut {
                         self.outbox.rewind();
                         return false;
                     }
+                    self.live.publish(&payload(&call, Event::Completed));
                 }
                 Err(e) => error!(cause = %e, "undecodable call row in the webhook outbox; skipped"),
             }
@@ -456,6 +466,7 @@ impl FanOut {
     }
 
     async fn ringing(&mut self, call: Call) {
+        self.live.publish(&payload(&call, Event::Started));
         let to = match self.receivers(&call.site).await {
             Ok(to) => to,
             Err(_) => {

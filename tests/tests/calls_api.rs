@@ -3,7 +3,9 @@
 //! call log with filters and cursor pages, one call with both forwarding
 //! attempts and the pages viewed before it, the reports as JSON and CSV,
 //! the limits of a site token, 400s naming the bad parameter, revocation,
-//! and the served OpenAPI document.
+//! the served OpenAPI document, and the live feed of a site's calls.
+
+use std::time::Duration;
 
 use dialmark_e2e::http::{send, Resp};
 use dialmark_e2e::process::free_port;
@@ -210,6 +212,26 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
     );
     assert_eq!(get(&w, "/v1/reports/nope", &token).await.status, 404);
 
+    // Chart data: by trunk, by hour.
+    let by_trunk = get(&w, "/v1/stats?by=trunk", &token).await;
+    assert_eq!(by_trunk.status, 200, "{}", by_trunk.body);
+    assert_eq!(
+        by_trunk.body["rows"],
+        json!([{"key": "b", "calls": 3, "answered": 3, "missed": 0, "talk_ms": by_trunk.body["rows"][0]["talk_ms"]}]),
+        "the answered share by trunk"
+    );
+    let by_hour = get(&w, "/v1/stats?by=hour", &token).await;
+    let hours = by_hour.body["rows"].as_array().unwrap();
+    assert_eq!(
+        hours
+            .iter()
+            .map(|r| r["calls"].as_u64().unwrap())
+            .sum::<u64>(),
+        3,
+        "{}",
+        by_hour.body
+    );
+
     // Bad input is a 400 naming the parameter.
     for (path, field) in [
         ("/v1/calls?limit=0", "limit:"),
@@ -221,6 +243,8 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
         ("/v1/calls/not-a-uuid", "id:"),
         ("/v1/reports/campaigns?format=xml", "format:"),
         ("/v1/reports/google_ads_export?min_talk=x", "min_talk:"),
+        ("/v1/stats?by=second", "by:"),
+        ("/v1/stats?by=day&to=tomorrow", "to:"),
     ] {
         let r = get(&w, path, &token).await;
         assert_eq!(r.status, 400, "{path}: {}", r.body);
@@ -280,10 +304,127 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
     for path in [
         "/v1/calls",
         "/v1/calls/{id}",
+        "/v1/calls/live",
         "/v1/reports/{name}",
+        "/v1/stats",
         "/v1/admin/sites/{id}/tokens",
         "/v1/admin/sites/{id}/tokens/{name}",
     ] {
         assert!(doc.body["paths"][path].is_object(), "{path} documented");
     }
+}
+
+/// Reads `/v1/calls/live` with `token` for up to `secs` seconds or until a
+/// `call.completed` event: the `call` events' documents, in order.
+fn live_events(url: String, token: String, secs: u64) -> std::thread::JoinHandle<Vec<Value>> {
+    use std::io::BufRead;
+    std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(secs)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = agent
+            .get(&url)
+            .header("authorization", &format!("Bearer {token}"))
+            .call()
+            .expect("live feed");
+        assert_eq!(resp.status(), 200);
+        let reader = std::io::BufReader::new(resp.body_mut().as_reader());
+        let (mut event, mut out) = (String::new(), Vec::new());
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            if let Some(e) = line.strip_prefix("event: ") {
+                event = e.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                if event == "call" {
+                    let doc: Value = serde_json::from_str(data).unwrap();
+                    let done = doc["event"] == "call.completed";
+                    out.push(doc);
+                    if done {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    })
+}
+
+/// The live feed: a site's token gets its calls' events as they happen
+/// (ringing, answered, completed), another site's token gets none.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_live_feed_carries_a_sites_calls_to_its_own_tokens_only() {
+    let w = world("livefeed").await;
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("b", pb)],
+            router: "",
+            probe: "",
+        },
+    );
+    let issue = |site: String| {
+        let url = w.tracker.url(&format!("/v1/admin/sites/{site}/tokens"));
+        async move {
+            let r = send(
+                "POST",
+                url,
+                bearer("test-token"),
+                Some(json!({"name": "live"}).to_string()),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.body["token"].as_str().unwrap().to_string()
+        }
+    };
+    let other = format!("liveother{}", &w.site[w.site.len().saturating_sub(6)..]);
+    let put = send(
+        "PUT",
+        w.tracker.url(&format!("/v1/admin/sites/{other}")),
+        bearer("test-token"),
+        Some(json!({"origins": ["https://other.test"], "replace": ["+74950000009"], "default_pool": "none"}).to_string()),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let (mine, theirs) = (issue(w.site.clone()).await, issue(other).await);
+    let url = w.tracker.url("/v1/calls/live");
+    let ours = live_events(url.clone(), mine, 15);
+    let others = live_events(url, theirs, 6);
+    // Both streams listening (the first one subscribes to Redis).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let run = call(
+        r.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &["-d", "300"],
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.output, r.proc.output());
+    let ours = tokio::task::spawn_blocking(move || ours.join().unwrap())
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = ours.iter().map(|d| d["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["call.started", "call.answered", "call.completed"],
+        "{ours:?}\n{}",
+        r.proc.output()
+    );
+    for d in &ours {
+        assert_eq!(d["site"], w.site.as_str());
+        assert_eq!(d["number"], w.number.as_str());
+        assert_eq!(d["source"]["utm_source"], "google");
+        assert_eq!(d["call_id"], ours[0]["call_id"]);
+    }
+    assert_eq!(ours[2]["disposition"], "answered");
+    let others = tokio::task::spawn_blocking(move || others.join().unwrap())
+        .await
+        .unwrap();
+    assert!(others.is_empty(), "another site's token saw {others:?}");
+    let live = send("GET", w.tracker.url("/v1/calls/live"), vec![], None).await;
+    assert_eq!(live.status, 401, "the feed needs a token");
 }

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::geo::Geo;
 use crate::inventory::Inventory;
 use crate::pool::{self, LeaseTiming};
-use crate::{admin, calls, visit};
+use crate::{admin, calls, visit, webapp};
 
 /// State shared by every handler.
 #[derive(Clone)]
@@ -33,6 +33,7 @@ pub struct AppState {
     pub leases: Sink<NumberLease>,
     pub metrics: Option<PrometheusHandle>,
     pub exhaustion_log: Arc<visit::ExhaustionLog>,
+    pub live: crate::live::Live,
 }
 
 /// What handlers get: the state behind one `Arc`, so a request clones a
@@ -75,6 +76,7 @@ impl AppState {
             quarantine: config.tracker.quarantine.clone(),
             site_cache: Default::default(),
         };
+        let live = crate::live::Live::new(config.redis.clone());
         Ok((
             Self {
                 config: Arc::new(config),
@@ -84,6 +86,7 @@ impl AppState {
                 leases,
                 metrics,
                 exhaustion_log: Default::default(),
+                live,
             },
             SinkTasks(vec![t1, t2, t3]),
         ))
@@ -137,6 +140,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(admin::router())
         .merge(calls::router())
+        .merge(webapp::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(count_requests))
         .with_state(Arc::new(state))

@@ -2,7 +2,8 @@
 //! read token: the call log (`GET /v1/calls`, newest first, filtered,
 //! cursor-paged), one call with every forwarding attempt and the caller's
 //! journey (`GET /v1/calls/{id}`), and the report SQL of `schemas/reports/`
-//! (`GET /v1/reports/{name}`, JSON or CSV). Every parameter is checked and
+//! (`GET /v1/reports/{name}`, JSON or CSV), and the live feed of new calls
+//! (`GET /v1/calls/live`, server-sent events). Every parameter is checked and
 //! a bad one is a 400 naming it; values reach the SQL only through
 //! [`dialmark_schemas::reports`]' quoting.
 
@@ -17,12 +18,15 @@ use serde_json::{Map, Value};
 use crate::access::{self, Reader};
 use crate::app::{AppState, Shared};
 use crate::error::TrackerError;
+use crate::live::Feed;
 
 pub fn router() -> Router<Shared> {
     Router::new()
         .route("/v1/calls", get(list))
+        .route("/v1/calls/live", get(live))
         .route("/v1/calls/{id}", get(detail))
         .route("/v1/reports/{name}", get(report))
+        .route("/v1/stats", get(stats))
         .route("/v1/openapi.json", get(openapi))
 }
 
@@ -357,6 +361,49 @@ async fn list(
     ))
 }
 
+/// Server-sent events: `ready` once listening, then `call` (a call event
+/// document: `call.started`, `call.answered`, `call.completed`) for the
+/// token's site (the admin: every site, or `site`), and `resync` when
+/// events may have been missed (reload the log).
+async fn live(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, TrackerError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::stream::{self, StreamExt};
+    use tokio::sync::broadcast::error::RecvError;
+
+    let reader = access::reader(&s, &headers).await?;
+    let pairs = pairs(q.as_deref());
+    check_names(&pairs, &["site"])?;
+    let site = reader.site(param(&pairs, "site").unwrap_or(""))?;
+    let rx = s.live.subscribe();
+    let ready = stream::once(async { Event::default().event("ready").data("{}") });
+    let events = stream::unfold(rx, move |mut rx| {
+        let site = site.clone();
+        async move {
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(Feed::Call { site: of, json }) if site.is_empty() || of == site => {
+                        Event::default().event("call").data(&*json)
+                    }
+                    Ok(Feed::Call { .. }) => continue,
+                    Ok(Feed::Resync) | Err(RecvError::Lagged(_)) => {
+                        Event::default().event("resync").data("{}")
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                return Some((ev, rx));
+            }
+        }
+    });
+    let body = ready.chain(events).map(Ok::<_, std::convert::Infallible>);
+    Ok(Sse::new(body)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 async fn detail(
     State(s): State<Shared>,
     Path(id): Path<String>,
@@ -444,6 +491,83 @@ async fn detail(
     Ok(Json(call))
 }
 
+/// Groupings of `/v1/stats`: name and the SQL of the key (times UTC).
+pub const GROUPS: &[(&str, &str)] = &[
+    ("day", "toString(toDate(received, 'UTC'))"),
+    ("hour", "toHour(received, 'UTC')"),
+    ("channel", "channel"),
+    ("source", "utm_source"),
+    ("campaign", "utm_campaign"),
+    ("trunk", "final_trunk"),
+];
+
+/// The SQL of `/v1/stats`: calls, answered, missed and talk time per key
+/// of `by` in `[from, to)` for `site` ('' = all). Calls from untrusted
+/// sources (not calls at all) are left out, as in the reports.
+pub fn stats_sql(by: &str, from: &str, to: &str, site: &str) -> Result<String, TrackerError> {
+    let key = GROUPS
+        .iter()
+        .find(|(n, _)| *n == by)
+        .map(|(_, k)| *k)
+        .ok_or_else(|| {
+            TrackerError::BadRequest(format!(
+                "by: {by:?} is not one of {}",
+                GROUPS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    let bad = |e: reports::ReportError| TrackerError::BadRequest(e.to_string());
+    let site_only = if site.is_empty() {
+        String::new()
+    } else {
+        format!(" AND site = {}", quote(site))
+    };
+    Ok(format!(
+        "SELECT {key} AS key, count() AS calls, toUInt64(sum(toUInt32(answered) > 0)) AS answered, \
+         calls - answered AS missed, toUInt64(sum(talk_ms)) AS talk_ms FROM calls FINAL \
+         WHERE received >= {} AND received < {}{site_only} AND disposition != 'rejected_untrusted' \
+         GROUP BY key ORDER BY key",
+        reports::datetime("from", from).map_err(bad)?,
+        reports::datetime("to", to).map_err(bad)?,
+    ))
+}
+
+/// Calls per day, hour of day, channel, source, campaign or trunk: the
+/// web app's charts.
+async fn stats(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, TrackerError> {
+    let reader = access::reader(&s, &headers).await?;
+    let pairs = pairs(q.as_deref());
+    check_names(&pairs, &["by", "site", "from", "to"])?;
+    let site = reader.site(param(&pairs, "site").unwrap_or(""))?;
+    let (from, to) = range(&pairs)?;
+    let by = param(&pairs, "by").unwrap_or("");
+    let rows = rows(&s, &stats_sql(by, &from, &to, &site)?).await?;
+    Ok(Json(
+        serde_json::json!({ "by": by, "from": from, "to": to, "rows": rows }),
+    ))
+}
+
+/// `from` and `to` of a report or stats query: the last 30 days unless given.
+fn range(pairs: &[(String, String)]) -> Result<(String, String), TrackerError> {
+    let now = dialmark_schemas::unix_now();
+    let from = match param(pairs, "from").filter(|v| !v.is_empty()) {
+        Some(v) => date("from", v)?,
+        None => plain(now.saturating_sub(DEFAULT_DAYS * 86_400)),
+    };
+    let to = match param(pairs, "to").filter(|v| !v.is_empty()) {
+        Some(v) => date("to", v)?,
+        None => plain(now.saturating_add(60)),
+    };
+    Ok((from, to))
+}
+
 async fn report(
     State(s): State<Shared>,
     Path(name): Path<String>,
@@ -479,7 +603,6 @@ async fn report(
         }
     }
     let site = reader.site(param(&pairs, "site").unwrap_or(""))?;
-    let now = dialmark_schemas::unix_now();
     let num = |field: &'static str, default: u32| -> Result<u32, TrackerError> {
         match param(&pairs, field).filter(|v| !v.is_empty()) {
             None => Ok(default),
@@ -488,17 +611,8 @@ async fn report(
             }),
         }
     };
-    let mut p = Params::new(
-        &match param(&pairs, "from").filter(|v| !v.is_empty()) {
-            Some(v) => date("from", v)?,
-            None => plain(now.saturating_sub(DEFAULT_DAYS * 86_400)),
-        },
-        &match param(&pairs, "to").filter(|v| !v.is_empty()) {
-            Some(v) => date("to", v)?,
-            None => plain(now.saturating_add(60)),
-        },
-        &site,
-    );
+    let (from, to) = range(&pairs)?;
+    let mut p = Params::new(&from, &to, &site);
     p.conversion = param(&pairs, "conversion").unwrap_or("").to_string();
     p.min_talk_seconds = num("min_talk", 0)?;
     p.window_seconds = num("window", reports::DEFAULT_WINDOW_SECONDS)?;
@@ -586,6 +700,23 @@ mod tests {
             "(received < toDateTime(1790000000) OR (received = toDateTime(1790000000) AND call_id < '{id}'))"
         )), "{sql}");
         assert!(bad("cursor=12_x").starts_with("cursor:"));
+    }
+
+    #[test]
+    fn stats_group_by_a_known_key_only() {
+        let sql = stats_sql("hour", "2026-11-01", "2026-12-01", "shop").unwrap();
+        assert!(
+            sql.starts_with("SELECT toHour(received, 'UTC') AS key"),
+            "{sql}"
+        );
+        assert!(sql.contains("AND site = 'shop'"), "{sql}");
+        assert!(!stats_sql("day", "2026-11-01", "2026-12-01", "")
+            .unwrap()
+            .contains("site ="));
+        match stats_sql("received; DROP", "2026-11-01", "2026-12-01", "") {
+            Err(TrackerError::BadRequest(m)) => assert!(m.starts_with("by:"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`admin`]: the admin API and the inventory file loader.
 //! - [`access`]: the admin token and the sites' read tokens.
 //! - [`calls`]: the calls API (call log, one call, reports) and its OpenAPI.
+//! - [`live`]: the live call feed from the router, relayed to call logs.
+//! - [`webapp`]: the marketers' web app (`/app`) over the calls API.
 //! - [`report`]: the `report` command over `schemas/reports/`.
 //! - [`geo`]: client IP, MaxMind geo, IP truncation.
 //! - [`error`]: the error type and its HTTP mapping.
@@ -25,11 +27,13 @@ pub mod calls;
 pub mod error;
 pub mod geo;
 pub mod inventory;
+pub mod live;
 pub mod pool;
 pub mod release;
 pub mod report;
 pub mod touch;
 pub mod visit;
+pub mod webapp;
 
 use anyhow::Context;
 use dialmark_schemas::config::Config;
