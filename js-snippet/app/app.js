@@ -4,7 +4,8 @@
 // attempts, source and journey. Reports (#reports): charts (SVG) of calls
 // per day, channel, source, campaign, missed calls by hour and the
 // answered share by trunk from /v1/stats, each with its data table and a
-// CSV download, and the report exports. The token lives in sessionStorage
+// CSV download, and the report exports. Numbers (#numbers): each pool's use
+// now and over time against its size, the advisor's size, quarantine. The token lives in sessionStorage
 // only; `#token=…` in the URL (what ops/up prints) signs in and is removed
 // from the address bar.
 
@@ -263,6 +264,8 @@ function lines(rows, series) {
   );
   for (const [f, name] of series) {
     svg.append(svgEl('polyline', { class: `line ${f}`, points: rows.map((r, i) => `${x(i)},${y(r[f])}`).join(' ') }, svgEl('title', {}, name)));
+    // Few points: mark each (one point alone draws no line).
+    if (rows.length <= 60) rows.forEach((r, i) => svg.append(svgEl('circle', { class: `dot ${f}`, cx: x(i), cy: y(r[f]), r: 3 })));
   }
   svg.setAttribute('aria-label', series.map(([f, name]) => `${name}: ${rows.map(r => r[f]).join(', ')}`).join('; '));
   return svg;
@@ -278,8 +281,8 @@ function download(name, text) {
   a.remove();
 }
 
-/** A chart with its data table and a CSV download of it. */
-function figure(title, chart, rows, cols, file) {
+/** A chart (after `extra`) with its data table and a CSV download of it. */
+function figure(title, chart, rows, cols, file, ...extra) {
   const btn = el('button', { type: 'button', textContent: 'Download CSV' });
   btn.setAttribute('aria-label', `Download ${title} as CSV`);
   btn.addEventListener('click', () => download(`${file}.csv`, csv(cols, rows)));
@@ -287,6 +290,7 @@ function figure(title, chart, rows, cols, file) {
     'figure',
     { id: `chart-${file}` },
     el('figcaption', {}, title),
+    ...extra,
     chart,
     el('details', {}, el('summary', {}, 'Data'), table(title, cols, rows.map(r => cols.map(c => r[c])))),
     btn,
@@ -352,24 +356,79 @@ async function exportReport(name) {
   download(`${name}-${from}.csv`, await r.text());
 }
 
+// ------------------------------------------------------------------ numbers
+
+const facts = pairs => el('dl', { className: 'facts' }, ...pairs.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, String(v ?? '—'))]));
+
+async function numbers() {
+  // The last 24 hours: use by the minute-ish, today's advisor.
+  const at = ms => new Date(ms).toISOString().slice(0, 19) + 'Z';
+  const q = `from=${at(Date.now() - 864e5)}&to=${at(Date.now() + 6e4)}`;
+  try {
+    const [{ pools }, health, quarantined] = await Promise.all([
+      api('/v1/pools'),
+      api(`/v1/reports/pool_health?${q}`),
+      api(`/v1/reports/quarantine?${q}`),
+    ]);
+    const figs = [];
+    for (const p of pools) {
+      if (p.missing) {
+        figs.push(el('p', {}, `Pool ${p.id}: not set up yet.`));
+        continue;
+      }
+      const use = (await api(`/v1/pools/${encodeURIComponent(p.id)}/samples?${q}`)).rows.map(r => ({ ...r, key: time(r.at) }));
+      const h = health.rows.find(r => r.pool === p.id) || {};
+      figs.push(
+        figure(
+          `Pool ${p.id}`,
+          lines(use, [['size', 'Pool size'], ['leased', 'Leased']]),
+          use,
+          ['at', 'leased', 'size'],
+          `pool-${p.id}`,
+          facts([
+            ['Numbers', p.size],
+            ['Leased now', p.leased],
+            ['Free now', p.free],
+            ['Pool ran out (overflow number shown)', p.exhausted],
+            ['Overflow number', p.overflow_number || 'none'],
+            ['Peak leased at once', h.peak_concurrent_leases],
+            ['Recommended size', h.recommended_pool_size === undefined ? '' : `${h.recommended_pool_size} (predicted loss ${h.predicted_loss_percent}%)`],
+          ]),
+        ),
+      );
+    }
+    $('#pools').replaceChildren(...figs);
+    $('#quarantine').replaceChildren(
+      table(
+        'Numbers in quarantine',
+        ['Number', 'Since', 'Calls in quarantine (90 days)', 'Earliest release', 'Releasable now'],
+        quarantined.rows.map(r => [r.number, r.quarantined_since, r.calls_90d, r.release_after, r.eligible ? 'yes' : 'no']),
+      ),
+    );
+    $('#numbers-error').textContent = '';
+  } catch (e) {
+    if (e.status === 401) return signOut(e.message);
+    $('#numbers-error').textContent = `Could not load the numbers: ${e.message}`;
+  }
+}
+
 // ------------------------------------------------------------------ views
 
 function show() {
-  const view = location.hash === '#reports' ? 'reports' : 'log';
-  $('#log').hidden = view !== 'log';
-  $('#reports').hidden = view !== 'reports';
+  const view = { '#reports': 'reports', '#numbers': 'numbers' }[location.hash] || 'log';
+  for (const v of ['log', 'reports', 'numbers']) $(`#${v}`).hidden = view !== v;
   for (const a of document.querySelectorAll('nav a')) {
     if (a.dataset.view === view) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
   if (view === 'reports') reports();
+  if (view === 'numbers') numbers();
 }
 
 function signOut(reason = '') {
   feedAbort?.abort();
   sessionStorage.removeItem(KEY);
-  $('#log').hidden = true;
-  $('#reports').hidden = true;
+  for (const v of ['log', 'reports', 'numbers']) $(`#${v}`).hidden = true;
   $('#signin').hidden = false;
   $('#signin-error').textContent = reason;
   $('#feed').textContent = 'offline';

@@ -168,6 +168,9 @@ pub struct TrackerConfig {
     pub leases_per_network_per_minute: u32,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Each pool's size and leased count go to `pool_samples` this often
+    /// (one tracker of several does it: a Redis lock); 0 turns it off.
+    pub pool_sample_seconds: u64,
     pub quarantine: QuarantineConfig,
 }
 
@@ -223,6 +226,7 @@ impl Default for TrackerConfig {
             leases_per_network_per_minute: 30,
             quarantine: QuarantineConfig::default(),
             max_body_bytes: 16 * 1024,
+            pool_sample_seconds: 60,
         }
     }
 }
@@ -683,6 +687,12 @@ impl RawConfig {
                 "must be at least 256",
             ));
         }
+        if t.pool_sample_seconds > 3600 {
+            return Err(Error::config(
+                "tracker.pool_sample_seconds",
+                "must be at most 3600 (0 turns sampling off)",
+            ));
+        }
         let r = &self.router;
         if ![404, 410, 480].contains(&r.reject_code) {
             return Err(Error::config(
@@ -933,6 +943,7 @@ mod tests {
             ("[clickhouse]\ndatabase = \"x; DROP\"\n", "clickhouse.database"),
             ("[clickhouse]\nurl = \"tcp://x\"\n", "clickhouse.url"),
             ("[tracker]\nhold_seconds = 0\n", "tracker.hold_seconds"),
+            ("[tracker]\npool_sample_seconds = 7200\n", "tracker.pool_sample_seconds"),
             ("[tracker]\nhold_seconds = 100\nmax_hold_seconds = 10\n", "tracker.max_hold_seconds"),
             ("[router]\nreject_code = 500\n", "router.reject_code"),
             ("[router]\nfailover_codes = [486]\n", "router.failover_codes[0]"),

@@ -62,6 +62,8 @@ pub const POOLS: &str = "dm:pools";
 pub const QUARANTINE: &str = "dm:quarantine";
 /// Held by the tracker that runs the quarantine release this interval.
 pub const RELEASE_LOCK: &str = "dm:lock:quarantine_release";
+/// Held by the tracker that samples the pools this interval.
+pub const SAMPLE_LOCK: &str = "dm:lock:pool_sample";
 /// `SET` of numbers in stock.
 pub const STOCK: &str = "dm:stock";
 

@@ -71,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_attribution_confidence.sql",
         sql: include_str!("../migrations/0010_attribution_confidence.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_pool_samples.sql",
+        sql: include_str!("../migrations/0011_pool_samples.sql"),
+    },
 ];
 
 #[derive(Debug, Row, Serialize, Deserialize)]

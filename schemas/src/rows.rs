@@ -348,6 +348,21 @@ impl Table for UntrustedSource {
     const TABLE: &'static str = "untrusted_sources";
 }
 
+/// One pool's use at one moment (`pool_samples`).
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolSample {
+    pub ts: u32,
+    pub pool: String,
+    pub site: String,
+    pub size: u32,
+    pub leased: u32,
+    pub free: u32,
+}
+
+impl Table for PoolSample {
+    const TABLE: &'static str = "pool_samples";
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize_repr, Deserialize_repr)]
 #[repr(i8)]
 pub enum TrunkState {

@@ -4,7 +4,8 @@
 // the call within 2 s of its ring (no reload) with its source, then
 // talking, then answered with its talk time; its details (opened from the
 // keyboard) list both forwarding attempts (trunk a's 503 too) and the page
-// the caller came from; the reports' charts count it and download as CSV.
+// the caller came from; the reports' charts count it and download as CSV;
+// the Numbers page charts the pool's use against its size.
 // A wrong token gets the sign-in form with the reason. Screenshots go to
 // var/test/artifacts/.
 //
@@ -162,6 +163,18 @@ test('a call shows up live in the call log with its source, then its attempts', 
   assert.match(campaigns, /^"utm_source","utm_medium","utm_campaign"/);
   assert.match(campaigns, /"google","","spring"/);
   await shot(app, 'reports');
+
+  // Numbers: the pool's size and its use over time (sampled every second).
+  await app.click('nav a[data-view=numbers]');
+  const pool = `#chart-pool-${inv.pool}`;
+  await poll(() => app.$(`${pool} svg`), Boolean, 5000);
+  const facts = await app.$$eval(`${pool} dl.facts dt`, dts => Object.fromEntries(dts.map(dt => [dt.textContent, dt.nextElementSibling.textContent])));
+  assert.equal(facts.Numbers, '2', JSON.stringify(facts));
+  assert.equal(facts['Overflow number'], inv.overflow, JSON.stringify(facts));
+  assert.match(facts['Recommended size'], /^\d+ \(predicted loss [\d.]+%\)$/, JSON.stringify(facts));
+  assert.match(await app.getAttribute(`${pool} svg`, 'aria-label'), /^Pool size: 2(, 2)*; Leased: [01](, [01])*$/);
+  assert.ok(await app.isVisible('#quarantine table'), 'the quarantine table');
+  await shot(app, 'numbers');
   assert.deepEqual(errors, [], 'no page errors');
 });
 

@@ -282,6 +282,45 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
     );
     let theirs_log = get(&w, "/v1/calls", &theirs).await;
     assert_eq!(theirs_log.body["calls"], json!([]));
+
+    // Numbers: the site's pool now and sampled over time.
+    let sampled = dialmark_tracker::sample::once(&w.tracker.state, dialmark_schemas::unix_now())
+        .await
+        .unwrap();
+    assert!(sampled >= 1);
+    let pools = get(&w, "/v1/pools", &token).await;
+    assert_eq!(pools.status, 200, "{}", pools.body);
+    let list = pools.body["pools"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{}", pools.body);
+    let (pool, size) = (
+        list[0]["id"].as_str().unwrap().to_string(),
+        list[0]["size"].clone(),
+    );
+    assert_eq!(size, 1, "one number; the other was retired: {}", pools.body);
+    let path = format!("/v1/pools/{pool}/samples");
+    let mut use_rows = Value::Null;
+    for _ in 0..50 {
+        use_rows = get(&w, &path, &token).await.body["rows"].clone();
+        if use_rows.as_array().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(use_rows[0]["size"], 1, "{use_rows}");
+    assert!(
+        use_rows[0]["at"].as_str().unwrap().ends_with('Z'),
+        "{use_rows}"
+    );
+    assert_eq!(
+        get(&w, &path, &theirs).await.status,
+        404,
+        "another site's pool"
+    );
+    assert_eq!(
+        get(&w, "/v1/pools", &theirs).await.body["pools"],
+        json!([{"id": "none", "missing": true}]),
+        "their own pool only (named, not set up)"
+    );
     // The admin reads every site.
     let all = get(&w, &format!("/v1/calls?number={}", w.number), "test-token").await;
     assert_eq!(all.body["calls"].as_array().unwrap().len(), 3);
@@ -307,6 +346,8 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
         "/v1/calls/live",
         "/v1/reports/{name}",
         "/v1/stats",
+        "/v1/pools",
+        "/v1/pools/{id}/samples",
         "/v1/admin/sites/{id}/tokens",
         "/v1/admin/sites/{id}/tokens/{name}",
     ] {

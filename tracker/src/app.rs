@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use dialmark_schemas::config::Config;
 use dialmark_schemas::layout::Scripts;
-use dialmark_schemas::rows::{LeaseEvent, NumberEvent, NumberLease, Visit};
+use dialmark_schemas::rows::{LeaseEvent, NumberEvent, NumberLease, PoolSample, Visit};
 use dialmark_schemas::sink::Sink;
 use dialmark_schemas::store::Redis;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::geo::Geo;
 use crate::inventory::Inventory;
 use crate::pool::{self, LeaseTiming};
-use crate::{admin, calls, visit, webapp};
+use crate::{admin, calls, numbers, visit, webapp};
 
 /// State shared by every handler.
 #[derive(Clone)]
@@ -31,6 +31,7 @@ pub struct AppState {
     pub geo: Arc<Geo>,
     pub visits: Sink<Visit>,
     pub leases: Sink<NumberLease>,
+    pub samples: Sink<PoolSample>,
     pub metrics: Option<PrometheusHandle>,
     pub exhaustion_log: Arc<visit::ExhaustionLog>,
     pub live: crate::live::Live,
@@ -66,6 +67,7 @@ impl AppState {
         let (visits, t1) = Sink::<Visit>::spawn(ch.clone(), &config.sink, role, wait)?;
         let (leases, t2) = Sink::<NumberLease>::spawn(ch.clone(), &config.sink, role, wait)?;
         let (events, t3) = Sink::<NumberEvent>::spawn(ch.clone(), &config.sink, role, wait)?;
+        let (samples, t4) = Sink::<PoolSample>::spawn(ch.clone(), &config.sink, role, wait)?;
         let inventory = Inventory {
             redis,
             scripts: Arc::new(Scripts::default()),
@@ -84,11 +86,12 @@ impl AppState {
                 geo: Arc::new(geo),
                 visits,
                 leases,
+                samples,
                 metrics,
                 exhaustion_log: Default::default(),
                 live,
             },
-            SinkTasks(vec![t1, t2, t3]),
+            SinkTasks(vec![t1, t2, t3, t4]),
         ))
     }
 
@@ -140,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(admin::router())
         .merge(calls::router())
+        .merge(numbers::router())
         .merge(webapp::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(count_requests))
@@ -220,6 +224,7 @@ async fn metrics(State(state): State<Shared>) -> Response {
     state.visits.stats().export("visits");
     state.leases.stats().export("number_leases");
     state.inventory.events.stats().export("number_events");
+    state.samples.stats().export("pool_samples");
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),

@@ -75,6 +75,7 @@ const DETAIL_COLUMNS: &str = "sip_call_id, destination, visitor_id, utm_content,
 
 /// Columns holding Unix seconds, shown as RFC 3339 (`null` when unset).
 const TIME_COLUMNS: &[&str] = &[
+    "at",
     "received",
     "answered",
     "ended",
@@ -103,14 +104,14 @@ pub struct Filter {
 }
 
 /// The query string as (name, value) pairs.
-fn pairs(raw: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn pairs(raw: Option<&str>) -> Vec<(String, String)> {
     form_urlencoded::parse(raw.unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }
 
 /// Refuses parameters not in `known` and repeated ones.
-fn check_names(pairs: &[(String, String)], known: &[&str]) -> Result<(), TrackerError> {
+pub(crate) fn check_names(pairs: &[(String, String)], known: &[&str]) -> Result<(), TrackerError> {
     for (i, (k, _)) in pairs.iter().enumerate() {
         if !known.contains(&k.as_str()) {
             return Err(TrackerError::BadRequest(format!(
@@ -125,7 +126,7 @@ fn check_names(pairs: &[(String, String)], known: &[&str]) -> Result<(), Tracker
     Ok(())
 }
 
-fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(k, _)| k == name)
@@ -320,6 +321,11 @@ fn times(mut row: Map<String, Value>) -> Value {
 
 fn all_times(rows: Vec<Map<String, Value>>) -> Value {
     Value::Array(rows.into_iter().map(times).collect())
+}
+
+/// Runs `sql`: its rows, times made RFC 3339.
+pub(crate) async fn rows_json(state: &AppState, sql: &str) -> Result<Value, TrackerError> {
+    Ok(all_times(rows(state, sql).await?))
 }
 
 /// A row's Unix seconds column.
@@ -555,7 +561,7 @@ async fn stats(
 }
 
 /// `from` and `to` of a report or stats query: the last 30 days unless given.
-fn range(pairs: &[(String, String)]) -> Result<(String, String), TrackerError> {
+pub(crate) fn range(pairs: &[(String, String)]) -> Result<(String, String), TrackerError> {
     let now = dialmark_schemas::unix_now();
     let from = match param(pairs, "from").filter(|v| !v.is_empty()) {
         Some(v) => date("from", v)?,

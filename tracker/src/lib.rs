@@ -9,10 +9,12 @@
 //! - [`touch`]: a visit's touch: channel rules, ignored referrers, age.
 //! - [`inventory`]: sites, pools, numbers and the number lifecycle.
 //! - [`release`]: the quarantine release on the tracker's own timer.
+//! - [`sample`]: pool use sampled over time (`pool_samples`).
 //! - [`admin`]: the admin API and the inventory file loader.
 //! - [`access`]: the admin token and the sites' read tokens.
 //! - [`calls`]: the calls API (call log, one call, reports) and its OpenAPI.
 //! - [`live`]: the live call feed from the router, relayed to call logs.
+//! - [`numbers`]: the numbers API (pools, their use now and over time).
 //! - [`webapp`]: the marketers' web app (`/app`) over the calls API.
 //! - [`report`]: the `report` command over `schemas/reports/`.
 //! - [`geo`]: client IP, MaxMind geo, IP truncation.
@@ -28,9 +30,11 @@ pub mod error;
 pub mod geo;
 pub mod inventory;
 pub mod live;
+pub mod numbers;
 pub mod pool;
 pub mod release;
 pub mod report;
+pub mod sample;
 pub mod touch;
 pub mod visit;
 pub mod webapp;
@@ -66,6 +70,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             q.dry_run,
         ))
     });
+    let sampler = (state.config.tracker.pool_sample_seconds > 0).then(|| {
+        tokio::spawn(sample::run(
+            state.clone(),
+            std::time::Duration::from_secs(state.config.tracker.pool_sample_seconds),
+        ))
+    });
     axum::serve(
         listener,
         app::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -73,7 +83,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .with_graceful_shutdown(dialmark_schemas::runtime::shutdown_signal())
     .await?;
     // The router (and with it every sink handle) is gone: writers flush and end.
-    if let Some(t) = timer {
+    for t in timer.into_iter().chain(sampler) {
         t.abort();
         let _ = t.await;
     }

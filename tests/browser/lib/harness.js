@@ -221,6 +221,7 @@ export const startTracker = async () => {
       `demo_page = ${JSON.stringify(demo)}`,
       'hold_seconds = 3',
       'cooldown_seconds = 1',
+      'pool_sample_seconds = 1',
       '',
     ].join('\n'),
   );
