@@ -5,7 +5,8 @@
 // per day, channel, source, campaign, missed calls by hour and the
 // answered share by trunk from /v1/stats, each with its data table and a
 // CSV download, and the report exports. Numbers (#numbers): each pool's use
-// now and over time against its size, the advisor's size, quarantine. The token lives in sessionStorage
+// now and over time against its size, the advisor's size, quarantine.
+// Install (#install): the snippet tag and the last visit seen per origin. The token lives in sessionStorage
 // only; `#token=…` in the URL (what ops/up prints) signs in and is removed
 // from the address bar.
 
@@ -412,23 +413,63 @@ async function numbers() {
   }
 }
 
+// ------------------------------------------------------------------ install
+
+async function install() {
+  $('#install-status').textContent = 'Checking…';
+  try {
+    const r = await api('/v1/install');
+    $('#tag').textContent = `<script async src="${location.origin}/snippet.js" data-site="${r.site}"></script>`;
+    $('#origins').replaceChildren(
+      table(
+        `Pages allowed to run the snippet, and the last visit seen from each (${r.seen_days} days)`,
+        ['Origin', 'Last visit', 'Page', 'Visits'],
+        r.origins.map(o => [o.origin, o.last_visit ? time(o.last_visit.last_visit) : 'none yet', o.last_visit?.page ?? '', o.last_visit?.visits ?? 0]),
+      ),
+    );
+    const seen = r.origins.filter(o => o.last_visit).map(o => o.origin);
+    $('#install-status').textContent = seen.length
+      ? `Installed: visits seen from ${seen.join(', ')}.`
+      : `No visit seen in the last ${r.seen_days} days: check that the tag is on your pages and that their origin is listed above (ask your administrator to add it).`;
+    $('#install-error').textContent = '';
+  } catch (e) {
+    if (e.status === 401) return signOut(e.message);
+    $('#install-status').textContent = '';
+    $('#install-error').textContent = `Could not check: ${e.message}`;
+  }
+}
+
+async function copyTag() {
+  try {
+    await navigator.clipboard.writeText($('#tag').textContent);
+    $('#install-status').textContent = 'The tag is copied.';
+  } catch (e) {
+    // No clipboard (a plain-http page): select it for Ctrl+C.
+    getSelection().selectAllChildren($('#tag'));
+    $('#install-status').textContent = 'The tag is selected: press Ctrl+C (or Cmd+C) to copy it.';
+  }
+}
+
 // ------------------------------------------------------------------ views
 
+const VIEWS = ['log', 'reports', 'numbers', 'install'];
+
 function show() {
-  const view = { '#reports': 'reports', '#numbers': 'numbers' }[location.hash] || 'log';
-  for (const v of ['log', 'reports', 'numbers']) $(`#${v}`).hidden = view !== v;
+  const view = { '#reports': 'reports', '#numbers': 'numbers', '#install': 'install' }[location.hash] || 'log';
+  for (const v of VIEWS) $(`#${v}`).hidden = view !== v;
   for (const a of document.querySelectorAll('nav a')) {
     if (a.dataset.view === view) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
   if (view === 'reports') reports();
   if (view === 'numbers') numbers();
+  if (view === 'install') install();
 }
 
 function signOut(reason = '') {
   feedAbort?.abort();
   sessionStorage.removeItem(KEY);
-  for (const v of ['log', 'reports', 'numbers']) $(`#${v}`).hidden = true;
+  for (const v of VIEWS) $(`#${v}`).hidden = true;
   $('#signin').hidden = false;
   $('#signin-error').textContent = reason;
   $('#feed').textContent = 'offline';
@@ -465,6 +506,8 @@ function start() {
   });
   for (const b of document.querySelectorAll('#downloads button')) b.addEventListener('click', () => exportReport(b.dataset.report));
   addEventListener('hashchange', () => token() && show());
+  $('#check').addEventListener('click', install);
+  $('#copy').addEventListener('click', copyTag);
   $('#signout').addEventListener('click', () => signOut());
   if (token()) open();
   else signOut();

@@ -5,7 +5,8 @@
 // talking, then answered with its talk time; its details (opened from the
 // keyboard) list both forwarding attempts (trunk a's 503 too) and the page
 // the caller came from; the reports' charts count it and download as CSV;
-// the Numbers page charts the pool's use against its size.
+// the Numbers page charts the pool's use against its size; the Install page
+// gives the tag and sees the visit from the site's origin.
 // A wrong token gets the sign-in form with the reason. Screenshots go to
 // var/test/artifacts/.
 //
@@ -175,6 +176,16 @@ test('a call shows up live in the call log with its source, then its attempts', 
   assert.match(await app.getAttribute(`${pool} svg`, 'aria-label'), /^Pool size: 2(, 2)*; Leased: [01](, [01])*$/);
   assert.ok(await app.isVisible('#quarantine table'), 'the quarantine table');
   await shot(app, 'numbers');
+
+  // Install: the tag for this site and the visit seen from its origin.
+  await app.click('nav a[data-view=install]');
+  const installed = await poll(() => app.textContent('#install-status'), t => t.startsWith('Installed'), 5000);
+  assert.equal(installed, `Installed: visits seen from ${tracker.origin}.`);
+  assert.equal(await app.textContent('#tag'), `<script async src="${tracker.origin}/snippet.js" data-site="${inv.site}"></script>`);
+  await app.focus('#check');
+  await app.keyboard.press('Enter');
+  await poll(() => app.textContent('#install-status'), t => t.startsWith('Installed'), 5000);
+  await shot(app, 'install');
   assert.deepEqual(errors, [], 'no page errors');
 });
 

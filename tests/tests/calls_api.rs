@@ -232,6 +232,18 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
         by_hour.body
     );
 
+    // The install check: the site's origin and the visit seen from it.
+    let inst = get(&w, "/v1/install", &token).await;
+    assert_eq!(inst.status, 200, "{}", inst.body);
+    assert_eq!(inst.body["site"], w.site.as_str());
+    let origin = &inst.body["origins"][0];
+    assert_eq!(origin["origin"], "https://shop.test", "{}", inst.body);
+    assert_eq!(origin["last_visit"]["visits"], 2, "{}", inst.body);
+    assert!(origin["last_visit"]["last_visit"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+
     // Bad input is a 400 naming the parameter.
     for (path, field) in [
         ("/v1/calls?limit=0", "limit:"),
@@ -244,6 +256,7 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
         ("/v1/reports/campaigns?format=xml", "format:"),
         ("/v1/reports/google_ads_export?min_talk=x", "min_talk:"),
         ("/v1/stats?by=second", "by:"),
+        ("/v1/install?site=a&x=1", "x:"),
         ("/v1/stats?by=day&to=tomorrow", "to:"),
     ] {
         let r = get(&w, path, &token).await;
@@ -322,6 +335,12 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
         "their own pool only (named, not set up)"
     );
     // The admin reads every site.
+    let which = get(&w, "/v1/install", "test-token").await;
+    assert_eq!(
+        which.status, 400,
+        "the admin names the site: {}",
+        which.body
+    );
     let all = get(&w, &format!("/v1/calls?number={}", w.number), "test-token").await;
     assert_eq!(all.body["calls"].as_array().unwrap().len(), 3);
 
@@ -348,6 +367,7 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
         "/v1/stats",
         "/v1/pools",
         "/v1/pools/{id}/samples",
+        "/v1/install",
         "/v1/admin/sites/{id}/tokens",
         "/v1/admin/sites/{id}/tokens/{name}",
     ] {

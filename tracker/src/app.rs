@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::geo::Geo;
 use crate::inventory::Inventory;
 use crate::pool::{self, LeaseTiming};
-use crate::{admin, calls, numbers, visit, webapp};
+use crate::{admin, calls, install, numbers, visit, webapp};
 
 /// State shared by every handler.
 #[derive(Clone)]
@@ -144,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(calls::router())
         .merge(numbers::router())
+        .merge(install::router())
         .merge(webapp::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(count_requests))

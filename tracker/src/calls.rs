@@ -76,6 +76,7 @@ const DETAIL_COLUMNS: &str = "sip_call_id, destination, visitor_id, utm_content,
 /// Columns holding Unix seconds, shown as RFC 3339 (`null` when unset).
 const TIME_COLUMNS: &[&str] = &[
     "at",
+    "last_visit",
     "received",
     "answered",
     "ended",

@@ -15,6 +15,7 @@
 //! - [`calls`]: the calls API (call log, one call, reports) and its OpenAPI.
 //! - [`live`]: the live call feed from the router, relayed to call logs.
 //! - [`numbers`]: the numbers API (pools, their use now and over time).
+//! - [`install`]: the install check (the site's origins, the last visits).
 //! - [`webapp`]: the marketers' web app (`/app`) over the calls API.
 //! - [`report`]: the `report` command over `schemas/reports/`.
 //! - [`geo`]: client IP, MaxMind geo, IP truncation.
@@ -28,6 +29,7 @@ pub mod bot;
 pub mod calls;
 pub mod error;
 pub mod geo;
+pub mod install;
 pub mod inventory;
 pub mod live;
 pub mod numbers;
