@@ -29,7 +29,7 @@ INSERT INTO calls (call_id, sip_call_id, received, answered, ended, ring_ms, tal
     site, pool, disposition, final_code, attempts, final_trunk, destination, attribution, session_id, visitor_id,
     utm_source, utm_medium, utm_campaign, gclid, country, city, version, channel, attribution_confidence, touch_ts)
 SELECT
-    toUUID(concat('00000000-0000-4000-8000-', leftPad(hex(number), 12, '0'))) AS id,
+    toUUID(concat('00000000-0000-4000-8000-', substring(concat('000000000000', hex(number)), length(hex(number)) + 1, 12))) AS id,
     concat('sip-', toString(number)),
     toDateTime({end} - 7776000 + intDiv(number * 7776000, {calls})) AS r,
     if(number % 5 = 0, toDateTime(0), r + 8) AS a,
@@ -63,7 +63,7 @@ FROM numbers({calls})
 INSERT INTO call_attempts (call_id, attempt, sip_call_id, trunk, destination, started, ended, pdd_ms, answer_ms,
     talk_ms, final_code, reason, outcome, failover, version, duration_ms)
 SELECT
-    toUUID(concat('00000000-0000-4000-8000-', leftPad(hex(number), 12, '0'))),
+    toUUID(concat('00000000-0000-4000-8000-', substring(concat('000000000000', hex(number)), length(hex(number)) + 1, 12))),
     1,
     concat('sip-', toString(number)),
     ['a', 'b'][1 + number % 2],

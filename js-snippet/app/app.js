@@ -2,7 +2,7 @@
 // new calls live from /v1/calls/live (server-sent events read with fetch,
 // so the token stays in a header), each row expandable to its forwarding
 // attempts, source and journey. Reports (#reports): charts (SVG) of calls
-// per day, channel, source, campaign, missed calls by hour and the
+// per day, channel, source, campaign, first-time callers, missed calls by hour and the
 // answered share by trunk from /v1/stats, each with its data table and a
 // CSV download, and the report exports. Numbers (#numbers): each pool's use
 // now and over time against its size, the advisor's size, quarantine.
@@ -324,9 +324,13 @@ async function reports() {
   const q = `from=${from}&to=${to}`;
   const stat = by => api(`/v1/stats?by=${by}&${q}`).then(r => r.rows);
   try {
-    const [day, channel, source, campaign, hour, trunk] = await Promise.all(
-      ['day', 'channel', 'source', 'campaign', 'hour', 'trunk'].map(stat),
-    );
+    const [[day, channel, source, campaign, hour, trunk], sources] = await Promise.all([
+      Promise.all(['day', 'channel', 'source', 'campaign', 'hour', 'trunk'].map(stat)),
+      api(`/v1/reports/campaigns?${q}`).then(r => r.rows),
+    ]);
+    // First-time callers (first call ever to the site in the range) per source.
+    const firsts = [...sources.reduce((m, r) => m.set(r.utm_source || '(none)', (m.get(r.utm_source || '(none)') || 0) + r.first_time_callers), new Map())]
+      .map(([key, first_time_callers]) => ({ key, first_time_callers }));
     const cols = ['key', 'calls', 'answered', 'missed'];
     const named = rows => rows.map(r => ({ ...r, key: r.key || '(none)' }));
     const hours = Array.from({ length: 24 }, (_, h) => hour.find(r => r.key == h) || { key: h, calls: 0, answered: 0, missed: 0 });
@@ -337,6 +341,7 @@ async function reports() {
       figure('Calls by channel', bars(named(channel), r => r.key, r => r.calls), named(channel), cols, 'calls-by-channel'),
       figure('Calls by source', bars(named(source), r => r.key, r => r.calls), named(source), cols, 'calls-by-source'),
       figure('Calls by campaign', bars(named(campaign), r => r.key, r => r.calls), named(campaign), cols, 'calls-by-campaign'),
+      figure('First-time callers by source', bars(firsts, r => r.key, r => r.first_time_callers), firsts, ['key', 'first_time_callers'], 'first-time-callers'),
       figure('Missed calls by hour (UTC)', bars(hours, r => `${String(r.key).padStart(2, '0')}:00`, r => r.missed, { cls: 'missed' }), hours, cols, 'missed-by-hour'),
       figure('Answered share by trunk', bars(share, r => r.key, r => r.share, { unit: '%' }), share, ['key', 'calls', 'answered', 'share'], 'answered-by-trunk'),
     );

@@ -101,7 +101,7 @@ test('a call shows up live in the call log with its source, then its attempts', 
 
   // The call: a 503, then 3 s of ringing on trunk b, 2 s of talk.
   const t0 = Date.now();
-  const call = carrierCall(dir, router.sip, number.replace(/^\+/, ''), ['-sn', 'uac'], ['-d', '2000']);
+  const call = carrierCall(dir, router.sip, number.replace(/^\+/, ''), ['-sf', scenario(dir, 'uac_or_503.xml', { HOLD: '2000' })]);
   const ringing = await poll(() => logRows(app), r => r.length == 1, 4000, 50).catch(() => []);
   const shownAfter = Date.now() - t0;
   await shot(app, 'ringing');
@@ -110,6 +110,7 @@ test('a call shows up live in the call log with its source, then its attempts', 
   assert.equal(ringing[0].status, 'ringing');
   assert.equal(ringing[0].cells.Source, 'google / spring');
   assert.equal(ringing[0].cells.Number, number);
+  assert.equal(ringing[0].cells.Caller, '+79161234567');
 
   const talking = await poll(() => logRows(app), r => r[0]?.status == 'talking', 6000, 50);
   assert.deepEqual([talking.length, talking[0]?.status], [1, 'talking'], 'the same row, updated in place');
@@ -153,6 +154,7 @@ test('a call shows up live in the call log with its source, then its attempts', 
   assert.equal(await label('#chart-calls-by-source'), 'google: 1');
   assert.equal(await label('#chart-calls-by-campaign'), 'spring: 1');
   assert.equal(await label('#chart-answered-by-trunk'), 'b: 100%');
+  assert.equal(await label('#chart-first-time-callers'), 'google: 1', 'the caller called for the first time');
   assert.match(await label('#chart-calls-per-day'), /^Calls: (0, )*1(, 0)*; Answered: (0, )*1(, 0)*$/);
   const saved = async click => {
     const [dl] = await Promise.all([app.waitForEvent('download'), click()]);
