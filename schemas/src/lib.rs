@@ -60,6 +60,30 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
+/// Unix seconds of `YYYY-MM-DD`, `YYYY-MM-DD hh:mm:ss` or
+/// `YYYY-MM-DDThh:mm:ss` (UTC): the inverse of [`rfc3339`] (days from
+/// civil, Howard Hinnant); `None` when it is not one of those.
+pub fn unix_of(text: &str) -> Option<u32> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { text.get(r)?.parse().ok() };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = match b.len() {
+        10 => (0, 0, 0),
+        19 if b[10] == b' ' || b[10] == b'T' => (num(11..13)?, num(14..16)?, num(17..19)?),
+        _ => return None,
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 59 {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u32::try_from(days * 86_400 + h * 3600 + mi * 60 + se).ok()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -87,6 +111,28 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_read_back() {
+        for t in [0, 951_782_400, 1_795_000_000, 1_796_174_967] {
+            let text = rfc3339(t);
+            assert_eq!(
+                unix_of(text.trim_end_matches('Z')),
+                Some(t as u32),
+                "{text}"
+            );
+            assert_eq!(unix_of(&text.replace('T', " ")[..19]), Some(t as u32));
+        }
+        assert_eq!(unix_of("2026-11-18"), Some(1_795_000_000 - 40_000));
+        for bad in [
+            "2026-13-01",
+            "2026-11-18x",
+            "yesterday",
+            "2026-11-18 25:00:00",
+        ] {
+            assert_eq!(unix_of(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn dates() {

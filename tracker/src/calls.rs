@@ -244,13 +244,17 @@ impl Filter {
         })
     }
 
-    /// The page's SQL: one row more than the page, to know if another follows.
-    pub fn sql(&self) -> Result<String, TrackerError> {
+    /// The page's SQL: one row more than the page, to know if another
+    /// follows; `since` (Unix seconds) narrows `from` (see [`page`]).
+    pub fn sql(&self, since: Option<u32>) -> Result<String, TrackerError> {
         let bad = |e: reports::ReportError| TrackerError::BadRequest(e.to_string());
         let mut w = vec![format!(
             "received >= {}",
             reports::datetime("from", &self.from).map_err(bad)?
         )];
+        if let Some(t) = since {
+            w.push(format!("received >= toDateTime({t})"));
+        }
         if let Some(to) = &self.to {
             w.push(format!(
                 "received < {}",
@@ -341,6 +345,34 @@ fn string(row: &Map<String, Value>, col: &str) -> String {
         .to_string()
 }
 
+/// How far back the call log looks first: a busy log fills its page from
+/// the last day, and reading one day of rows (every column, FINAL) is what
+/// keeps the page fast on a long history.
+const SPANS: &[u32] = &[86_400, 7 * 86_400];
+
+/// The page of `f`: tried over the last day, then week, before the whole
+/// range. A narrow try that finds more rows than the page holds the newest
+/// of them all (older rows are outside it), so the answer is the same.
+async fn page(s: &AppState, f: &Filter) -> Result<Vec<Map<String, Value>>, TrackerError> {
+    let from = dialmark_schemas::unix_of(&f.from).unwrap_or(0);
+    let upper = match (&f.after, &f.to) {
+        (Some((ts, _)), _) => ts.saturating_add(1),
+        (None, Some(to)) => dialmark_schemas::unix_of(to).unwrap_or(u32::MAX),
+        (None, None) => dialmark_schemas::unix_now().saturating_add(3600),
+    };
+    for span in SPANS {
+        let since = upper.saturating_sub(*span);
+        if since <= from {
+            break;
+        }
+        let rows = rows(s, &f.sql(Some(since))?).await?;
+        if rows.len() > f.limit {
+            return Ok(rows);
+        }
+    }
+    rows(s, &f.sql(None)?).await
+}
+
 async fn list(
     State(s): State<Shared>,
     headers: HeaderMap,
@@ -354,7 +386,7 @@ async fn list(
         plan.normalize(v)
             .map_err(|e| TrackerError::BadRequest(format!("{field}: {e}")))
     })?;
-    let mut calls = rows(&s, &f.sql()?).await?;
+    let mut calls = page(&s, &f).await?;
     let next = if calls.len() > f.limit {
         calls.truncate(f.limit);
         calls
@@ -426,71 +458,80 @@ async fn detail(
     } else {
         format!(" AND site = {}", quote(&site))
     };
-    let call = rows(
+    // Where the call is first: every version of a row shares its key, so
+    // this needs no FINAL and reads two columns; the full row is then read
+    // from that one spot of the primary key (a FINAL over every column of
+    // the site's calls is what made this page slow).
+    let at = rows(
         &s,
         &format!(
-            "SELECT {LIST_COLUMNS}, {DETAIL_COLUMNS} FROM calls FINAL WHERE call_id = {}{site_only} LIMIT 1",
+            "SELECT site, toUInt32(received) AS received FROM calls \
+             WHERE call_id = toUUID({}){site_only} LIMIT 1",
             quote(&id)
         ),
     )
     .await?
     .pop()
     .ok_or_else(|| TrackerError::NotFound(format!("call {id}")))?;
-    let received = secs(&call, "received");
-    let attempts = rows(
+    let (call_site, received) = (string(&at, "site"), secs(&at, "received"));
+    let call = rows(
         &s,
         &format!(
-            "SELECT attempt, trunk, destination, toUInt32(started) AS started, toUInt32(ended) AS ended, \
-             pdd_ms, answer_ms, talk_ms, duration_ms, final_code, reason, toString(outcome) AS outcome, failover \
-             FROM call_attempts FINAL WHERE call_id = toUUID({}) \
-             AND started >= toDateTime({}) AND started < toDateTime({}) ORDER BY attempt",
-            quote(&id),
-            received.saturating_sub(60),
-            received.saturating_add(86_400)
+            "SELECT {LIST_COLUMNS}, {DETAIL_COLUMNS} FROM calls FINAL \
+             WHERE site = {} AND received = toDateTime({received}) AND call_id = {} LIMIT 1",
+            quote(&call_site),
+            quote(&id)
         ),
     )
-    .await?;
-    let (call_site, session, caller) = (
-        string(&call, "site"),
-        string(&call, "session_id"),
-        string(&call, "caller"),
+    .await?
+    .pop()
+    .ok_or_else(|| TrackerError::NotFound(format!("call {id}")))?;
+    let (session, caller) = (string(&call, "session_id"), string(&call, "caller"));
+    let attempts_sql = format!(
+        "SELECT attempt, trunk, destination, toUInt32(started) AS started, toUInt32(ended) AS ended, \
+         pdd_ms, answer_ms, talk_ms, duration_ms, final_code, reason, toString(outcome) AS outcome, failover \
+         FROM call_attempts FINAL WHERE call_id = toUUID({}) \
+         AND started >= toDateTime({}) AND started < toDateTime({}) ORDER BY attempt",
+        quote(&id),
+        received.saturating_sub(60),
+        received.saturating_add(86_400)
     );
     // The pages the caller viewed before calling (within the touch window);
     // in one second (no finer time is kept), the older touch first.
-    let journey = if session.is_empty() {
-        Vec::new()
-    } else {
-        rows(
-            &s,
-            &format!(
-                "SELECT toUInt32(ts) AS ts, url, referrer, channel, utm_source, utm_medium, utm_campaign, \
-                 gclid, yclid, number, country, city FROM visits \
-                 WHERE site = {} AND session_id = {} AND ts >= toDateTime({}) AND ts <= toDateTime({}) \
-                 ORDER BY ts, touch_ts LIMIT 200",
-                quote(&call_site),
-                quote(&session),
-                received.saturating_sub(s.config.tracker.touch_max_age_days * 86_400),
-                received
-            ),
-        )
-        .await?
+    let journey_sql = format!(
+        "SELECT toUInt32(ts) AS ts, url, referrer, channel, utm_source, utm_medium, utm_campaign, \
+         gclid, yclid, number, country, city FROM visits \
+         WHERE site = {} AND session_id = {} AND ts >= toDateTime({}) AND ts <= toDateTime({}) \
+         ORDER BY ts, touch_ts LIMIT 200",
+        quote(&call_site),
+        quote(&session),
+        received.saturating_sub(s.config.tracker.touch_max_age_days * 86_400),
+        received
+    );
+    let earlier_sql = format!(
+        "SELECT toString(call_id) AS call_id, toUInt32(received) AS received, \
+         toString(disposition) AS disposition, talk_ms, utm_source, utm_campaign FROM calls FINAL \
+         WHERE site = {} AND caller = {} AND received < toDateTime({received}) \
+         ORDER BY received DESC LIMIT 20",
+        quote(&call_site),
+        quote(&caller)
+    );
+    let read_if = |want: bool, sql: String| {
+        let s = s.clone();
+        async move {
+            if want {
+                rows(&s, &sql).await
+            } else {
+                Ok(Vec::new())
+            }
+        }
     };
-    let earlier = if caller.is_empty() {
-        Vec::new()
-    } else {
-        rows(
-            &s,
-            &format!(
-                "SELECT toString(call_id) AS call_id, toUInt32(received) AS received, \
-                 toString(disposition) AS disposition, talk_ms, utm_source, utm_campaign FROM calls FINAL \
-                 WHERE site = {} AND caller = {} AND received < toDateTime({received}) \
-                 ORDER BY received DESC LIMIT 20",
-                quote(&call_site),
-                quote(&caller)
-            ),
-        )
-        .await?
-    };
+    // The three reads are independent: at once, not one after the other.
+    let (attempts, journey, earlier) = tokio::try_join!(
+        read_if(true, attempts_sql),
+        read_if(!session.is_empty(), journey_sql),
+        read_if(!caller.is_empty(), earlier_sql),
+    )?;
     let mut call = times(call);
     call["forwarding"] = all_times(attempts);
     call["journey"] = all_times(journey);
@@ -678,7 +719,7 @@ mod tests {
     #[test]
     fn filters_become_quoted_sql() {
         let f = parse("from=2026-11-01&to=2026-12-01T00:00:00Z&utm_source=go'ogle&disposition=missed&number=74950000001&limit=10").unwrap();
-        let sql = f.sql().unwrap();
+        let sql = f.sql(None).unwrap();
         assert!(
             sql.contains("received >= toDateTime('2026-11-01 00:00:00', 'UTC')"),
             "{sql}"
@@ -692,6 +733,11 @@ mod tests {
         assert!(sql.contains("disposition = 'missed'"));
         assert!(sql.contains("number = '+74950000001'"));
         assert!(sql.ends_with("LIMIT 11"), "one more than the page");
+        let narrow = f.sql(Some(1_790_000_000)).unwrap();
+        assert!(
+            narrow.contains("AND received >= toDateTime(1790000000) AND"),
+            "{narrow}"
+        );
         let f = parse("").unwrap();
         assert_eq!(f.limit, DEFAULT_LIMIT);
         assert_eq!(f.from, plain(1_800_000_000 - 30 * 86_400));
@@ -702,7 +748,7 @@ mod tests {
         let id = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
         let f = parse(&format!("cursor={}", cursor(1_790_000_000, id))).unwrap();
         assert_eq!(f.after, Some((1_790_000_000, id.to_string())));
-        let sql = f.sql().unwrap();
+        let sql = f.sql(None).unwrap();
         assert!(sql.contains(&format!(
             "(received < toDateTime(1790000000) OR (received = toDateTime(1790000000) AND call_id < '{id}'))"
         )), "{sql}");
