@@ -39,6 +39,12 @@ pub fn per_site(sql: &str) -> bool {
         .any(|l| l.contains("{site}"))
 }
 
+/// How the reports limit themselves to `{site}` ('' = every site). Filled
+/// as what it means (`1`, or `site = '…'`): ClickHouse 18.16 does not use
+/// the tables' `(site, …)` primary key through the constant OR, and a
+/// report for one site then reads every site's rows.
+pub const SITE_FILTER: &str = "({site} = '' OR site = {site})";
+
 /// Conversion name used by `google_ads_export` when none is given.
 pub const DEFAULT_CONVERSION: &str = "dialmark call";
 
@@ -196,7 +202,13 @@ pub fn render(name: &str, p: &Params) -> Result<String, ReportError> {
     } else {
         &p.conversion
     };
+    let site_filter = if p.site.is_empty() {
+        "1".to_string()
+    } else {
+        format!("site = {}", quote(&p.site))
+    };
     Ok(sql
+        .replace(SITE_FILTER, &site_filter)
         .replace("{from}", &datetime("from", &p.from)?)
         .replace("{to}", &datetime("to", &p.to)?)
         .replace("{site}", &quote(&p.site))
@@ -224,6 +236,32 @@ mod tests {
         let mut listed: Vec<String> = REPORTS.iter().map(|(n, _)| n.to_string()).collect();
         listed.sort();
         assert_eq!(files, listed);
+    }
+
+    #[test]
+    fn the_site_filter_is_filled_as_what_it_means() {
+        let mut p = Params::new("2026-11-01", "2026-12-01", "sh'op");
+        let one = render("campaigns", &p).unwrap();
+        assert!(one.contains("site = 'sh\\'op'"), "{one}");
+        assert!(!one.contains("OR site ="), "{one}");
+        p.site = String::new();
+        let all = render("campaigns", &p).unwrap();
+        assert!(
+            !all.contains("site = ''") && !all.contains("OR site ="),
+            "{all}"
+        );
+        for (name, sql) in REPORTS {
+            let code: String = sql
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert_eq!(
+                code.matches("{site}").count(),
+                2 * code.matches(SITE_FILTER).count(),
+                "{name}: every {{site}} in the SQL is in the site filter"
+            );
+        }
     }
 
     #[test]
