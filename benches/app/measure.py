@@ -26,10 +26,14 @@ def pages(token, admin, month_ago, now):
         ("chart: calls by source", f"/v1/stats?by=source&{rng}", token),
         ("chart: missed calls by hour", f"/v1/stats?by=hour&{rng}", token),
     ]
-    for name in ["campaigns", "missed_calls", "conversion", "pool_health", "quarantine",
-                 "lost_call_audit", "google_ads_export", "yandex_export"]:
-        site.append((f"report {name}", f"/v1/reports/{name}?{rng}", token))
-    site.append(("report trunk_quality (admin)", f"/v1/reports/trunk_quality?{rng}", admin))
+    # JSON where the app shows the rows (campaigns, pool_health,
+    # quarantine) or only the API offers them; CSV where the app offers a
+    # download (what a marketer's click fetches).
+    for name in ["campaigns", "conversion", "pool_health", "quarantine", "lost_call_audit"]:
+        site.append((f"report {name} (JSON)", f"/v1/reports/{name}?{rng}", token))
+    for name in ["campaigns", "missed_calls", "google_ads_export", "yandex_export"]:
+        site.append((f"report {name} (CSV download)", f"/v1/reports/{name}?format=csv&{rng}", token))
+    site.append(("report trunk_quality (admin, JSON)", f"/v1/reports/trunk_quality?{rng}", admin))
     return site
 
 

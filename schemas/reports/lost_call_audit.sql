@@ -69,6 +69,14 @@ FROM
                 arraySort(groupUniqArray((attempt, trunk, final_code, toString(outcome))))), ' > ') AS attempt_path
         FROM call_attempts
         WHERE started >= {from} - 3600 AND started < {to} + 3600
+          -- Only the attempts of the calls listed: a report for one site
+          -- then aggregates that site's attempts, not the whole node's.
+          AND call_id IN
+          (
+              SELECT call_id FROM calls
+              WHERE received >= {from} AND received < {to}
+                AND ({site} = '' OR site = {site})
+          )
         GROUP BY cid
     ) AS r USING (cid)
 
