@@ -18,8 +18,17 @@ let feedAbort = null;
 
 const token = () => sessionStorage.getItem(KEY) || '';
 
+// The site picked in the header (the admin token reads every site; a
+// site's token its own whatever is picked): added to the calls that take it.
+const SITED = /^\/v1\/(calls(\?|$)|calls\/live|stats|reports\/|pools(\?|$)|install)/;
+const withSite = path => {
+  const s = $('#site').value.trim();
+  if (!s || !SITED.test(path)) return path;
+  return `${path}${path.includes('?') ? '&' : '?'}site=${encodeURIComponent(s)}`;
+};
+
 async function api(path) {
-  const r = await fetch(path, { headers: { Authorization: `Bearer ${token()}` } });
+  const r = await fetch(withSite(path), { headers: { Authorization: `Bearer ${token()}` } });
   const body = await r.json().catch(() => ({}));
   if (!r.ok) {
     const err = new Error(body.error || `${r.status} ${r.statusText}`);
@@ -189,13 +198,21 @@ function setFeed(live) {
 /** Reads /v1/calls/live for as long as the page is open, reconnecting. */
 async function feed() {
   for (;;) {
-    feedAbort = new AbortController();
+    // This loop's own controller: a site change aborts it and starts another.
+    const ctl = new AbortController();
+    feedAbort = ctl;
     try {
-      const r = await fetch('/v1/calls/live', {
+      const r = await fetch(withSite('/v1/calls/live'), {
         headers: { Authorization: `Bearer ${token()}` },
-        signal: feedAbort.signal,
+        signal: ctl.signal,
       });
       if (r.status === 401) return signOut('token refused');
+      if (!r.ok) {
+        // Another site than the token's: the log says why (its own 403).
+        $('#feed').textContent = 'not live';
+        $('#feed').classList.remove('live');
+        return;
+      }
       const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = '';
       for (;;) {
@@ -216,8 +233,9 @@ async function feed() {
         }
       }
     } catch (e) {
-      if (feedAbort.signal.aborted) return;
+      // a network error: reconnect below
     }
+    if (ctl.signal.aborted) return;
     setFeed(false);
     await new Promise(r => setTimeout(r, 2000));
     load();
@@ -354,7 +372,7 @@ async function reports() {
 
 async function exportReport(name) {
   const { from, to } = range();
-  const r = await fetch(`/v1/reports/${name}?format=csv&from=${from}&to=${to}`, { headers: { Authorization: `Bearer ${token()}` } });
+  const r = await fetch(withSite(`/v1/reports/${name}?format=csv&from=${from}&to=${to}`), { headers: { Authorization: `Bearer ${token()}` } });
   if (!r.ok) {
     $('#reports-error').textContent = `Could not download ${name}: ${(await r.json().catch(() => ({}))).error || r.status}`;
     return;
@@ -512,6 +530,16 @@ function start() {
   for (const b of document.querySelectorAll('#downloads button')) b.addEventListener('click', () => exportReport(b.dataset.report));
   addEventListener('hashchange', () => token() && show());
   $('#check').addEventListener('click', install);
+  $('#site').value = sessionStorage.getItem('dialmark.site') || '';
+  $('#sitepick').addEventListener('submit', ev => {
+    ev.preventDefault();
+    sessionStorage.setItem('dialmark.site', $('#site').value.trim());
+    if (!token()) return;
+    feedAbort?.abort();
+    show();
+    load();
+    feed();
+  });
   $('#copy').addEventListener('click', copyTag);
   $('#signout').addEventListener('click', () => signOut());
   if (token()) open();

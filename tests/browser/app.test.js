@@ -208,3 +208,24 @@ test('a wrong token gets the sign-in form and the reason', { timeout: 30000 }, a
   await shot(page, 'signin');
   assert.deepEqual(errors, []);
 });
+
+test('the admin token picks a site in the header', { timeout: 30000 }, async () => {
+  const tracker = await startTracker();
+  onCleanup(() => tracker.stop());
+  const inv = await tracker.provision({ size: 1 });
+  const browser = await launch();
+  onCleanup(() => browser.close());
+  const { page, errors } = await openPage(browser);
+  await page.goto(tracker.url('/app#token=t'));
+  await page.click('nav a[data-view=install]');
+  const err = await poll(() => page.textContent('#install-error'), t => t.length > 0, 5000);
+  assert.match(err, /site: which site/, 'the admin reads every site: the install check needs one');
+  await page.fill('#site', inv.site);
+  await page.keyboard.press('Enter');
+  const tag = await poll(() => page.textContent('#tag'), t => t.includes('data-site'), 5000);
+  assert.equal(tag, `<script async src="${tracker.origin}/snippet.js" data-site="${inv.site}"></script>`);
+  assert.equal(await page.textContent('#install-error'), '');
+  await poll(() => page.textContent('#feed'), t => t == 'live', 5000);
+  assert.equal(await page.textContent('#feed'), 'live', 'the live feed follows the picked site');
+  assert.deepEqual(errors, []);
+});
