@@ -22,6 +22,34 @@ async fn get(w: &dialmark_e2e::world::World, path: &str, token: &str) -> Resp {
     send("GET", w.tracker.url(path), bearer(token), None).await
 }
 
+/// A read token of `site` named `name`, issued by the admin.
+async fn issue(w: &dialmark_e2e::world::World, site: &str, name: &str) -> String {
+    let r = send(
+        "POST",
+        w.tracker.url(&format!("/v1/admin/sites/{site}/tokens")),
+        bearer("test-token"),
+        Some(json!({ "name": name }).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["token"].as_str().unwrap().to_string()
+}
+
+/// A second site (named `prefix` + the world's site suffix) whose pool is
+/// not set up: its token must see none of the world's calls.
+async fn other_site(w: &dialmark_e2e::world::World, prefix: &str) -> String {
+    let other = format!("{prefix}{}", &w.site[w.site.len().saturating_sub(6)..]);
+    let put = send(
+        "PUT",
+        w.tracker.url(&format!("/v1/admin/sites/{other}")),
+        bearer("test-token"),
+        Some(json!({"origins": ["https://other.test"], "replace": ["+74950000009"], "default_pool": "none"}).to_string()),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    other
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
     let w = world("callsapi").await;
@@ -266,23 +294,8 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
     }
 
     // Another site's token sees none of it.
-    let other = format!("othersite{}", &w.site[w.site.len().saturating_sub(6)..]);
-    let put = send(
-        "PUT",
-        w.tracker.url(&format!("/v1/admin/sites/{other}")),
-        bearer("test-token"),
-        Some(json!({"origins": ["https://other.test"], "replace": ["+74950000009"], "default_pool": "none"}).to_string()),
-    )
-    .await;
-    assert_eq!(put.status, 200, "{}", put.body);
-    let theirs = send(
-        "POST",
-        w.tracker.url(&format!("/v1/admin/sites/{other}/tokens")),
-        bearer("test-token"),
-        Some(json!({"name": "marketing"}).to_string()),
-    )
-    .await;
-    let theirs = theirs.body["token"].as_str().unwrap().to_string();
+    let other = other_site(&w, "othersite").await;
+    let theirs = issue(&w, &other, "marketing").await;
     assert_eq!(
         get(&w, &format!("/v1/calls/{id}"), &theirs).await.status,
         404
@@ -427,30 +440,11 @@ async fn the_live_feed_carries_a_sites_calls_to_its_own_tokens_only() {
             probe: "",
         },
     );
-    let issue = |site: String| {
-        let url = w.tracker.url(&format!("/v1/admin/sites/{site}/tokens"));
-        async move {
-            let r = send(
-                "POST",
-                url,
-                bearer("test-token"),
-                Some(json!({"name": "live"}).to_string()),
-            )
-            .await;
-            assert_eq!(r.status, 200, "{}", r.body);
-            r.body["token"].as_str().unwrap().to_string()
-        }
-    };
-    let other = format!("liveother{}", &w.site[w.site.len().saturating_sub(6)..]);
-    let put = send(
-        "PUT",
-        w.tracker.url(&format!("/v1/admin/sites/{other}")),
-        bearer("test-token"),
-        Some(json!({"origins": ["https://other.test"], "replace": ["+74950000009"], "default_pool": "none"}).to_string()),
-    )
-    .await;
-    assert_eq!(put.status, 200, "{}", put.body);
-    let (mine, theirs) = (issue(w.site.clone()).await, issue(other).await);
+    let other = other_site(&w, "liveother").await;
+    let (mine, theirs) = (
+        issue(&w, &w.site, "live").await,
+        issue(&w, &other, "live").await,
+    );
     let url = w.tracker.url("/v1/calls/live");
     let ours = live_events(url.clone(), mine, 15);
     let others = live_events(url, theirs, 6);

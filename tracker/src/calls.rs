@@ -105,14 +105,14 @@ pub struct Filter {
 }
 
 /// The query string as (name, value) pairs.
-pub(crate) fn pairs(raw: Option<&str>) -> Vec<(String, String)> {
+fn pairs(raw: Option<&str>) -> Vec<(String, String)> {
     form_urlencoded::parse(raw.unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }
 
 /// Refuses parameters not in `known` and repeated ones.
-pub(crate) fn check_names(pairs: &[(String, String)], known: &[&str]) -> Result<(), TrackerError> {
+fn check_names(pairs: &[(String, String)], known: &[&str]) -> Result<(), TrackerError> {
     for (i, (k, _)) in pairs.iter().enumerate() {
         if !known.contains(&k.as_str()) {
             return Err(TrackerError::BadRequest(format!(
@@ -127,7 +127,38 @@ pub(crate) fn check_names(pairs: &[(String, String)], known: &[&str]) -> Result<
     Ok(())
 }
 
-pub(crate) fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+/// The caller's token, its query string (names in `known`, each once) and
+/// the site it reads: what every read endpoint starts with.
+pub(crate) async fn asked(
+    s: &AppState,
+    headers: &HeaderMap,
+    raw: Option<&str>,
+    known: &[&str],
+) -> Result<(Reader, Vec<(String, String)>, String), TrackerError> {
+    let reader = access::reader(s, headers).await?;
+    let pairs = pairs(raw);
+    check_names(&pairs, known)?;
+    let site = reader.site(param(&pairs, "site").unwrap_or(""))?;
+    Ok((reader, pairs, site))
+}
+
+/// The call log's parameters.
+pub const FILTER_PARAMS: &[&str] = &[
+    "site",
+    "from",
+    "to",
+    "channel",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "disposition",
+    "number",
+    "caller",
+    "limit",
+    "cursor",
+];
+
+fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(k, _)| k == name)
@@ -172,31 +203,15 @@ fn text(field: &str, v: &str) -> Result<String, TrackerError> {
 }
 
 impl Filter {
-    /// Checks the query string; `site` is the reader's (see
-    /// [`Reader::site`]), `now` Unix seconds.
+    /// Checks the values of the query string (its names: [`asked`] with
+    /// [`FILTER_PARAMS`]); `site` is the reader's (see [`Reader::site`]),
+    /// `now` Unix seconds.
     pub fn parse(
         pairs: &[(String, String)],
         site: String,
         now: u32,
         normalize: impl Fn(&str, &str) -> Result<String, TrackerError>,
     ) -> Result<Filter, TrackerError> {
-        check_names(
-            pairs,
-            &[
-                "site",
-                "from",
-                "to",
-                "channel",
-                "utm_source",
-                "utm_medium",
-                "utm_campaign",
-                "disposition",
-                "number",
-                "caller",
-                "limit",
-                "cursor",
-            ],
-        )?;
         let opt = |name: &str| param(pairs, name).filter(|v| !v.is_empty());
         let disposition = match opt("disposition") {
             Some(d) if DISPOSITIONS.contains(&d) => Some(d.to_string()),
@@ -378,9 +393,7 @@ async fn list(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, TrackerError> {
-    let reader = access::reader(&s, &headers).await?;
-    let pairs = pairs(q.as_deref());
-    let site = reader.site(param(&pairs, "site").unwrap_or(""))?;
+    let (_, pairs, site) = asked(&s, &headers, q.as_deref(), FILTER_PARAMS).await?;
     let plan = s.config.numbering.clone();
     let f = Filter::parse(&pairs, site, dialmark_schemas::unix_now(), |field, v| {
         plan.normalize(v)
@@ -413,10 +426,7 @@ async fn live(
     use futures_util::stream::{self, StreamExt};
     use tokio::sync::broadcast::error::RecvError;
 
-    let reader = access::reader(&s, &headers).await?;
-    let pairs = pairs(q.as_deref());
-    check_names(&pairs, &["site"])?;
-    let site = reader.site(param(&pairs, "site").unwrap_or(""))?;
+    let (_, _, site) = asked(&s, &headers, q.as_deref(), &["site"]).await?;
     let rx = s.live.subscribe();
     let ready = stream::once(async { Event::default().event("ready").data("{}") });
     let events = stream::unfold(rx, move |mut rx| {
@@ -590,10 +600,7 @@ async fn stats(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, TrackerError> {
-    let reader = access::reader(&s, &headers).await?;
-    let pairs = pairs(q.as_deref());
-    check_names(&pairs, &["by", "site", "from", "to"])?;
-    let site = reader.site(param(&pairs, "site").unwrap_or(""))?;
+    let (_, pairs, site) = asked(&s, &headers, q.as_deref(), &["by", "site", "from", "to"]).await?;
     let (from, to) = range(&pairs)?;
     let by = param(&pairs, "by").unwrap_or("");
     let rows = rows(&s, &stats_sql(by, &from, &to, &site)?).await?;
@@ -622,21 +629,17 @@ async fn report(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, TrackerError> {
-    let reader = access::reader(&s, &headers).await?;
-    let pairs = pairs(q.as_deref());
-    check_names(
-        &pairs,
-        &[
-            "site",
-            "from",
-            "to",
-            "format",
-            "conversion",
-            "min_talk",
-            "call_url",
-            "window",
-        ],
-    )?;
+    let known = [
+        "site",
+        "from",
+        "to",
+        "format",
+        "conversion",
+        "min_talk",
+        "call_url",
+        "window",
+    ];
+    let (reader, pairs, site) = asked(&s, &headers, q.as_deref(), &known).await?;
     let sql_text = reports::REPORTS
         .iter()
         .find(|(n, _)| *n == name)
@@ -650,7 +653,6 @@ async fn report(
             )));
         }
     }
-    let site = reader.site(param(&pairs, "site").unwrap_or(""))?;
     let num = |field: &'static str, default: u32| -> Result<u32, TrackerError> {
         match param(&pairs, field).filter(|v| !v.is_empty()) {
             None => Ok(default),
@@ -704,6 +706,7 @@ mod tests {
     }
 
     fn parse(s: &str) -> Result<Filter, TrackerError> {
+        check_names(&q(s), FILTER_PARAMS)?;
         Filter::parse(&q(s), "shop".into(), 1_800_000_000, |_, v| {
             Ok(format!("+{}", v.trim_start_matches('+')))
         })

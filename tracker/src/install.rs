@@ -10,9 +10,8 @@ use axum::{Json, Router};
 use dialmark_schemas::reports::quote;
 use serde_json::Value;
 
-use crate::access;
 use crate::app::Shared;
-use crate::calls::{check_names, pairs, param, rows_json};
+use crate::calls::{asked, rows_json};
 use crate::error::TrackerError;
 
 pub fn router() -> Router<Shared> {
@@ -38,10 +37,7 @@ async fn install(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, TrackerError> {
-    let reader = access::reader(&s, &headers).await?;
-    let pairs = pairs(q.as_deref());
-    check_names(&pairs, &["site"])?;
-    let site = reader.site(param(&pairs, "site").unwrap_or(""))?;
+    let (_, _, site) = asked(&s, &headers, q.as_deref(), &["site"]).await?;
     if site.is_empty() {
         return Err(TrackerError::BadRequest(
             "site: which site (the admin token reads every site)".into(),

@@ -9,9 +9,9 @@ use axum::{Json, Router};
 use dialmark_schemas::reports::{self, quote};
 use serde_json::Value;
 
-use crate::access::{self, Reader};
+use crate::access::Reader;
 use crate::app::Shared;
-use crate::calls::{check_names, pairs, param, range, rows_json};
+use crate::calls::{asked, range, rows_json};
 use crate::error::TrackerError;
 use crate::pool;
 
@@ -29,10 +29,7 @@ async fn list(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, TrackerError> {
-    let reader = access::reader(&s, &headers).await?;
-    let pairs = pairs(q.as_deref());
-    check_names(&pairs, &["site"])?;
-    let site = reader.site(param(&pairs, "site").unwrap_or(""))?;
+    let (_, _, site) = asked(&s, &headers, q.as_deref(), &["site"]).await?;
     let inv = &s.inventory;
     let ids: Vec<String> = if site.is_empty() {
         inv.pool_ids().await?
@@ -94,9 +91,7 @@ async fn samples(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, TrackerError> {
-    let reader = access::reader(&s, &headers).await?;
-    let pairs = pairs(q.as_deref());
-    check_names(&pairs, &["from", "to"])?;
+    let (reader, pairs, _) = asked(&s, &headers, q.as_deref(), &["from", "to"]).await?;
     let def = s.inventory.pool(&id).await?;
     if let Reader::Site(own) = &reader {
         if def.site != *own {
