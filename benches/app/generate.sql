@@ -1,6 +1,7 @@
 -- Synthetic history for benches/app/run: {calls} calls and {visits} visits
 -- over the 90 days before {end} (Unix seconds), 20 sites (site0..site19,
--- 100 numbers each), a fifth of the calls missed, five sources (Google
+-- 100 numbers each), sessions of 4 page views on one site (a call's
+-- session is one of its site's), a fifth of the calls missed, five sources (Google
 -- with a gclid), 30 campaigns, two trunks, one attempt per call (a second,
 -- failed one before it for every 10th). Each attribute comes from its own
 -- hash of the row number, so every site gets the same mix. Statements are
@@ -10,13 +11,13 @@ INSERT INTO visits (visit_id, ts, site, pool, session_id, visitor_id, number, nu
 SELECT
     generateUUIDv4(),
     toDateTime({end} - 7776000 + intDiv(number * 7776000, {visits})) AS t,
-    concat('site', toString(number % 20)),
-    concat('pool', toString(number % 20)),
+    concat('site', toString(intDiv(number, 4) % 20)),
+    concat('pool', toString(intDiv(number, 4) % 20)),
     concat('s', toString(intDiv(number, 4))),
     concat('v', toString(intDiv(number, 9))),
-    concat('+7495', toString(1000000 + (number % 20) * 100 + cityHash64(number, 6) % 100)),
+    concat('+7495', toString(1000000 + (intDiv(number, 4) % 20) * 100 + cityHash64(number, 6) % 100)),
     'pool',
-    concat('https://shop', toString(number % 20), '.test/page', toString(cityHash64(number, 8) % 37)),
+    concat('https://shop', toString(intDiv(number, 4) % 20), '.test/page', toString(cityHash64(number, 8) % 37)),
     ['https://www.google.com/', 'https://yandex.ru/', '', 'https://vk.com/', 'https://www.facebook.com/'][1 + cityHash64(number, 2) % 5],
     ['google', 'yandex', '', 'vk', 'facebook'][1 + cityHash64(number, 2) % 5] AS src,
     ['cpc', 'cpc', '', 'social', 'cpc'][1 + cityHash64(number, 2) % 5],
@@ -49,7 +50,7 @@ SELECT
     ['a', 'b'][1 + cityHash64(number, 4) % 2],
     '+74951234567',
     'live_lease',
-    concat('s', toString(cityHash64(number, 10) % 2500000)),
+    concat('s', toString((cityHash64(number, 10) % 125000) * 20 + number % 20)),
     concat('v', toString(cityHash64(number, 11) % 1100000)),
     ['google', 'yandex', '', 'vk', 'facebook'][1 + cityHash64(number, 2) % 5] AS src,
     ['cpc', 'cpc', '', 'social', 'cpc'][1 + cityHash64(number, 2) % 5],
@@ -63,7 +64,7 @@ SELECT
 FROM numbers({calls})
 ;;
 INSERT INTO call_attempts (call_id, attempt, sip_call_id, trunk, destination, started, ended, pdd_ms, answer_ms,
-    talk_ms, final_code, reason, outcome, failover, version, duration_ms)
+    talk_ms, final_code, reason, outcome, failover, version, duration_ms, site)
 SELECT
     toUUID(concat('00000000-0000-4000-8000-', substring(concat('000000000000', hex(number)), length(hex(number)) + 1, 12))),
     if(cityHash64(number, 7) % 10 = 3, 2, 1),
@@ -78,11 +79,12 @@ SELECT
     if(cityHash64(number, 1) % 5 = 0, 'no_answer', 'answered'),
     0,
     toUInt64(r) * 1000,
-    (8 + number % 400) * 1000
+    (8 + number % 400) * 1000,
+    concat('site', toString(number % 20))
 FROM numbers({calls})
 ;;
 INSERT INTO call_attempts (call_id, attempt, sip_call_id, trunk, destination, started, ended, pdd_ms, answer_ms,
-    talk_ms, final_code, reason, outcome, failover, version, duration_ms)
+    talk_ms, final_code, reason, outcome, failover, version, duration_ms, site)
 SELECT
     toUUID(concat('00000000-0000-4000-8000-', substring(concat('000000000000', hex(number)), length(hex(number)) + 1, 12))),
     1,
@@ -93,6 +95,7 @@ SELECT
     r + 1,
     0, 0, 0, 503, 'Service Unavailable', 'rejected', 1,
     toUInt64(r) * 1000,
-    1000
+    1000,
+    concat('site', toString(number % 20))
 FROM numbers({calls})
 WHERE cityHash64(number, 7) % 10 = 3

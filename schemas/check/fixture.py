@@ -95,6 +95,7 @@ def sql_value(v):
 # migration's columns while the main fixture loads.
 LATE_COLUMNS = {
     "calls": [("gbraid", ""), ("wbraid", ""), ("ym_uid", ""), ("touch_ts", 0)],
+    "call_attempts": [("site", "")],
 }
 
 
@@ -147,8 +148,9 @@ def insert_sql(table, rows, cols=None):
 
 def add_call(fx, cid, received, caller, number, site, pool, attempts, disposition=None,
              session=None, attribution=None, number_status="active", final_code=None,
-             source_label="", write_call=True, late=None):
-    """attempts: list of dicts (trunk, code, outcome, pdd, answer, talk, dur)."""
+             source_label="", write_call=True, late=None, attempt_site=False):
+    """attempts: list of dicts (trunk, code, outcome, pdd, answer, talk, dur).
+    attempt_site: the attempt rows carry the call's site (migration 0012)."""
     s = session or {}
     t = received
     last = None
@@ -173,7 +175,9 @@ def add_call(fx, cid, received, caller, number, site, pool, attempts, dispositio
             ended = r["ended"]
         if a.get("pdd", 0) > 0:
             ring_ms += max(0, (a.get("answer") or dur * 1000) - a.get("pdd", 0))
-        rows.append(fx.add("call_attempts", **r))
+        if attempt_site:
+            r["site"] = site
+        rows.append(fx.add("call_attempts", late=attempt_site, **r))
         last = a
         t = ended
     if disposition is None:
@@ -352,9 +356,15 @@ def hand(fx):
     add_call(fx, c("lab"), ts("2026-11-07 10:49:20"), "+79990000040", L1, "lab", "lab-late",
              [A("trunk-c", 486, "busy", pdd=500, dur=2, reason="Busy Here")],
              disposition="busy", session=lab[0], attribution="recent_lease")
-    # Attempts of a call that has no calls row (still in progress at {to}).
+    # Attempts of calls that have no calls row (still in progress at {to}):
+    # one of shop, one of clinic, one written before attempts had a site.
     add_call(fx, c("lost"), ts("2026-11-08 23:59:30"), "+79990000030", N2, "shop", "shop-msk",
-             [A("trunk-a", 503, "rejected", dur=1)], write_call=False)
+             [A("trunk-a", 503, "rejected", dur=1)], write_call=False, attempt_site=True)
+    add_call(fx, c("lost-clinic"), ts("2026-11-08 23:58:00"), "+79990000031", K2, "clinic",
+             "clinic-main", [A("trunk-c", 503, "rejected", dur=1)], write_call=False,
+             attempt_site=True)
+    add_call(fx, c("lost-old"), ts("2026-11-08 23:57:00"), "+79990000032", N2, "shop", "shop-msk",
+             [A("trunk-a", 500, "rejected", dur=1)], write_call=False)
     # Exactly at {to}: outside [from, to), inside quarantine's [to - 90 d, to].
     add_call(fx, c("at-to"), ts("2026-11-09 00:00:00"), "+79991000054", "+74951110054", "shop", "",
              [], disposition="rejected_quarantine", number_status="quarantine", final_code=404)

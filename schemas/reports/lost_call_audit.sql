@@ -4,8 +4,9 @@
 --   rejected calls (zero attempts) included; {site} = '' means every site.
 -- record = 'attempts_only': attempts started in [{from}, {to}) whose call
 --   has no calls row (call still in progress, or its row was lost);
---   received is then the first attempt's start. Not filtered by site
---   (attempts carry no site).
+--   received is then the first attempt's start. For one site: that site's
+--   attempts (call_attempts.site, migration 0012; attempts written before
+--   it have site = '' and show in the every-site report only).
 -- attempt_path: the call's attempts in attempt order, 'trunk:code:outcome'
 --   joined by ' > ' (e.g. 'trunk-a:503:rejected > trunk-b:200:answered').
 -- attempt_rows: attempt rows recorded; a value below `attempts` means
@@ -109,10 +110,12 @@ FROM
                 arraySort(groupUniqArray((attempt, trunk, final_code, toString(outcome))))), ' > ') AS attempt_path
         FROM call_attempts
         WHERE started >= {from} AND started < {to}
+          AND ({site} = '' OR site = {site})
           AND call_id NOT IN
           (
               SELECT call_id FROM calls
               WHERE received >= {from} - 86400 AND received < {to} + 86400
+                AND ({site} = '' OR site = {site})
           )
         GROUP BY call_id
     )

@@ -76,6 +76,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0011_pool_samples.sql",
         sql: include_str!("../migrations/0011_pool_samples.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_attempt_site.sql",
+        sql: include_str!("../migrations/0012_attempt_site.sql"),
+    },
 ];
 
 #[derive(Debug, Row, Serialize, Deserialize)]

@@ -323,6 +323,9 @@ pub struct CallAttempt {
     /// INVITE sent -> the attempt's end, ms.
     #[serde(default)]
     pub duration_ms: u32,
+    /// The call's site ('' for a number of no site).
+    #[serde(default)]
+    pub site: String,
 }
 
 impl Table for CallAttempt {

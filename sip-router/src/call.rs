@@ -1487,6 +1487,7 @@ impl Call {
     ) -> Option<Box<CallAttempt>> {
         let id = self.id;
         let sip_call_id = self.sip_call_id.clone();
+        let site = self.setup.site.clone();
         let a = self.attempt_mut(n)?;
         if matches!(a.state, State::Calling | State::Proceeding) {
             a.state = State::Done;
@@ -1509,6 +1510,7 @@ impl Call {
             failover: u8::from(failover),
             version: now_ms,
             duration_ms: dur(a.started_ms, now_ms),
+            site,
         });
         out.push(Action::Attempt(row.clone()));
         Some(row)
@@ -1628,6 +1630,7 @@ impl Call {
                 failover: 0,
                 version: now_ms,
                 duration_ms: dur(a.started_ms, now_ms),
+                site: self.setup.site.clone(),
             };
             out.push(Action::Attempt(Box::new(row)));
         }

@@ -7,8 +7,9 @@
 // the caller came from; the reports' charts count it and download as CSV;
 // the Numbers page charts the pool's use against its size; the Install page
 // gives the tag and sees the visit from the site's origin.
-// A wrong token gets the sign-in form with the reason. Screenshots go to
-// var/test/artifacts/.
+// A wrong token gets the sign-in form with the reason. Every state
+// screenshotted (to var/test/artifacts/) also passes axe-core's WCAG 2 A/AA
+// audit.
 //
 // DIALMARK_APP_BREAK=no-feed starts the app with the live feed blocked
 // (to check that this test fails without it).
@@ -17,6 +18,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import { createRequire } from 'node:module';
 import { startTracker, launch, openPage, waitNumber, freePort, poll, udpBound, ROOT, STATIC } from './lib/harness.js';
 import { sipKit } from './lib/sip.js';
 
@@ -37,9 +39,26 @@ after(async () => {
 });
 const { tmpDir, scenario, trunk, carrierCall, startRouter, preflight } = sipKit(onCleanup);
 
+// Evaluated through the DevTools protocol: the app's CSP (rightly) refuses
+// an injected <script>.
+const AXE = fs.readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+
+/** axe-core's WCAG 2 A/AA rules on the page as it is now: each violation
+ * as `rule: element, element`; [] when it passes. */
+const audit = async tab => {
+  if (!(await tab.evaluate(() => 'axe' in window))) await tab.evaluate(AXE);
+  return tab.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } });
+    return r.violations.map(v => `${v.id}: ${v.nodes.map(n => n.target.join(' ')).join(', ')}`);
+  });
+};
+
+/** A screenshot of each state the test reaches, and the accessibility
+ * audit of that state (labels, names, contrast, keyboard-reachable). */
 const shot = async (tab, name) => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   await tab.screenshot({ path: path.join(ARTIFACTS, `app-${name}.png`), fullPage: true });
+  assert.deepEqual(await audit(tab), [], `accessibility of ${name}`);
 };
 
 const shop = site => `<!doctype html>
@@ -177,6 +196,9 @@ test('a call shows up live in the call log with its source, then its attempts', 
   assert.match(facts['Recommended size'], /^\d+ \(predicted loss [\d.]+%\)$/, JSON.stringify(facts));
   assert.match(await app.getAttribute(`${pool} svg`, 'aria-label'), /^Pool size: 2(, 2)*; Leased: [01](, [01])*$/);
   assert.ok(await app.isVisible('#quarantine table'), 'the quarantine table');
+  const cycle = await app.$$eval('#lifecycle dl.facts dt', dts => dts.map(dt => `${dt.textContent}=${dt.nextElementSibling.textContent}`));
+  assert.deepEqual(cycle.slice(1), ['Active in these pools=2', 'In quarantine=0'], 'the lifecycle counts');
+  assert.match(cycle[0], /^In stock \(the node's spare numbers\)=\d+$/);
   await shot(app, 'numbers');
 
   // Install: the tag for this site and the visit seen from its origin.

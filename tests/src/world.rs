@@ -66,6 +66,7 @@ pub struct AttemptRow {
     pub failover: u8,
     pub talk_ms: u32,
     pub duration_ms: u32,
+    pub site: String,
 }
 
 #[derive(Row, Deserialize, Debug)]
@@ -129,7 +130,7 @@ pub async fn attempts_until(
     for _ in 0..100 {
         rows = db
             .query(
-                "SELECT attempt, trunk, final_code, toString(outcome), failover, talk_ms, duration_ms FROM call_attempts FINAL \
+                "SELECT attempt, trunk, final_code, toString(outcome), failover, talk_ms, duration_ms, site FROM call_attempts FINAL \
                  WHERE call_id IN (SELECT call_id FROM calls WHERE number = ?) ORDER BY started, attempt",
             )
             .bind(number)

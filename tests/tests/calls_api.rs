@@ -222,6 +222,7 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(row["calls"], 3, "{}", rep.body);
+    assert_eq!(row["answered"], 3, "a count, as the SQL says: {}", rep.body);
     let csv = get(&w, "/v1/reports/campaigns?format=csv", &token).await;
     assert_eq!(csv.status, 200);
     assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
@@ -323,6 +324,20 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
         list[0]["size"].clone(),
     );
     assert_eq!(size, 1, "one number; the other was retired: {}", pools.body);
+    // The lifecycle: stock is the node's (a number added to no pool lands
+    // there), quarantine counts this site's retired number only.
+    let spare = send(
+        "POST",
+        w.tracker.url("/v1/admin/numbers"),
+        bearer("test-token"),
+        Some(json!({ "numbers": [dialmark_e2e::env::unique_number()] }).to_string()),
+    )
+    .await;
+    assert_eq!(spare.status, 200, "{}", spare.body);
+    let cycle = get(&w, "/v1/pools", &token).await.body["lifecycle"].clone();
+    assert_eq!(cycle["active"], 1, "{cycle}");
+    assert_eq!(cycle["quarantine"], 1, "{cycle}");
+    assert!(cycle["stock"].as_u64().unwrap() >= 1, "{cycle}");
     let path = format!("/v1/pools/{pool}/samples");
     let mut use_rows = Value::Null;
     for _ in 0..50 {

@@ -257,6 +257,10 @@ async fn a_hundred_then_silence_fails_over_at_the_ringing_timeout_and_downs_the_
         ("a", "timeout", 408, 1)
     );
     assert_eq!(rows[1].trunk.as_str(), "b");
+    assert!(
+        rows.iter().all(|r| r.site == w.site),
+        "each attempt carries the call's site: {rows:?}"
+    );
     // It counted against trunk a: down, with the reason, on record.
     let db = dialmark_schemas::ch::client(&w.tracker.config.clickhouse);
     let mut events: Vec<(String, String, String)> = Vec::new();

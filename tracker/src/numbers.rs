@@ -1,12 +1,15 @@
 //! The numbers API behind the web app's Numbers page: each pool of a site
-//! with its use now (from Redis) and over time (`pool_samples`), for the
+//! with its use now (from Redis) and over time (`pool_samples`), and the
+//! number lifecycle at a glance (stock / active / quarantine), for the
 //! admin token or the site's read token.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
+use dialmark_schemas::layout;
 use dialmark_schemas::reports::{self, quote};
+use dialmark_schemas::store::Redis;
 use serde_json::Value;
 
 use crate::access::Reader;
@@ -43,6 +46,7 @@ async fn list(
     };
     let mut r = inv.redis.clone();
     let mut out = Vec::new();
+    let mut active = 0;
     for id in ids {
         // A line may name a pool not created yet: listed as missing.
         let def = match inv.pool(&id).await {
@@ -54,6 +58,7 @@ async fn list(
             Err(e) => return Err(e),
         };
         let st = pool::stats(&mut r, &id).await?;
+        active += st.size;
         out.push(serde_json::json!({
             "id": id,
             "site": def.site,
@@ -65,7 +70,39 @@ async fn list(
             "network_capped": st.network_capped,
         }));
     }
-    Ok(Json(serde_json::json!({ "pools": out })))
+    let lifecycle = lifecycle(&mut r, &site, active).await?;
+    Ok(Json(
+        serde_json::json!({ "pools": out, "lifecycle": lifecycle }),
+    ))
+}
+
+/// Numbers per lifecycle state: `stock` (the node's spare numbers, no
+/// site's yet: what a pool can grow by), `active` (in the listed pools)
+/// and `quarantine` (retired numbers of `site`; every one for '').
+async fn lifecycle(r: &mut Redis, site: &str, active: u64) -> Result<Value, TrackerError> {
+    let stock: u64 = redis::cmd("SCARD")
+        .arg(layout::STOCK)
+        .query_async(r)
+        .await?;
+    let retired: Vec<String> = redis::cmd("ZRANGE")
+        .arg(layout::QUARANTINE)
+        .arg(0)
+        .arg(-1)
+        .query_async(r)
+        .await?;
+    let mut quarantine = 0u64;
+    for number in &retired {
+        // One key per command: routes live on many Cluster slots.
+        let owner: Option<String> = redis::cmd("HGET")
+            .arg(layout::route_key(number))
+            .arg("site")
+            .query_async(r)
+            .await?;
+        if site.is_empty() || owner.as_deref() == Some(site) {
+            quarantine += 1;
+        }
+    }
+    Ok(serde_json::json!({ "stock": stock, "active": active, "quarantine": quarantine }))
 }
 
 /// The SQL of a pool's use over `[from, to)`: per bucket (the range in
