@@ -61,7 +61,7 @@ fn lease(c: &mut Criterion) {
     let mut redis = rt
         .block_on(Redis::connect(&RedisConfig {
             url,
-            cluster: Vec::new(),
+            ..RedisConfig::default()
         }))
         .expect("DIALMARK_BENCH_REDIS does not answer");
     let scripts = Scripts::default();

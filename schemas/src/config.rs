@@ -53,6 +53,15 @@ pub struct RedisConfig {
     pub url: String,
     /// Seed nodes (`redis://host:port`) of a Redis Cluster.
     pub cluster: Vec<String>,
+    /// Replicas that must hold a lease before the visitor is given its
+    /// number (Redis `WAIT`): Redis replicates asynchronously, and a
+    /// replica promoted without an acknowledged lease would lease that
+    /// number again. 0 (default): do not wait; 1 with a replica per master.
+    pub wait_replicas: u32,
+    /// The longest wait for them, ms: past it the lease is served anyway
+    /// (a replica down must not stop leasing) and counted in
+    /// `dialmark_redis_unreplicated_writes_total`.
+    pub wait_timeout_ms: u64,
 }
 
 impl Default for RedisConfig {
@@ -60,6 +69,8 @@ impl Default for RedisConfig {
         Self {
             url: "redis://127.0.0.1:6379/".into(),
             cluster: Vec::new(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
         }
     }
 }
@@ -618,6 +629,12 @@ impl RawConfig {
         if self.redis.url.is_empty() && self.redis.cluster.is_empty() {
             return Err(Error::config("redis.url", "set url or cluster"));
         }
+        if self.redis.wait_replicas > 0 && !(1..=5000).contains(&self.redis.wait_timeout_ms) {
+            return Err(Error::config(
+                "redis.wait_timeout_ms",
+                "must be 1..5000 when wait_replicas is set",
+            ));
+        }
         for (i, u) in self.redis.cluster.iter().enumerate() {
             if !u.starts_with("redis://") {
                 return Err(Error::config(
@@ -942,6 +959,10 @@ mod tests {
         let cases = [
             ("[clickhouse]\ndatabase = \"x; DROP\"\n", "clickhouse.database"),
             ("[clickhouse]\nurl = \"tcp://x\"\n", "clickhouse.url"),
+            (
+                "[redis]\nwait_replicas = 1\nwait_timeout_ms = 0\n",
+                "redis.wait_timeout_ms",
+            ),
             ("[tracker]\nhold_seconds = 0\n", "tracker.hold_seconds"),
             ("[tracker]\npool_sample_seconds = 7200\n", "tracker.pool_sample_seconds"),
             ("[tracker]\nhold_seconds = 100\nmax_hold_seconds = 10\n", "tracker.max_hold_seconds"),

@@ -101,7 +101,7 @@ impl PrivateRedis {
     pub fn config(&self) -> dialmark_schemas::config::RedisConfig {
         dialmark_schemas::config::RedisConfig {
             url: format!("redis://127.0.0.1:{}/", self.port),
-            cluster: Vec::new(),
+            ..Default::default()
         }
     }
 }

@@ -52,7 +52,7 @@ pub async fn config_on(
 pub fn single_redis() -> RedisConfig {
     RedisConfig {
         url: crate::env::redis_url(),
-        cluster: Vec::new(),
+        ..RedisConfig::default()
     }
 }
 
@@ -60,6 +60,7 @@ pub fn cluster_redis() -> RedisConfig {
     RedisConfig {
         url: String::new(),
         cluster: crate::env::redis_cluster(),
+        ..RedisConfig::default()
     }
 }
 

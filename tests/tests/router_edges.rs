@@ -1078,8 +1078,14 @@ async fn a_tcp_trunk_gets_a_connection_reused_by_the_dialog_and_reopened() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_request_to_an_auto_trunk_goes_over_tcp() {
     let w = world("eauto").await;
-    let udp = Peer::bind();
-    let listener = tokio::net::TcpListener::bind(udp.addr).await.unwrap();
+    // The trunk listens on one port for both: a UDP port whose TCP twin
+    // is free (an outgoing connection may hold it).
+    let (udp, listener) = loop {
+        let udp = Peer::bind();
+        if let Ok(l) = tokio::net::TcpListener::bind(udp.addr).await {
+            break (udp, l);
+        }
+    };
     let r = start(&w, &[], &trunk_toml("a", udp.port(), "auto"), "");
     let carrier = Peer::bind();
     let rt = router_addr(&r);

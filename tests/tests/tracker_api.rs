@@ -663,7 +663,7 @@ async fn quarantine_release_runs_on_the_trackers_timer() {
             "{}/11",
             dialmark_e2e::env::redis_url().trim_end_matches('/')
         ),
-        cluster: Vec::new(),
+        ..Default::default()
     };
     let t = TestTracker::start(config("qtimer", redis, "").await).await;
     let inv = &t.state.inventory;

@@ -314,9 +314,16 @@ impl Inventory {
         let mut r = self.redis.clone();
         let json =
             serde_json::to_string(&site).map_err(|e| TrackerError::Internal(e.to_string()))?;
-        redis::pipe()
-            .set(layout::site_key(&site.id), json)
-            .sadd(layout::SITES, &site.id)
+        // One command per key: on a Redis Cluster the keys live on
+        // different slots, and a pipeline across slots is refused.
+        redis::cmd("SET")
+            .arg(layout::site_key(&site.id))
+            .arg(json)
+            .exec_async(&mut r)
+            .await?;
+        redis::cmd("SADD")
+            .arg(layout::SITES)
+            .arg(&site.id)
             .exec_async(&mut r)
             .await?;
         self.site_cache
@@ -412,9 +419,15 @@ impl Inventory {
     async fn save_pool(&self, def: &PoolDef) -> Result<(), TrackerError> {
         let mut r = self.redis.clone();
         let json = serde_json::to_string(def).map_err(|e| TrackerError::Internal(e.to_string()))?;
-        redis::pipe()
-            .set(layout::pool_key(&def.id), json)
-            .sadd(layout::POOLS, &def.id)
+        // One command per key (Cluster slots), as in put_site.
+        redis::cmd("SET")
+            .arg(layout::pool_key(&def.id))
+            .arg(json)
+            .exec_async(&mut r)
+            .await?;
+        redis::cmd("SADD")
+            .arg(layout::POOLS)
+            .arg(&def.id)
             .exec_async(&mut r)
             .await?;
         Ok(())
@@ -482,20 +495,30 @@ impl Inventory {
         let prev = layout::read_route(&mut r, &rec.number).await?;
         let from = prev.as_ref().map_or(NumberStatus::Unknown, |p| p.status);
         let key = layout::route_key(&rec.number);
-        let mut pipe = redis::pipe();
-        pipe.del(&key).hset_multiple(&key, &rec.to_fields());
-        match rec.status {
-            NumberStatus::Quarantine => pipe
-                .zadd(layout::QUARANTINE, &rec.number, rec.status_since)
-                .srem(layout::STOCK, &rec.number),
-            NumberStatus::Stock => pipe
-                .zrem(layout::QUARANTINE, &rec.number)
-                .sadd(layout::STOCK, &rec.number),
-            _ => pipe
-                .zrem(layout::QUARANTINE, &rec.number)
-                .srem(layout::STOCK, &rec.number),
+        // The route in one atomic step (one key), then the indexes, each on
+        // its own: on a Redis Cluster they live on other slots.
+        redis::pipe()
+            .atomic()
+            .del(&key)
+            .hset_multiple(&key, &rec.to_fields())
+            .exec_async(&mut r)
+            .await?;
+        let (quarantine, stock) = match rec.status {
+            NumberStatus::Quarantine => (Some(rec.status_since), false),
+            NumberStatus::Stock => (None, true),
+            _ => (None, false),
         };
-        pipe.exec_async(&mut r).await?;
+        let mut index = redis::cmd(if quarantine.is_some() { "ZADD" } else { "ZREM" });
+        index.arg(layout::QUARANTINE);
+        if let Some(since) = quarantine {
+            index.arg(since);
+        }
+        index.arg(&rec.number).exec_async(&mut r).await?;
+        redis::cmd(if stock { "SADD" } else { "SREM" })
+            .arg(layout::STOCK)
+            .arg(&rec.number)
+            .exec_async(&mut r)
+            .await?;
         if from != rec.status || prev.is_none() {
             self.event(
                 &rec.number,

@@ -1,7 +1,8 @@
 //! The lease engine: leasing a number from a pool for a browser session,
 //! keeping it alive, and taking numbers in and out of pools. Every step is
 //! one atomic Lua script on the pool's Redis slot (see `schemas/lua/`);
-//! time is passed in, so tests control the clock.
+//! time is passed in, so tests control the clock. A lease, its renewal and
+//! a withdrawal are answered once `redis.wait_replicas` replicas hold them.
 
 use dialmark_schemas::layout::{pool_prefix, Scripts};
 use dialmark_schemas::store::Redis;
@@ -119,6 +120,14 @@ pub async fn allocate(
             )))
         }
     };
+    if matches!(
+        allocation,
+        Allocation::Leased { .. } | Allocation::Renewed { .. }
+    ) {
+        // The visitor is shown this number only once a replica has the
+        // lease: a failover then cannot hand it to a second visitor.
+        redis.replicated(&pool_prefix(pool)).await?;
+    }
     Ok(AllocateOutcome {
         allocation,
         reclaimed,
@@ -143,6 +152,9 @@ pub async fn keepalive(
         .arg(session)
         .invoke_async(redis)
         .await?;
+    if exp > 0 {
+        redis.replicated(&pool_prefix(pool)).await?;
+    }
     Ok((exp > 0).then_some((exp, number)))
 }
 
@@ -182,6 +194,8 @@ pub async fn withdraw(
         .arg(number)
         .invoke_async(redis)
         .await?;
+    // A withdrawal a failover lost would put a retired number back in use.
+    redis.replicated(&pool_prefix(pool)).await?;
     Ok(was == 1)
 }
 
