@@ -314,7 +314,36 @@ pub struct RouterConfig {
     pub probe: ProbeConfig,
     pub quality: QualityConfig,
     pub rate_limit: RateLimitConfig,
+    pub ha: HaConfig,
     pub trunks: Vec<TrunkConfig>,
+}
+
+/// The active/standby pair (`ops/README.md`, "High availability"): nodes
+/// of one `group` share the SIP address; the one holding the group's
+/// leader lease in Redis serves it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// Off (default): the node serves its address at once, alone.
+    pub enabled: bool,
+    /// The pair's name (letters, digits, `-`, `_`): its lease key.
+    pub group: String,
+    /// This node's id in the lease; default `hostname:pid`.
+    pub node: String,
+    /// How long the lease outlives the active's last renewal: the
+    /// takeover time when the active dies (default 3000).
+    pub lease_ms: u64,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            group: "default".into(),
+            node: String::new(),
+            lease_ms: 3_000,
+        }
+    }
 }
 
 /// The completed-call webhook: each call's record is POSTed as signed JSON
@@ -402,6 +431,7 @@ impl Default for RouterConfig {
             probe: ProbeConfig::default(),
             quality: QualityConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            ha: HaConfig::default(),
             trunks: Vec::new(),
         }
     }
@@ -774,6 +804,21 @@ impl RawConfig {
             ));
         }
         r.quality.validate("router.quality")?;
+        if !(300..=60_000).contains(&r.ha.lease_ms) {
+            return Err(Error::config("router.ha.lease_ms", "must be 300..60000"));
+        }
+        if r.ha.group.is_empty()
+            || !r
+                .ha
+                .group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Error::config(
+                "router.ha.group",
+                "letters, digits, '-' and '_' only",
+            ));
+        }
         if r.probe.down_after == 0 {
             return Err(Error::config(
                 "router.probe.down_after",
@@ -971,6 +1016,8 @@ mod tests {
             ("[router]\nringing_timeout_ms = 1000\n", "router.ringing_timeout_ms"),
             ("[router]\nall_trunks_failed_code = 404\n", "router.all_trunks_failed_code"),
             ("[router]\nmax_memory_mb = 0\n", "router.max_memory_mb"),
+            ("[router.ha]\nlease_ms = 100\n", "router.ha.lease_ms"),
+            ("[router.ha]\ngroup = \"a{b}\"\n", "router.ha.group"),
             ("[router.quality]\nner_floor = 2.0\n", "router.quality.ner_floor"),
             (
                 "[router.quality.groups.premium]\nprobe_percent = 0\n",

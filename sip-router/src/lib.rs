@@ -32,6 +32,7 @@
 //! - [`webhook`]: the signed call webhooks, global and per site (durable spools).
 //! - [`live`]: the live call feed on Redis pub/sub, for the marketers' call log.
 //! - [`http`]: `/healthz`, `/metrics`, `/status` for the NOC.
+//! - [`ha`]: the active/standby pair: the leader lease, the takeover.
 #![forbid(unsafe_code)]
 
 pub mod abuse;
@@ -41,6 +42,7 @@ pub mod control;
 pub mod dialog;
 pub mod directory;
 pub mod dispatch;
+pub mod ha;
 pub mod health;
 pub mod http;
 pub mod journal;
@@ -94,21 +96,39 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         dialmark_schemas::runtime::install_metrics().context("installing the metrics recorder")?;
     let config = Arc::new(config);
     let r = &config.router;
-    let (udp, granted) = transport::bind_udp(r.udp, r.udp_recv_buffer_bytes)
-        .with_context(|| format!("binding router.udp {}", r.udp))?;
+    // One of a pair: a standby until it holds the lease; the address may
+    // then still be held a moment by the active it replaces.
+    let pair = match r.ha.enabled {
+        true => Some(ha::standby(&r.ha, &config.redis, r.http, metrics.clone()).await?),
+        false => None,
+    };
+    let (udp, granted) = match pair {
+        Some(_) => {
+            ha::bind_when_free("router.udp", || async {
+                transport::bind_udp(r.udp, r.udp_recv_buffer_bytes)
+            })
+            .await
+        }
+        None => transport::bind_udp(r.udp, r.udp_recv_buffer_bytes)
+            .with_context(|| format!("binding router.udp {}", r.udp))?,
+    };
     let udp = Arc::new(udp);
     info!(addr = %udp.local_addr()?, "router listening (udp)");
     transport::report_recv_buffer(r.udp_recv_buffer_bytes, granted);
-    let tcp = match r.tcp {
-        Some(a) => {
-            let l = tokio::net::TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding router.tcp {a}"))?;
-            info!(addr = %l.local_addr()?, "router listening (tcp)");
-            Some(l)
+    let tcp = match (r.tcp, &pair) {
+        (Some(a), Some(_)) => {
+            Some(ha::bind_when_free("router.tcp", || tokio::net::TcpListener::bind(a)).await)
         }
-        None => None,
+        (Some(a), None) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding router.tcp {a}"))?,
+        ),
+        (None, _) => None,
     };
+    if let Some(l) = &tcp {
+        info!(addr = %l.local_addr()?, "router listening (tcp)");
+    }
     let http = tokio::net::TcpListener::bind(r.http)
         .await
         .with_context(|| format!("binding router.http {}", r.http))?;
@@ -264,7 +284,21 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         let _ = axum::serve(http, app).await;
     });
 
-    dialmark_schemas::runtime::shutdown_signal().await;
+    match pair.clone() {
+        Some((redis, lease)) => {
+            tokio::select! {
+                _ = dialmark_schemas::runtime::shutdown_signal() => {}
+                holder = ha::keep(redis, lease) => {
+                    // Fencing: the other node serves the address now; this
+                    // one leaves at once (answered calls are in its journal,
+                    // closed as node_lost at its next start).
+                    error!(holder, "another node holds the leader lease: exiting");
+                    std::process::exit(3);
+                }
+            }
+        }
+        None => dialmark_schemas::runtime::shutdown_signal().await,
+    }
     let drain = Duration::from_secs(r.drain_seconds);
     info!(
         drain_seconds = r.drain_seconds,
@@ -311,6 +345,12 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         .is_err()
     {
         tracing::error!("sinks did not flush within 10 s; queued rows lost");
+    }
+    if let Some((mut redis, lease)) = pair {
+        // The standby takes over at its next poll, not at the lease's expiry.
+        if let Err(e) = lease.release(&mut redis).await {
+            warn!(cause = %e, "could not release the leader lease; it lapses by itself");
+        }
     }
     info!("router stopped");
     Ok(())

@@ -88,6 +88,34 @@ impl TestRouter {
         }
     }
 
+    /// The second node of a pair (`[router.ha]` on): this one's config
+    /// with its own HTTP port and spool, on the same SIP address. It
+    /// answers `/healthz` as a standby until it holds the lease.
+    pub fn standby(&self) -> TestRouter {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http_port = free_port();
+        let text = std::fs::read_to_string(&self.config)
+            .expect("router config")
+            .replace(
+                &format!("http = \"127.0.0.1:{}\"", self.http_port),
+                &format!("http = \"127.0.0.1:{http_port}\""),
+            )
+            .replace(
+                &self.spool_dir().display().to_string(),
+                &dir.path().join("spool").display().to_string(),
+            );
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, text).expect("write router config");
+        let proc = spawn(&path, http_port);
+        TestRouter {
+            proc,
+            sip_port: self.sip_port,
+            http_port,
+            config: path,
+            _dir: dir,
+        }
+    }
+
     /// Starts the router again on the same config (and spool), e.g. after
     /// it was killed.
     pub fn restart(&mut self) {

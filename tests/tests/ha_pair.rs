@@ -1,0 +1,134 @@
+//! The active/standby pair (#19): two routers with `[router.ha]` on one
+//! SIP address. The standby answers `/healthz` and `/metrics` and binds
+//! nothing; the active holds the leader lease in Redis. The active is
+//! killed (SIGKILL): the standby holds the lease and serves the address
+//! within 5 s (default 3 s lease); a call whose INVITE was sent at the
+//! kill is answered through it (the carrier's retransmissions reach it);
+//! a later call too; every call is on record once.
+
+use std::time::{Duration, Instant};
+
+use dialmark_e2e::env::unique;
+use dialmark_e2e::process::free_port;
+use dialmark_e2e::router::{RouterOptions, TestRouter};
+use dialmark_e2e::sipp::{Scenario, Uas};
+use dialmark_e2e::world::{call, calls, spawn_call, world};
+
+fn leader(r: &TestRouter) -> f64 {
+    r.metric("dialmark_router_ha_leader")
+        .first()
+        .map_or(-1.0, |(_, v)| *v)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
+    let w = world("hapair").await;
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let ha = format!(
+        "[router.ha]\nenabled = true\ngroup = \"{}\"\n",
+        unique("pair")
+    );
+    let mut active = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("b", pb)],
+            router: &ha,
+            probe: "",
+        },
+    );
+    let standby = active.standby();
+    assert_eq!(leader(&active), 1.0, "the first node holds the lease");
+    assert_eq!(leader(&standby), 0.0, "the second one waits");
+    let before = call(
+        active.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &[],
+    )
+    .await;
+    assert!(before.success, "{}", before.output);
+    calls(&w, &w.number, 1).await;
+
+    active.proc.kill9();
+    let killed = Instant::now();
+    let during = spawn_call(
+        active.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &[],
+    );
+    let mut took = None;
+    while killed.elapsed() < Duration::from_secs(15) {
+        if leader(&standby) == 1.0 && dialmark_e2e::process::udp_bound(active.sip_port) {
+            took = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = took.expect("the standby never took over");
+    println!("the standby serves the address {took:?} after the active's death");
+    assert!(took <= Duration::from_secs(5), "took over after {took:?}");
+    let during = during.await.unwrap();
+    assert!(
+        during.success,
+        "the call sent at the kill was answered through the new active:\n{}\n{}",
+        during.output,
+        standby.proc.output()
+    );
+    let after = call(
+        standby.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &[],
+    )
+    .await;
+    assert!(after.success, "{}", after.output);
+    let rows = calls(&w, &w.number, 3).await;
+    assert!(rows.iter().all(|r| r.disposition == "answered"), "{rows:?}");
+    assert!(
+        standby.proc.output().contains("holding the leader lease"),
+        "the takeover is in the log"
+    );
+}
+
+/// The lease itself: one holder; a renewal finds a lapsed lease taken by
+/// the other node (and the loser must stop); only the holder releases it.
+#[tokio::test]
+async fn the_leader_lease_has_one_holder() {
+    use dialmark_router::ha::{Lease, Renewal};
+    use dialmark_schemas::config::HaConfig;
+    let mut redis = dialmark_schemas::store::Redis::connect(&dialmark_e2e::tracker::single_redis())
+        .await
+        .unwrap();
+    let group = unique("lease");
+    let node = |name: &str| {
+        Lease::new(&HaConfig {
+            enabled: true,
+            group: group.clone(),
+            node: name.into(),
+            lease_ms: 1_000,
+        })
+    };
+    let (a, b) = (node("a"), node("b"));
+    assert!(a.acquire(&mut redis).await.unwrap());
+    assert!(!b.acquire(&mut redis).await.unwrap(), "held by a");
+    assert_eq!(a.renew(&mut redis).await, Renewal::Held);
+    b.release(&mut redis).await.unwrap();
+    assert!(
+        !b.acquire(&mut redis).await.unwrap(),
+        "b cannot release a's lease"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(b.acquire(&mut redis).await.unwrap(), "lapsed: b takes it");
+    assert_eq!(a.renew(&mut redis).await, Renewal::Lost("b".into()));
+    b.release(&mut redis).await.unwrap();
+    assert!(
+        a.acquire(&mut redis).await.unwrap(),
+        "released: a takes it at once"
+    );
+    a.release(&mut redis).await.unwrap();
+}
