@@ -1607,31 +1607,38 @@ impl Call {
         }
     }
 
+    /// The answered attempt's row as of `now_ms` (talk time to it), with
+    /// when its INVITE went out and when it answered (Unix ms).
+    pub fn answered_attempt_row(&self, now_ms: u64) -> Option<(CallAttempt, u64, u64)> {
+        let a = self.attempts.iter().find(|a| a.state == State::Answered)?;
+        let answered = a.answered_ms?;
+        let row = CallAttempt {
+            call_id: self.id,
+            attempt: a.n,
+            sip_call_id: self.sip_call_id.clone(),
+            trunk: a.trunk.name.clone(),
+            destination: a.destination.clone(),
+            started: secs(a.started_ms),
+            ended: secs(now_ms),
+            pdd_ms: a
+                .rang_ms
+                .map_or(dur(a.started_ms, answered), |p| dur(a.started_ms, p)),
+            answer_ms: dur(a.started_ms, answered),
+            talk_ms: dur(answered, now_ms),
+            final_code: self.final_code,
+            reason: String::new(),
+            outcome: Outcome::Answered,
+            failover: 0,
+            version: now_ms,
+            duration_ms: dur(a.started_ms, now_ms),
+            site: self.setup.site.clone(),
+        };
+        Some((row, a.started_ms, answered))
+    }
+
     fn finish_answered(&mut self, now_ms: u64, disposition: Disposition, out: &mut Vec<Action>) {
         out.push(Action::Disarm(Timer::MaxDuration));
-        if let Some(a) = self.attempts.iter().find(|a| a.state == State::Answered) {
-            let answered = a.answered_ms.expect("answered");
-            let row = CallAttempt {
-                call_id: self.id,
-                attempt: a.n,
-                sip_call_id: self.sip_call_id.clone(),
-                trunk: a.trunk.name.clone(),
-                destination: a.destination.clone(),
-                started: secs(a.started_ms),
-                ended: secs(now_ms),
-                pdd_ms: a
-                    .rang_ms
-                    .map_or(dur(a.started_ms, answered), |p| dur(a.started_ms, p)),
-                answer_ms: dur(a.started_ms, answered),
-                talk_ms: dur(answered, now_ms),
-                final_code: self.final_code,
-                reason: String::new(),
-                outcome: Outcome::Answered,
-                failover: 0,
-                version: now_ms,
-                duration_ms: dur(a.started_ms, now_ms),
-                site: self.setup.site.clone(),
-            };
+        if let Some((row, _, _)) = self.answered_attempt_row(now_ms) {
             out.push(Action::Attempt(Box::new(row)));
         }
         self.dialog = None;

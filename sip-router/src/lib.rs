@@ -33,6 +33,8 @@
 //! - [`live`]: the live call feed on Redis pub/sub, for the marketers' call log.
 //! - [`http`]: `/healthz`, `/metrics`, `/status` for the NOC.
 //! - [`ha`]: the active/standby pair: the leader lease, the takeover.
+//! - [`handover`]: answered calls in Redis, carried to their end by the
+//!   pair's other node.
 #![forbid(unsafe_code)]
 
 pub mod abuse;
@@ -43,6 +45,7 @@ pub mod dialog;
 pub mod directory;
 pub mod dispatch;
 pub mod ha;
+pub mod handover;
 pub mod health;
 pub mod http;
 pub mod journal;
@@ -167,12 +170,20 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         ("trunk_events", trunk_events.stats().clone()),
         ("untrusted_sources", untrusted.stats().clone()),
     ];
+    // A pair's answered calls, for the other node to carry on.
+    let handover = pair.as_ref().map(|_| {
+        handover::Handover::start(
+            config.redis.clone(),
+            Duration::from_secs(r.max_call_seconds),
+        )
+    });
     let sinks = shard::Sinks {
         calls,
         attempts,
         trunk_events,
         untrusted,
         events: hooks.events,
+        handover,
     };
     // Calls a killed predecessor left up: closed as node_lost, on record.
     let journal_dir = config.sink.spool_dir.join("router").join("journal");

@@ -36,6 +36,7 @@ use tracing::{debug, info, info_span, warn};
 use crate::call::{self, Action, Call, Event, Setup, Source, Timer};
 use crate::control::ControlMsg;
 use crate::directory::{self, Directory, Lookup};
+use crate::handover::{DialogRecord, Handover};
 use crate::journal::Journal;
 use crate::quality::Sample;
 use crate::shared::{Shared, Snapshot};
@@ -64,6 +65,8 @@ pub struct Sinks {
     pub untrusted: Sink<dialmark_schemas::rows::UntrustedSource>,
     /// Ringing calls for the `call.started` webhooks.
     pub events: crate::webhook::Events,
+    /// Answered calls for the pair's other node (`[router.ha]` on).
+    pub handover: Option<Handover>,
 }
 
 /// A received message on its way to a shard.
@@ -161,7 +164,26 @@ pub enum Internal {
     },
     /// A TCP connection for an attempt's INVITE could not be opened.
     TransportError { key: u64, attempt: u8 },
+    /// What the pair's store holds for an in-dialog request's Call-ID
+    /// (`request`, handled again once the call is adopted).
+    Adopt {
+        key: u64,
+        request: Inbound,
+        record: Option<Box<DialogRecord>>,
+    },
 }
+
+/// A call the pair's other node answered, carried here to its end.
+struct Adopted {
+    call_id: Box<str>,
+    route: Tombstone,
+    record: DialogRecord,
+    expires_ms: u64,
+}
+
+/// The connection id of a TCP carrier of an adopted call: none of this
+/// node's, so the request opens one to where the carrier listens.
+const NO_CONN: u64 = u64::MAX;
 
 /// How often a shard gives back the map capacity a load peak left.
 const SHRINK_EVERY_MS: u64 = 10_000;
@@ -197,6 +219,8 @@ pub struct Shard {
     overloaded: bool,
     snap: Arc<Snapshot>,
     journal: Journal,
+    /// Calls of the pair's other node carried on here.
+    adopted: HashMap<u64, Adopted>,
     /// When the maps were last shrunk.
     shrunk_ms: u64,
 }
@@ -238,6 +262,7 @@ impl Shard {
                 overloaded: false,
                 snap,
                 journal,
+                adopted: HashMap::new(),
                 shrunk_ms: 0,
             },
             internal_rx,
@@ -411,6 +436,8 @@ impl Shard {
             self.shrunk_ms = now;
             shrink(&mut self.calls);
             shrink(&mut self.tombstones);
+            // An adopted call whose BYE never came: gone with its record.
+            self.adopted.retain(|_, a| a.expires_ms > now);
             if self.expiry.capacity() > 4 * self.expiry.len().max(1024) {
                 self.expiry.shrink_to(2 * self.expiry.len());
             }
@@ -744,7 +771,90 @@ impl Shard {
             Internal::TransportError { key, attempt } => {
                 self.drive(key, Event::TransportError { attempt })
             }
+            Internal::Adopt {
+                key,
+                request,
+                record,
+            } => self.adopt(key, request, record.map(|r| *r)),
         }
+    }
+
+    /// An in-dialog request for a call of the pair's other node: with its
+    /// record, the call is carried on here and the request handled again;
+    /// without one, 481 as for any unknown dialog.
+    fn adopt(&mut self, key: u64, request: Inbound, record: Option<DialogRecord>) {
+        let Some(rec) = record else {
+            if let Ok(msg) = wire::parse(&request.bytes) {
+                if msg.method() != Some("ACK") {
+                    self.reply(&msg, request.from, 481);
+                }
+            }
+            return;
+        };
+        if !self.adopted.contains_key(&key) && !self.calls.contains_key(&key) {
+            let Ok(msg) = wire::parse(&request.bytes) else {
+                return;
+            };
+            info!(call_id = msg.call_id(), trunk.name = %rec.attempt.trunk, "carrying on a call the other node answered");
+            metrics::counter!("dialmark_calls_adopted_total").increment(1);
+            let route = Tombstone {
+                inv_branch: 0,
+                carrier: Peer {
+                    addr: rec.carrier,
+                    tcp: rec.carrier_tcp.then_some(NO_CONN),
+                },
+                carrier_back: rec.carrier_tcp.then_some(rec.carrier),
+                trunk: Some((rec.trunk, rec.trunk_tcp)),
+                carrier_tag: hash(&rec.carrier_tag),
+                trunk_tag: hash(&rec.trunk_tag),
+                reply: None,
+                answered: rec.attempt.attempt,
+                call_id: rec.row.call_id,
+                expires_ms: 0,
+            };
+            let expires_ms = crate::now_ms() + self.snap.config.router.max_call_seconds * 1000;
+            self.adopted.insert(
+                key,
+                Adopted {
+                    call_id: msg.call_id().into(),
+                    route,
+                    record: rec,
+                    expires_ms,
+                },
+            );
+        }
+        self.inbound(request, false);
+    }
+
+    /// The BYE of an adopted call: its final rows, written here.
+    fn close_adopted(&mut self, key: u64, a: Adopted) {
+        let now = crate::now_ms();
+        let (row, attempt) = a.record.closed(now);
+        if let Some(h) = &self.sinks.handover {
+            h.del(&a.call_id);
+        }
+        self.attempt_row(attempt, now);
+        self.record(row);
+        self.bury(key, a.route);
+    }
+
+    /// What the other node of the pair needs to carry `e`'s answered call
+    /// on.
+    fn dialog_record(e: &Entry, c: &Call) -> Option<DialogRecord> {
+        let (attempt, started_ms, answered_ms) = c.answered_attempt_row(crate::now_ms())?;
+        let (trunk, trunk_tcp) = c.answered_trunk()?;
+        Some(DialogRecord {
+            row: c.progress_row()?,
+            attempt,
+            answered_ms,
+            started_ms,
+            carrier: e.carrier_back.unwrap_or(e.carrier.addr),
+            carrier_tcp: e.carrier.tcp.is_some(),
+            trunk,
+            trunk_tcp,
+            carrier_tag: c.carrier_tag().to_string(),
+            trunk_tag: c.answered_tag()?.to_string(),
+        })
     }
 
     fn routed(&mut self, key: u64, lookup: Lookup, source: Source) {
@@ -951,7 +1061,18 @@ impl Shard {
                     }
                 }
                 Action::Attempt(row) => self.attempt_row(*row, now),
-                Action::Record(row) => self.record(*row),
+                Action::Record(row) => {
+                    if let (Some(h), State::Live(c)) = (&self.sinks.handover, &e.state) {
+                        if row.ended == 0 {
+                            if let Some(rec) = Self::dialog_record(e, c) {
+                                h.put(&e.call_id, &rec);
+                            }
+                        } else if row.answered != 0 {
+                            h.del(&e.call_id);
+                        }
+                    }
+                    self.record(*row)
+                }
                 Action::Started(row) => self.sinks.events.started(*row),
                 Action::TrunkTimeout(trunk) => {
                     let _ = self.control.try_send(ControlMsg::TrunkTimeout { trunk });
@@ -1227,20 +1348,48 @@ impl Shard {
                     None
                 }
             }
-            _ => self.tombstones.get(&key).and_then(|t| {
-                let (f, to) = (hash(from_tag), hash(to_tag));
-                if t.trunk_tag == 0 {
-                    None
-                } else if (f, to) == (t.carrier_tag, t.trunk_tag) {
-                    t.trunk.map(|(a, tcp)| Hop::Trunk(a, tcp))
-                } else if (f, to) == (t.trunk_tag, t.carrier_tag) {
-                    Some(Hop::Carrier(t.carrier, t.carrier_back))
-                } else {
-                    None
-                }
-            }),
+            _ => self
+                .tombstones
+                .get(&key)
+                .or_else(|| self.adopted.get(&key).map(|a| &a.route))
+                .and_then(|t| {
+                    let (f, to) = (hash(from_tag), hash(to_tag));
+                    if t.trunk_tag == 0 {
+                        None
+                    } else if (f, to) == (t.carrier_tag, t.trunk_tag) {
+                        t.trunk.map(|(a, tcp)| Hop::Trunk(a, tcp))
+                    } else if (f, to) == (t.trunk_tag, t.carrier_tag) {
+                        Some(Hop::Carrier(t.carrier, t.carrier_back))
+                    } else {
+                        None
+                    }
+                }),
         };
         let Some(to) = target else {
+            if let Some(h) = self
+                .sinks
+                .handover
+                .clone()
+                .filter(|_| !self.adopted.contains_key(&key) && !self.calls.contains_key(&key))
+            {
+                // Perhaps a call the pair's other node answered: its
+                // record decides (481 without one).
+                let (tx, call_id) = (self.internal.clone(), msg.call_id().to_string());
+                let request = Inbound {
+                    bytes: msg.raw.to_vec(),
+                    from,
+                    received_ms: crate::now_ms(),
+                };
+                tokio::spawn(async move {
+                    let record = h.load(&call_id).await.map(Box::new);
+                    let _ = tx.send(Internal::Adopt {
+                        key,
+                        request,
+                        record,
+                    });
+                });
+                return;
+            }
             if !is_ack {
                 // Never an open relay: not one of our dialogs.
                 self.reply(msg, from, 481);
@@ -1283,7 +1432,10 @@ impl Shard {
             Hop::Carrier(peer, back) => self.transport.send_or_reopen(peer, back, bytes),
         }
         if method == "BYE" {
-            self.drive(key, Event::Bye { from_caller });
+            match self.adopted.remove(&key) {
+                Some(a) => self.close_adopted(key, a),
+                None => self.drive(key, Event::Bye { from_caller }),
+            }
         }
     }
 

@@ -1,10 +1,13 @@
 //! The active/standby pair (#19): two routers with `[router.ha]` on one
 //! SIP address. The standby answers `/healthz` and `/metrics` and binds
 //! nothing; the active holds the leader lease in Redis. The active is
-//! killed (SIGKILL): the standby holds the lease and serves the address
-//! within 5 s (default 3 s lease); a call whose INVITE was sent at the
-//! kill is answered through it (the carrier's retransmissions reach it);
-//! a later call too; every call is on record once.
+//! killed (SIGKILL) with a call up: the standby holds the lease and serves
+//! the address within 5 s (default 3 s lease); the call's BYE, sent by
+//! the carrier to the same address, reaches the trunk through it, and the
+//! call's row has its whole talk time; a call whose INVITE was sent at the
+//! kill is answered through it (the carrier's retransmissions reach it); a
+//! later call too; every call is on record once, and no dialog record is
+//! left in Redis.
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +54,34 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
     assert!(before.success, "{}", before.output);
     calls(&w, &w.number, 1).await;
 
+    // A call up at the death: answered through the active, its record in
+    // Redis for the standby.
+    let up = spawn_call(
+        active.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &["-d", "6000"],
+    );
+    let redis = dialmark_schemas::store::Redis::connect(&w.tracker.config.redis)
+        .await
+        .unwrap();
+    let records = || {
+        let mut r = redis.clone();
+        async move {
+            redis::cmd("KEYS")
+                .arg("dm:dialog:*")
+                .query_async::<Vec<String>>(&mut r)
+                .await
+                .unwrap()
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while records().await.is_empty() {
+        assert!(Instant::now() < until, "no dialog record for the call up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     active.proc.kill9();
     let killed = Instant::now();
     let during = spawn_call(
@@ -87,8 +118,29 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
     )
     .await;
     assert!(after.success, "{}", after.output);
-    let rows = calls(&w, &w.number, 3).await;
+    let up = up.await.unwrap();
+    assert!(
+        up.success,
+        "the BYE of the call up at the death reached the trunk:\n{}\n{}",
+        up.output,
+        standby.proc.output()
+    );
+    let rows = calls(&w, &w.number, 4).await;
     assert!(rows.iter().all(|r| r.disposition == "answered"), "{rows:?}");
+    let longest = rows.iter().map(|r| r.talk_ms).max().unwrap();
+    assert!(
+        (5_500..8_000).contains(&longest),
+        "the call up at the death talked to its BYE: {rows:?}"
+    );
+    let until = Instant::now() + Duration::from_secs(5);
+    while !records().await.is_empty() {
+        assert!(
+            Instant::now() < until,
+            "dialog records left: {:?}",
+            records().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         standby.proc.output().contains("holding the leader lease"),
         "the takeover is in the log"

@@ -1,0 +1,215 @@
+//! Answered calls handed over between the nodes of a pair (`[router.ha]`):
+//! at the answer a shard stores what routing the call's in-dialog requests
+//! and closing its record take (a [`DialogRecord`]) in Redis, under
+//! `dm:dialog:{Call-ID}`, expiring after the longest call; at the call's
+//! end the record is deleted. A node that gets an in-dialog request for a
+//! Call-ID it does not hold reads the record and adopts the call: it
+//! forwards the request by the record's tags and addresses, and at the BYE
+//! writes the call's final rows (talk time to that BYE). Writes go through
+//! a queue that a task drains and retries while Redis is away: signalling
+//! never waits for Redis, and a full queue drops (counted) rather than
+//! blocks.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dialmark_schemas::config::RedisConfig;
+use dialmark_schemas::rows::{Call as CallRow, CallAttempt};
+use dialmark_schemas::store::Redis;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, OnceCell};
+use tracing::warn;
+
+/// Writes waiting for Redis at most; past it new ones are dropped.
+const QUEUE: usize = 65_536;
+
+/// What another node needs to carry an answered call to its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DialogRecord {
+    /// The call's row as at the answer (`ended` = 0).
+    pub row: CallRow,
+    /// The answered attempt's row as at the answer (no talk yet).
+    pub attempt: CallAttempt,
+    /// When the trunk answered and when its INVITE went out, Unix ms.
+    pub answered_ms: u64,
+    pub started_ms: u64,
+    /// The carrier's address; over TCP, where it listens (its Via).
+    pub carrier: SocketAddr,
+    pub carrier_tcp: bool,
+    /// The trunk that answered.
+    pub trunk: SocketAddr,
+    pub trunk_tcp: bool,
+    /// The From tag of the caller and the To tag of the trunk's 2xx.
+    pub carrier_tag: String,
+    pub trunk_tag: String,
+}
+
+impl DialogRecord {
+    /// The call's rows closed at `now_ms` (a BYE): talk time to it.
+    pub fn closed(&self, now_ms: u64) -> (CallRow, CallAttempt) {
+        let talk = now_ms
+            .saturating_sub(self.answered_ms)
+            .min(u64::from(u32::MAX)) as u32;
+        let secs = (now_ms / 1000) as u32;
+        let mut row = self.row.clone();
+        row.ended = secs;
+        row.talk_ms = talk;
+        row.version = now_ms;
+        let mut attempt = self.attempt.clone();
+        attempt.ended = secs;
+        attempt.talk_ms = talk;
+        attempt.duration_ms = now_ms
+            .saturating_sub(self.started_ms)
+            .min(u64::from(u32::MAX)) as u32;
+        attempt.version = now_ms;
+        (row, attempt)
+    }
+}
+
+fn key(call_id: &str) -> String {
+    format!("dm:dialog:{call_id}")
+}
+
+enum Op {
+    Put { call_id: String, json: String },
+    Del { call_id: String },
+}
+
+/// The pair's store of answered calls; cheap to clone.
+#[derive(Clone)]
+pub struct Handover {
+    cfg: RedisConfig,
+    redis: std::sync::Arc<OnceCell<Redis>>,
+    tx: mpsc::Sender<Op>,
+}
+
+impl Handover {
+    /// Starts the writer task; records live `ttl` (the longest call).
+    pub fn start(cfg: RedisConfig, ttl: Duration) -> Handover {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let h = Handover {
+            cfg,
+            redis: std::sync::Arc::new(OnceCell::new()),
+            tx,
+        };
+        tokio::spawn(h.clone().write(rx, ttl.as_secs().max(1)));
+        h
+    }
+
+    /// Stores an answered call's record (queued).
+    pub fn put(&self, call_id: &str, rec: &DialogRecord) {
+        match serde_json::to_string(rec) {
+            Ok(json) => self.queue(Op::Put {
+                call_id: call_id.to_string(),
+                json,
+            }),
+            Err(e) => warn!(cause = %e, "dialog record not encoded"),
+        }
+    }
+
+    /// Deletes a call's record at its end (queued).
+    pub fn del(&self, call_id: &str) {
+        self.queue(Op::Del {
+            call_id: call_id.to_string(),
+        });
+    }
+
+    fn queue(&self, op: Op) {
+        let result = match self.tx.try_send(op) {
+            Ok(()) => "queued",
+            Err(_) => "dropped",
+        };
+        metrics::counter!("dialmark_dialog_records_total", "result" => result).increment(1);
+    }
+
+    /// The record of `call_id`, when another node stored one (`None`
+    /// also when Redis does not answer within a second: the request then
+    /// gets 481, and its retransmission asks again).
+    pub async fn load(&self, call_id: &str) -> Option<DialogRecord> {
+        let mut r = self.conn().await?;
+        let mut get = redis::cmd("GET");
+        get.arg(key(call_id));
+        let json = tokio::time::timeout(
+            Duration::from_secs(1),
+            get.query_async::<Option<String>>(&mut r),
+        )
+        .await
+        .ok()?
+        .ok()??;
+        serde_json::from_str(&json).ok()
+    }
+
+    async fn conn(&self) -> Option<Redis> {
+        let r = self
+            .redis
+            .get_or_try_init(|| async {
+                tokio::time::timeout(Duration::from_secs(2), Redis::connect(&self.cfg))
+                    .await
+                    .map_err(|_| {
+                        redis::RedisError::from((redis::ErrorKind::Io, "connect timeout"))
+                    })?
+            })
+            .await;
+        r.ok().cloned()
+    }
+
+    /// Drains the queue in order; a write Redis refuses is retried (with
+    /// the ones behind it) after a pause.
+    async fn write(self, mut rx: mpsc::Receiver<Op>, ttl_s: u64) {
+        let mut backlog: VecDeque<Op> = VecDeque::new();
+        loop {
+            if backlog.is_empty() {
+                match rx.recv().await {
+                    Some(op) => backlog.push_back(op),
+                    None => return,
+                }
+            }
+            // Bounded: past QUEUE waiting writes, new ones are dropped at
+            // the channel (counted), not held in memory.
+            while backlog.len() < QUEUE {
+                match rx.try_recv() {
+                    Ok(op) => backlog.push_back(op),
+                    Err(_) => break,
+                }
+            }
+            metrics::gauge!("dialmark_dialog_records_backlog").set(backlog.len() as f64);
+            let Some(mut r) = self.conn().await else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            while let Some(op) = backlog.front() {
+                let cmd = match op {
+                    Op::Put { call_id, json } => {
+                        let mut c = redis::cmd("SET");
+                        c.arg(key(call_id)).arg(json).arg("EX").arg(ttl_s);
+                        c
+                    }
+                    Op::Del { call_id } => {
+                        let mut c = redis::cmd("DEL");
+                        c.arg(key(call_id));
+                        c
+                    }
+                };
+                match tokio::time::timeout(Duration::from_secs(2), cmd.exec_async(&mut r)).await {
+                    Ok(Ok(())) => {
+                        backlog.pop_front();
+                    }
+                    failed => {
+                        let cause = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".into(),
+                        };
+                        warn!(
+                            cause,
+                            backlog = backlog.len(),
+                            "dialog records not written; retrying"
+                        );
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
