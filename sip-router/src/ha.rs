@@ -132,21 +132,38 @@ fn node_id(cfg: &HaConfig) -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// The node this one took over from, and the last time (Unix ms) it was
+/// seen holding the lease: about when it died.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Predecessor {
+    pub node: String,
+    pub seen_ms: u64,
+}
+
 /// Waits until this node holds the lease (polling; Redis errors are
-/// logged and waited out).
-pub async fn wait_for_lead(redis: &mut Redis, lease: &Lease) {
-    let mut said = false;
+/// logged and waited out). Returns the node it saw serving before, if
+/// any.
+pub async fn wait_for_lead(redis: &mut Redis, lease: &Lease) -> Option<Predecessor> {
+    let mut before: Option<Predecessor> = None;
     loop {
         match lease.acquire(redis).await {
-            Ok(true) => return,
-            Ok(false) if !said => {
-                info!(
-                    node = lease.node(),
-                    "standby: another node serves the address; waiting for its lease to lapse"
-                );
-                said = true;
+            Ok(true) => return before,
+            Ok(false) => {
+                let holder: Option<String> = redis::cmd("GET")
+                    .arg(&lease.key)
+                    .query_async(redis)
+                    .await
+                    .unwrap_or(None);
+                if let Some(node) = holder.filter(|h| h != lease.node()) {
+                    if before.as_ref().is_none_or(|b| b.node != node) {
+                        info!(node = lease.node(), serving = %node, "standby: another node serves the address; waiting for its lease to lapse");
+                    }
+                    before = Some(Predecessor {
+                        node,
+                        seen_ms: crate::now_ms(),
+                    });
+                }
             }
-            Ok(false) => {}
             Err(e) => warn!(cause = %e, "standby: Redis unreachable; waiting"),
         }
         tokio::time::sleep(lease.poll_every()).await;
@@ -210,13 +227,14 @@ pub async fn bind_when_free<T, E: std::fmt::Display, F: Future<Output = Result<T
 
 /// Until this node holds the lease: a standby that answers `/healthz`
 /// ("standby") and `/metrics` on `http` and binds nothing else. Returns
-/// the Redis connection and the lease the node then keeps.
+/// the Redis connection and the lease the node then keeps, and the node it
+/// takes over from.
 pub async fn standby(
     cfg: &HaConfig,
     redis: &RedisConfig,
     http: SocketAddr,
     metrics: PrometheusHandle,
-) -> anyhow::Result<(Redis, Lease)> {
+) -> anyhow::Result<(Redis, Lease, Option<Predecessor>)> {
     let lease = Lease::new(cfg);
     let listener = tokio::net::TcpListener::bind(http)
         .await
@@ -242,7 +260,7 @@ pub async fn standby(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    wait_for_lead(&mut conn, &lease).await;
+    let before = wait_for_lead(&mut conn, &lease).await;
     // The full HTTP service takes the port over.
     server.abort();
     let _ = server.await;
@@ -252,5 +270,5 @@ pub async fn standby(
         group = %cfg.group,
         "holding the leader lease: serving the address"
     );
-    Ok((conn, lease))
+    Ok((conn, lease, before))
 }

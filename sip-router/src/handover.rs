@@ -5,17 +5,20 @@
 //! end the record is deleted. A node that gets an in-dialog request for a
 //! Call-ID it does not hold reads the record and adopts the call: it
 //! forwards the request by the record's tags and addresses, and at the BYE
-//! writes the call's final rows (talk time to that BYE). Writes go through
+//! writes the call's final rows (talk time to that BYE). Calls still
+//! ringing are listed per node (`dm:ha:{group}:ringing:{node}`, Call-ID →
+//! the call's row at its first ring): the node that takes over from a dead
+//! one records those as `node_lost`. Writes go through
 //! a queue that a task drains and retries while Redis is away: signalling
 //! never waits for Redis, and a full queue drops (counted) rather than
 //! blocks.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use dialmark_schemas::config::RedisConfig;
-use dialmark_schemas::rows::{Call as CallRow, CallAttempt};
+use dialmark_schemas::rows::{Call as CallRow, CallAttempt, Disposition};
 use dialmark_schemas::store::Redis;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, OnceCell};
@@ -74,22 +77,33 @@ fn key(call_id: &str) -> String {
 enum Op {
     Put { call_id: String, json: String },
     Del { call_id: String },
+    Ring { call_id: String, json: String },
+    Unring { call_id: String },
+}
+
+/// The hash of the calls ringing at `node` of `group`.
+pub fn ringing_key(group: &str, node: &str) -> String {
+    format!("dm:ha:{group}:ringing:{node}")
 }
 
 /// The pair's store of answered calls; cheap to clone.
 #[derive(Clone)]
 pub struct Handover {
     cfg: RedisConfig,
+    /// This node's hash of ringing calls.
+    ringing: String,
     redis: std::sync::Arc<OnceCell<Redis>>,
     tx: mpsc::Sender<Op>,
 }
 
 impl Handover {
-    /// Starts the writer task; records live `ttl` (the longest call).
-    pub fn start(cfg: RedisConfig, ttl: Duration) -> Handover {
+    /// Starts the writer task; records live `ttl` (the longest call);
+    /// this node's ringing calls go to `ringing` ([`ringing_key`]).
+    pub fn start(cfg: RedisConfig, ttl: Duration, ringing: String) -> Handover {
         let (tx, rx) = mpsc::channel(QUEUE);
         let h = Handover {
             cfg,
+            ringing,
             redis: std::sync::Arc::new(OnceCell::new()),
             tx,
         };
@@ -113,6 +127,59 @@ impl Handover {
         self.queue(Op::Del {
             call_id: call_id.to_string(),
         });
+    }
+
+    /// A call rings (its row as at the first ring; queued).
+    pub fn ring(&self, call_id: &str, row: &CallRow) {
+        match serde_json::to_string(row) {
+            Ok(json) => self.queue(Op::Ring {
+                call_id: call_id.to_string(),
+                json,
+            }),
+            Err(e) => warn!(cause = %e, "ringing call not encoded"),
+        }
+    }
+
+    /// A call rings no more: answered or ended (queued).
+    pub fn unring(&self, call_id: &str) {
+        self.queue(Op::Unring {
+            call_id: call_id.to_string(),
+        });
+    }
+
+    /// Takes the calls that were ringing at a dead node, `node_lost` at
+    /// `died_ms` (when it was last seen alive): their rows, and their list
+    /// gone from Redis. The rows' version is that time too: a call the
+    /// dead node closed after it keeps its own row.
+    pub async fn lost_ringing(&self, group: &str, node: &str, died_ms: u64) -> Vec<CallRow> {
+        let Some(mut r) = self.conn().await else {
+            warn!(
+                node,
+                "the dead node's ringing calls could not be read (Redis)"
+            );
+            return Vec::new();
+        };
+        let key = ringing_key(group, node);
+        let all: HashMap<String, String> =
+            match redis::cmd("HGETALL").arg(&key).query_async(&mut r).await {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(node, cause = %e, "the dead node's ringing calls could not be read");
+                    return Vec::new();
+                }
+            };
+        if let Err(e) = redis::cmd("DEL").arg(&key).exec_async(&mut r).await {
+            warn!(node, cause = %e, "the dead node's ringing list stays");
+        }
+        all.values()
+            .filter_map(|json| serde_json::from_str::<CallRow>(json).ok())
+            .map(|mut row| {
+                row.disposition = Disposition::NodeLost;
+                row.ended = ((died_ms / 1000) as u32).max(row.received);
+                row.version = died_ms;
+                row
+            })
+            .collect()
     }
 
     fn queue(&self, op: Op) {
@@ -188,6 +255,16 @@ impl Handover {
                     Op::Del { call_id } => {
                         let mut c = redis::cmd("DEL");
                         c.arg(key(call_id));
+                        c
+                    }
+                    Op::Ring { call_id, json } => {
+                        let mut c = redis::cmd("HSET");
+                        c.arg(&self.ringing).arg(call_id).arg(json);
+                        c
+                    }
+                    Op::Unring { call_id } => {
+                        let mut c = redis::cmd("HDEL");
+                        c.arg(&self.ringing).arg(call_id);
                         c
                     }
                 };

@@ -101,9 +101,13 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let r = &config.router;
     // One of a pair: a standby until it holds the lease; the address may
     // then still be held a moment by the active it replaces.
-    let pair = match r.ha.enabled {
-        true => Some(ha::standby(&r.ha, &config.redis, r.http, metrics.clone()).await?),
-        false => None,
+    let (pair, predecessor) = match r.ha.enabled {
+        true => {
+            let (redis, lease, before) =
+                ha::standby(&r.ha, &config.redis, r.http, metrics.clone()).await?;
+            (Some((redis, lease)), before)
+        }
+        false => (None, None),
     };
     let (udp, granted) = match pair {
         Some(_) => {
@@ -171,10 +175,11 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         ("untrusted_sources", untrusted.stats().clone()),
     ];
     // A pair's answered calls, for the other node to carry on.
-    let handover = pair.as_ref().map(|_| {
+    let handover = pair.as_ref().map(|(_, lease)| {
         handover::Handover::start(
             config.redis.clone(),
             Duration::from_secs(r.max_call_seconds),
+            handover::ringing_key(&r.ha.group, lease.node()),
         )
     });
     let sinks = shard::Sinks {
@@ -199,6 +204,16 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
     for f in old {
         std::fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
+    }
+    // Calls that were ringing at the node this one took over from.
+    if let (Some(h), Some(dead)) = (&sinks.handover, &predecessor) {
+        let lost = h.lost_ringing(&r.ha.group, &dead.node, dead.seen_ms).await;
+        if !lost.is_empty() {
+            warn!(calls = lost.len(), node = %dead.node, "calls ringing at the other node's death recorded as node_lost");
+        }
+        for row in lost {
+            shard::record(&sinks, row);
+        }
     }
     let n = shard_count(r.shards);
     let shared = Arc::new(shared::Shared::new(

@@ -1063,6 +1063,9 @@ impl Shard {
                 Action::Attempt(row) => self.attempt_row(*row, now),
                 Action::Record(row) => {
                     if let (Some(h), State::Live(c)) = (&self.sinks.handover, &e.state) {
+                        // Answered or over: off the ringing list (a no-op
+                        // for a call that never rang).
+                        h.unring(&e.call_id);
                         if row.ended == 0 {
                             if let Some(rec) = Self::dialog_record(e, c) {
                                 h.put(&e.call_id, &rec);
@@ -1073,7 +1076,12 @@ impl Shard {
                     }
                     self.record(*row)
                 }
-                Action::Started(row) => self.sinks.events.started(*row),
+                Action::Started(row) => {
+                    if let Some(h) = &self.sinks.handover {
+                        h.ring(&e.call_id, &row);
+                    }
+                    self.sinks.events.started(*row)
+                }
                 Action::TrunkTimeout(trunk) => {
                     let _ = self.control.try_send(ControlMsg::TrunkTimeout { trunk });
                 }

@@ -6,8 +6,9 @@
 //! the carrier to the same address, reaches the trunk through it, and the
 //! call's row has its whole talk time; a call whose INVITE was sent at the
 //! kill is answered through it (the carrier's retransmissions reach it); a
-//! later call too; every call is on record once, and no dialog record is
-//! left in Redis.
+//! later call too; the call ringing at the death has its row as
+//! `node_lost`; every call is on record once, and no dialog record is left
+//! in Redis.
 
 use std::time::{Duration, Instant};
 
@@ -27,11 +28,13 @@ fn leader(r: &TestRouter) -> f64 {
 async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
     let w = world("hapair").await;
     let pb = free_port();
-    let _b = Uas::start(pb, Scenario::Builtin("uas"));
-    let ha = format!(
-        "[router.ha]\nenabled = true\ngroup = \"{}\"\n",
-        unique("pair")
+    // Trunk b rings 2 s, then answers.
+    let _b = Uas::start(
+        pb,
+        Scenario::File("uas_ring_answer.xml", vec![("PAUSE", "2000".into())]),
     );
+    let group = unique("pair");
+    let ha = format!("[router.ha]\nenabled = true\ngroup = \"{group}\"\n");
     let mut active = TestRouter::start(
         &w.tracker.config,
         RouterOptions {
@@ -81,6 +84,31 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
         assert!(Instant::now() < until, "no dialog record for the call up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // And a call ringing at the death: it never gets its answer (the new
+    // active does not know it; its caller gives up after 8 s).
+    let _ringing = spawn_call(
+        active.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        "127.0.0.1",
+        &["-timeout", "8s"],
+    );
+    let ringing_list = format!("dm:ha:{group}:ringing:*");
+    let ringing = || {
+        let (mut r, pattern) = (redis.clone(), ringing_list.clone());
+        async move {
+            redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async::<Vec<String>>(&mut r)
+                .await
+                .unwrap()
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while ringing().await.is_empty() {
+        assert!(Instant::now() < until, "the call never rang");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     active.proc.kill9();
     let killed = Instant::now();
@@ -125,8 +153,21 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
         up.output,
         standby.proc.output()
     );
-    let rows = calls(&w, &w.number, 4).await;
-    assert!(rows.iter().all(|r| r.disposition == "answered"), "{rows:?}");
+    let rows = calls(&w, &w.number, 5).await;
+    let lost: Vec<_> = rows
+        .iter()
+        .filter(|r| r.disposition == "node_lost")
+        .collect();
+    assert_eq!(lost.len(), 1, "the call ringing at the death: {rows:?}");
+    assert_eq!(
+        rows.iter().filter(|r| r.disposition == "answered").count(),
+        4,
+        "{rows:?}"
+    );
+    assert!(
+        ringing().await.is_empty(),
+        "the dead node's ringing list is gone"
+    );
     let longest = rows.iter().map(|r| r.talk_ms).max().unwrap();
     assert!(
         (5_500..8_000).contains(&longest),
