@@ -16,7 +16,7 @@ use dialmark_e2e::env::unique;
 use dialmark_e2e::process::free_port;
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{Scenario, Uas};
-use dialmark_e2e::world::{call, calls, spawn_call, world};
+use dialmark_e2e::world::{call, calls, place_calls, spawn_call, world};
 
 fn leader(r: &TestRouter) -> f64 {
     r.metric("dialmark_router_ha_leader")
@@ -69,14 +69,24 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
     let redis = dialmark_schemas::store::Redis::connect(&w.tracker.config.redis)
         .await
         .unwrap();
+    // This test's dialog records (other tests run alongside).
     let records = || {
-        let mut r = redis.clone();
+        let (mut r, number) = (redis.clone(), w.number.clone());
         async move {
-            redis::cmd("KEYS")
+            let keys: Vec<String> = redis::cmd("KEYS")
                 .arg("dm:dialog:*")
-                .query_async::<Vec<String>>(&mut r)
+                .query_async(&mut r)
                 .await
-                .unwrap()
+                .unwrap();
+            let mut ours = Vec::new();
+            for k in keys {
+                let v: Option<String> =
+                    redis::cmd("GET").arg(&k).query_async(&mut r).await.unwrap();
+                if v.is_some_and(|v| v.contains(&number)) {
+                    ours.push(k);
+                }
+            }
+            ours
         }
     };
     let until = Instant::now() + Duration::from_secs(5);
@@ -224,4 +234,88 @@ async fn the_leader_lease_has_one_holder() {
         "released: a takes it at once"
     );
     a.release(&mut redis).await.unwrap();
+}
+
+/// The issue's kill test, bounded: 220 calls at 20 a second, each
+/// answered after 1 s of ringing and held 15 s; the active is killed with
+/// SIGKILL right after the last INVITE (about 200 calls talking, 20
+/// ringing). Every talking call's BYE reaches the trunk through the new
+/// active and its row has its whole talk time; the ringing ones are
+/// `node_lost`; every call has exactly one row.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_talking_and_twenty_ringing_calls_are_all_on_record() {
+    let w = world("hascale").await;
+    let pb = free_port();
+    let _b = Uas::start(
+        pb,
+        Scenario::File("uas_ring_answer.xml", vec![("PAUSE", "1000".into())]),
+    );
+    let ha = format!(
+        "[router.ha]\nenabled = true\ngroup = \"{}\"\n",
+        unique("pair")
+    );
+    let mut active = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("b", pb)],
+            router: &ha,
+            probe: "",
+        },
+    );
+    let standby = active.standby();
+    let started = Instant::now();
+    let sip_port = active.sip_port;
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(11_200).saturating_sub(started.elapsed())).await;
+        active.proc.kill9();
+    };
+    let (run, ()) = tokio::join!(
+        place_calls(
+            sip_port,
+            &w.number,
+            Scenario::Builtin("uac"),
+            220,
+            &[
+                "-r",
+                "20",
+                "-d",
+                "15000",
+                "-recv_timeout",
+                "12000",
+                "-timeout",
+                "39s"
+            ],
+        ),
+        kill
+    );
+    let talked = run.successful();
+    let rows = calls(&w, &w.number, 220).await;
+    let answered: Vec<_> = rows
+        .iter()
+        .filter(|r| r.disposition == "answered")
+        .collect();
+    let lost = rows.iter().filter(|r| r.disposition == "node_lost").count();
+    println!(
+        "{} answered, {lost} node_lost; the carrier saw {talked} calls end well",
+        answered.len()
+    );
+    assert_eq!(answered.len() + lost, 220, "one row per call: {rows:?}");
+    assert_eq!(
+        answered.len() as u64,
+        talked,
+        "each answered call ended with its BYE through the new active:\n{}\n{}",
+        run.output,
+        standby.proc.output()
+    );
+    assert!(
+        (180..=215).contains(&answered.len()) && (5..=40).contains(&lost),
+        "about 200 talking and 20 ringing at the kill: {} / {lost}",
+        answered.len()
+    );
+    assert!(
+        answered
+            .iter()
+            .all(|r| (14_000..17_000).contains(&r.talk_ms)),
+        "whole talk times: {answered:?}"
+    );
 }
