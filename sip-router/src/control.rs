@@ -118,16 +118,25 @@ pub struct Control {
 }
 
 impl Control {
-    /// Builds the trunk table and publishes the first snapshot: create it
-    /// before the shards.
+    /// Builds the trunk table (with the operators' `overrides` a pair's
+    /// last active left, by trunk name) and publishes the first snapshot:
+    /// create it before the shards.
     pub fn new(
         cfg: Arc<Config>,
         shared: Arc<Shared>,
         transport: Arc<Transport>,
         sinks: Sinks,
+        overrides: HashMap<String, Overrides>,
     ) -> Control {
         let r = &cfg.router;
-        let (trunks, _) = crate::reload::trunks(Vec::new(), &r.trunks, &r.probe, crate::now_ms());
+        let (mut trunks, _) =
+            crate::reload::trunks(Vec::new(), &r.trunks, &r.probe, crate::now_ms());
+        for t in &mut trunks {
+            if let Some(o) = overrides.get(&t.cfg.name) {
+                info!(trunk.name = %t.cfg.name, overrides = %o.describe(), "trunk overrides taken over");
+                t.manual = o.clone();
+            }
+        }
         let alerter = Alerter::new(
             r.alert_webhook.clone(),
             Duration::from_secs(r.alert_hold_down_seconds),
@@ -392,6 +401,10 @@ impl Control {
             };
             self.trunk_event(event);
             self.publish();
+            if let Some(h) = &self.sinks.handover {
+                let t = &self.trunks[idx];
+                h.trunk_overrides(&t.cfg.name, &t.manual);
+            }
         }
         let t = &self.trunks[idx];
         Ok(format!(

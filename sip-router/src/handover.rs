@@ -8,7 +8,9 @@
 //! writes the call's final rows (talk time to that BYE). Calls still
 //! ringing are listed per node (`dm:ha:{group}:ringing:{node}`, Call-ID →
 //! the call's row at its first ring): the node that takes over from a dead
-//! one records those as `node_lost`. Writes go through
+//! one records those as `node_lost`. Operators' trunk overrides (drain,
+//! forced state, priority, weight) are kept for the pair too
+//! (`dm:ha:{group}:overrides`) and taken over at start. Writes go through
 //! a queue that a task drains and retries while Redis is away: signalling
 //! never waits for Redis, and a full queue drops (counted) rather than
 //! blocks.
@@ -21,6 +23,8 @@ use dialmark_schemas::config::RedisConfig;
 use dialmark_schemas::rows::{Call as CallRow, CallAttempt, Disposition};
 use dialmark_schemas::store::Redis;
 use serde::{Deserialize, Serialize};
+
+use crate::manual::Overrides;
 use tokio::sync::{mpsc, OnceCell};
 use tracing::warn;
 
@@ -75,15 +79,35 @@ fn key(call_id: &str) -> String {
 }
 
 enum Op {
-    Put { call_id: String, json: String },
-    Del { call_id: String },
-    Ring { call_id: String, json: String },
-    Unring { call_id: String },
+    Put {
+        call_id: String,
+        json: String,
+    },
+    Del {
+        call_id: String,
+    },
+    Ring {
+        call_id: String,
+        json: String,
+    },
+    Unring {
+        call_id: String,
+    },
+    /// A trunk's operator overrides (`None`: none left).
+    Overrides {
+        trunk: String,
+        json: Option<String>,
+    },
 }
 
 /// The hash of the calls ringing at `node` of `group`.
 pub fn ringing_key(group: &str, node: &str) -> String {
     format!("dm:ha:{group}:ringing:{node}")
+}
+
+/// The hash of the pair's trunk overrides: trunk → its [`Overrides`].
+fn overrides_key(group: &str) -> String {
+    format!("dm:ha:{group}:overrides")
 }
 
 /// The pair's store of answered calls; cheap to clone.
@@ -92,18 +116,21 @@ pub struct Handover {
     cfg: RedisConfig,
     /// This node's hash of ringing calls.
     ringing: String,
+    /// The pair's hash of trunk overrides.
+    overrides: String,
     redis: std::sync::Arc<OnceCell<Redis>>,
     tx: mpsc::Sender<Op>,
 }
 
 impl Handover {
-    /// Starts the writer task; records live `ttl` (the longest call);
-    /// this node's ringing calls go to `ringing` ([`ringing_key`]).
-    pub fn start(cfg: RedisConfig, ttl: Duration, ringing: String) -> Handover {
+    /// Starts the writer task for `node` of the pair `group`; dialog
+    /// records live `ttl` (the longest call).
+    pub fn start(cfg: RedisConfig, ttl: Duration, group: &str, node: &str) -> Handover {
         let (tx, rx) = mpsc::channel(QUEUE);
         let h = Handover {
             cfg,
-            ringing,
+            ringing: ringing_key(group, node),
+            overrides: overrides_key(group),
             redis: std::sync::Arc::new(OnceCell::new()),
             tx,
         };
@@ -145,6 +172,40 @@ impl Handover {
         self.queue(Op::Unring {
             call_id: call_id.to_string(),
         });
+    }
+
+    /// An operator changed a trunk's overrides: kept for the pair (queued).
+    pub fn trunk_overrides(&self, trunk: &str, o: &Overrides) {
+        let json = (*o != Overrides::default())
+            .then(|| serde_json::to_string(o).ok())
+            .flatten();
+        self.queue(Op::Overrides {
+            trunk: trunk.to_string(),
+            json,
+        });
+    }
+
+    /// The pair's trunk overrides, as the last active left them (none
+    /// when Redis does not answer: the node starts as configured).
+    pub async fn saved_overrides(&self) -> HashMap<String, Overrides> {
+        let Some(mut r) = self.conn().await else {
+            warn!("trunk overrides not read (Redis): starting as configured");
+            return HashMap::new();
+        };
+        let all: HashMap<String, String> = match redis::cmd("HGETALL")
+            .arg(&self.overrides)
+            .query_async(&mut r)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(cause = %e, "trunk overrides not read: starting as configured");
+                return HashMap::new();
+            }
+        };
+        all.into_iter()
+            .filter_map(|(t, json)| Some((t, serde_json::from_str(&json).ok()?)))
+            .collect()
     }
 
     /// Takes the calls that were ringing at a dead node, `node_lost` at
@@ -265,6 +326,19 @@ impl Handover {
                     Op::Unring { call_id } => {
                         let mut c = redis::cmd("HDEL");
                         c.arg(&self.ringing).arg(call_id);
+                        c
+                    }
+                    Op::Overrides {
+                        trunk,
+                        json: Some(json),
+                    } => {
+                        let mut c = redis::cmd("HSET");
+                        c.arg(&self.overrides).arg(trunk).arg(json);
+                        c
+                    }
+                    Op::Overrides { trunk, json: None } => {
+                        let mut c = redis::cmd("HDEL");
+                        c.arg(&self.overrides).arg(trunk);
                         c
                     }
                 };

@@ -179,7 +179,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         handover::Handover::start(
             config.redis.clone(),
             Duration::from_secs(r.max_call_seconds),
-            handover::ringing_key(&r.ha.group, lease.node()),
+            &r.ha.group,
+            lease.node(),
         )
     });
     let sinks = shard::Sinks {
@@ -227,11 +228,17 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     ));
     let (control_tx, control_rx) = mpsc::channel(65_536);
     // Publishes the trunk table before any shard reads it.
+    // The operators' trunk overrides the pair's last active left.
+    let overrides = match &sinks.handover {
+        Some(h) => h.saved_overrides().await,
+        None => Default::default(),
+    };
     let control = control::Control::new(
         config.clone(),
         shared.clone(),
         transport.clone(),
         sinks.clone(),
+        overrides,
     );
     let mut queues = Vec::new();
     let mut shard_ctl = Vec::new();

@@ -2,8 +2,9 @@
 //! on), force it up or down whatever its probes say, or set its priority
 //! or weight, until told otherwise. Commands arrive by the HTTP API or the
 //! `trunk` CLI command (which calls it), take effect at once without a
-//! restart, survive config reloads, and are audited in `trunk_events`
-//! with the actor. Pure: [`Overrides::apply`] says what changed.
+//! restart, survive config reloads (and, in a router pair, the takeover:
+//! `handover`), and are audited in `trunk_events` with the actor. Pure:
+//! [`Overrides::apply`] says what changed.
 
 use std::fmt;
 use std::str::FromStr;
@@ -76,7 +77,7 @@ impl fmt::Display for Command {
 }
 
 /// A trunk's operator overrides.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Overrides {
     pub drained: bool,
     /// Forced up (`true`) or down (`false`).

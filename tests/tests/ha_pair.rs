@@ -8,7 +8,8 @@
 //! kill is answered through it (the carrier's retransmissions reach it); a
 //! later call too; the call ringing at the death has its row as
 //! `node_lost`; every call is on record once, and no dialog record is left
-//! in Redis.
+//! in Redis; an operator's trunk override on the dead node holds on the
+//! new one.
 
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,14 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
     .await;
     assert!(before.success, "{}", before.output);
     calls(&w, &w.number, 1).await;
+    // An operator's override on the active: the pair keeps it.
+    let set = ureq::post(&format!(
+        "http://127.0.0.1:{}/trunks/b/weight=7?actor=noc",
+        active.http_port
+    ))
+    .send_empty()
+    .expect("trunk command");
+    assert_eq!(set.status(), 200);
 
     // A call up at the death: answered through the active, its record in
     // Redis for the standby.
@@ -195,6 +204,11 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
     assert!(
         standby.proc.output().contains("holding the leader lease"),
         "the takeover is in the log"
+    );
+    assert_eq!(
+        standby.status()["trunks"][0]["why"],
+        "weight 7 by noc",
+        "the operator's override was taken over"
     );
 }
 
