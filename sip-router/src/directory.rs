@@ -61,8 +61,9 @@ impl Directory {
     }
 
     /// The Redis connection, connected on first use (the router starts and
-    /// serves cached numbers even while Redis is down).
-    async fn conn(&self) -> Option<Redis> {
+    /// serves cached numbers even while Redis is down); shared with the
+    /// router's other Redis users (live feed, handover).
+    pub(crate) async fn conn(&self) -> Option<Redis> {
         let r = self
             .redis
             .get_or_try_init(|| async {

@@ -19,13 +19,13 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dialmark_schemas::config::RedisConfig;
 use dialmark_schemas::rows::{Call as CallRow, CallAttempt, Disposition};
 use dialmark_schemas::store::Redis;
 use serde::{Deserialize, Serialize};
 
+use crate::directory::Directory;
 use crate::manual::Overrides;
-use tokio::sync::{mpsc, OnceCell};
+use tokio::sync::mpsc;
 use tracing::warn;
 
 /// Writes waiting for Redis at most; past it new ones are dropped.
@@ -113,25 +113,24 @@ fn overrides_key(group: &str) -> String {
 /// The pair's store of answered calls; cheap to clone.
 #[derive(Clone)]
 pub struct Handover {
-    cfg: RedisConfig,
+    /// Its Redis connection.
+    directory: Directory,
     /// This node's hash of ringing calls.
     ringing: String,
     /// The pair's hash of trunk overrides.
     overrides: String,
-    redis: std::sync::Arc<OnceCell<Redis>>,
     tx: mpsc::Sender<Op>,
 }
 
 impl Handover {
     /// Starts the writer task for `node` of the pair `group`; dialog
     /// records live `ttl` (the longest call).
-    pub fn start(cfg: RedisConfig, ttl: Duration, group: &str, node: &str) -> Handover {
+    pub fn start(directory: Directory, ttl: Duration, group: &str, node: &str) -> Handover {
         let (tx, rx) = mpsc::channel(QUEUE);
         let h = Handover {
-            cfg,
+            directory,
             ringing: ringing_key(group, node),
             overrides: overrides_key(group),
-            redis: std::sync::Arc::new(OnceCell::new()),
             tx,
         };
         tokio::spawn(h.clone().write(rx, ttl.as_secs().max(1)));
@@ -269,17 +268,7 @@ impl Handover {
     }
 
     async fn conn(&self) -> Option<Redis> {
-        let r = self
-            .redis
-            .get_or_try_init(|| async {
-                tokio::time::timeout(Duration::from_secs(2), Redis::connect(&self.cfg))
-                    .await
-                    .map_err(|_| {
-                        redis::RedisError::from((redis::ErrorKind::Io, "connect timeout"))
-                    })?
-            })
-            .await;
-        r.ok().cloned()
+        self.directory.conn().await
     }
 
     /// Drains the queue in order; a write Redis refuses is retried (with

@@ -177,7 +177,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     // A pair's answered calls, for the other node to carry on.
     let handover = pair.as_ref().map(|(_, lease)| {
         handover::Handover::start(
-            config.redis.clone(),
+            directory.clone(),
             Duration::from_secs(r.max_call_seconds),
             &r.ha.group,
             lease.node(),

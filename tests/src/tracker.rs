@@ -94,16 +94,27 @@ impl TestTracker {
     /// `POST /v1/visits` with `body` from a page of [`ORIGIN`]; the
     /// tracker's answer (an error's JSON too).
     pub async fn visit(&self, body: serde_json::Value) -> serde_json::Value {
+        self.visit_from(body, None).await
+    }
+
+    /// [`TestTracker::visit`] from the client address `ip` (as a trusted
+    /// proxy's `X-Forwarded-For` gives it) when set.
+    pub async fn visit_from(
+        &self,
+        body: serde_json::Value,
+        ip: Option<String>,
+    ) -> serde_json::Value {
         let url = self.url("/v1/visits");
         tokio::task::spawn_blocking(move || {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .build()
                 .into();
-            agent
-                .post(&url)
-                .header("origin", ORIGIN)
-                .send(body.to_string())
+            let mut req = agent.post(&url).header("origin", ORIGIN);
+            if let Some(ip) = &ip {
+                req = req.header("x-forwarded-for", ip);
+            }
+            req.send(body.to_string())
                 .unwrap()
                 .body_mut()
                 .read_json()

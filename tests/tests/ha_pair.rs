@@ -17,7 +17,7 @@ use dialmark_e2e::env::unique;
 use dialmark_e2e::process::free_port;
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{Scenario, Uas};
-use dialmark_e2e::world::{call, calls, place_calls, spawn_call, world};
+use dialmark_e2e::world::{call, calls, place_calls, spawn_call, world, World};
 
 fn leader(r: &TestRouter) -> f64 {
     r.metric("dialmark_router_ha_leader")
@@ -25,18 +25,17 @@ fn leader(r: &TestRouter) -> f64 {
         .map_or(-1.0, |(_, v)| *v)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
-    let w = world("hapair").await;
+/// An active and a standby router of a new pair group (returned too) on
+/// `w`'s tracker, with trunk b ringing `ring_ms` before it answers.
+fn pair(w: &World, ring_ms: u32) -> (TestRouter, TestRouter, String, Uas) {
     let pb = free_port();
-    // Trunk b rings 2 s, then answers.
-    let _b = Uas::start(
+    let b = Uas::start(
         pb,
-        Scenario::File("uas_ring_answer.xml", vec![("PAUSE", "2000".into())]),
+        Scenario::File("uas_ring_answer.xml", vec![("PAUSE", ring_ms.to_string())]),
     );
     let group = unique("pair");
     let ha = format!("[router.ha]\nenabled = true\ngroup = \"{group}\"\n");
-    let mut active = TestRouter::start(
+    let active = TestRouter::start(
         &w.tracker.config,
         RouterOptions {
             trunks: &[("b", pb)],
@@ -45,6 +44,14 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
         },
     );
     let standby = active.standby();
+    (active, standby, group, b)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
+    let w = world("hapair").await;
+    // Trunk b rings 2 s, then answers.
+    let (mut active, standby, group, _b) = pair(&w, 2000);
     assert_eq!(leader(&active), 1.0, "the first node holds the lease");
     assert_eq!(leader(&standby), 0.0, "the second one waits");
     let before = call(
@@ -259,24 +266,7 @@ async fn the_leader_lease_has_one_holder() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_talking_and_twenty_ringing_calls_are_all_on_record() {
     let w = world("hascale").await;
-    let pb = free_port();
-    let _b = Uas::start(
-        pb,
-        Scenario::File("uas_ring_answer.xml", vec![("PAUSE", "1000".into())]),
-    );
-    let ha = format!(
-        "[router.ha]\nenabled = true\ngroup = \"{}\"\n",
-        unique("pair")
-    );
-    let mut active = TestRouter::start(
-        &w.tracker.config,
-        RouterOptions {
-            trunks: &[("b", pb)],
-            router: &ha,
-            probe: "",
-        },
-    );
-    let standby = active.standby();
+    let (mut active, standby, _, _b) = pair(&w, 1000);
     let started = Instant::now();
     let sip_port = active.sip_port;
     let kill = async {

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dialmark_e2e::process::{free_port, wait_until, Proc};
-use dialmark_e2e::tracker::{config, provision, TestTracker, ORIGIN};
+use dialmark_e2e::tracker::{config, provision, TestTracker};
 use dialmark_router::directory::{Directory, Lookup};
 use dialmark_schemas::config::RedisConfig;
 use dialmark_schemas::rows::Attribution;
@@ -103,14 +103,21 @@ impl Cluster {
         c
     }
 
-    /// Every master has a replica that is connected and in sync.
+    /// Every master has a replica whose replication link is up (`INFO
+    /// replication`: `state=online`), not only its cluster bus: a lease
+    /// waited for before then would find no replica.
     fn replicas_synced(&self) -> bool {
-        let nodes = cli(self.nodes[0].0, &["cluster", "nodes"]);
-        let up = nodes
-            .lines()
-            .filter(|l| l.contains("slave") && l.contains("connected"))
-            .count();
-        up == 3
+        let masters: Vec<u16> = self
+            .nodes
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| cli(*p, &["info", "replication"]).contains("role:master"))
+            .collect();
+        masters.len() == 3
+            && masters.iter().all(|p| {
+                let info = cli(*p, &["info", "replication"]);
+                info.contains("connected_slaves:1") && info.contains("state=online")
+            })
     }
 
     fn config(&self) -> RedisConfig {
@@ -171,25 +178,12 @@ struct Visit {
 /// per-network lease cap must not hold the load back).
 async fn visit(t: &TestTracker, site: &str, start: Instant, i: u32) -> Visit {
     let sent = start.elapsed();
-    let (url, ip) = (t.url("/v1/visits"), format!("10.{}.{}.7", i / 256, i % 256));
-    let body = serde_json::json!({"site": site, "url": "https://shop.test/"}).to_string();
-    let r: serde_json::Value = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        agent
-            .post(&url)
-            .header("origin", ORIGIN)
-            .header("x-forwarded-for", &ip)
-            .send(body)
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let r = t
+        .visit_from(
+            serde_json::json!({"site": site, "url": "https://shop.test/"}),
+            Some(format!("10.{}.{}.7", i / 256, i % 256)),
+        )
+        .await;
     Visit {
         sent,
         done: start.elapsed(),
