@@ -47,6 +47,12 @@ impl HoldDown {
         }
     }
 
+    /// A down alert another node sent is firing for `trunk` (a pair's
+    /// takeover): no new one, and its recovery is sent as usual.
+    pub fn assume_firing(&mut self, trunk: &str) {
+        self.trunks.entry(trunk.to_string()).or_default().1 = true;
+    }
+
     /// The hold-down of change `id` ended: send the recovery?
     pub fn settle(&mut self, trunk: &str, id: u64) -> bool {
         match self.trunks.get_mut(trunk) {
@@ -180,6 +186,14 @@ impl Alerter {
         }
     }
 
+    /// See [`HoldDown::assume_firing`].
+    pub fn assume_firing(&self, alert: Alert, trunk: &str) {
+        self.state
+            .lock()
+            .expect("alert state")
+            .assume_firing(&format!("{trunk}/{}", alert.name()));
+    }
+
     fn post(url: String, body: String, trunk: String) {
         tokio::task::spawn_blocking(move || {
             let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -267,5 +281,16 @@ mod tests {
         assert_eq!(bad[0]["labels"]["alertname"], "DialmarkTrunkDegraded");
         assert_eq!(bad[0]["labels"]["severity"], "warning");
         assert_eq!(bad[0]["annotations"]["description"], "NER 40 %");
+    }
+
+    #[test]
+    fn a_taken_over_alert_is_not_sent_again_and_resolves() {
+        let mut h = HoldDown::default();
+        h.assume_firing("a/TrunkDown");
+        assert_eq!(h.changed("a/TrunkDown", false), Notice::Nothing);
+        assert!(matches!(
+            h.changed("a/TrunkDown", true),
+            Notice::ResolveLater(_)
+        ));
     }
 }

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::alert::{Alert, Alerter};
 use crate::dispatch::PROBE_BRANCH;
+use crate::handover::{DownTrunk, SavedTrunks};
 use crate::health::{Health, Transition};
 use crate::manual::{Command, Overrides};
 use crate::quality::{Breaker, Change, Rule};
@@ -118,29 +119,34 @@ pub struct Control {
 }
 
 impl Control {
-    /// Builds the trunk table (with the operators' `overrides` a pair's
-    /// last active left, by trunk name) and publishes the first snapshot:
-    /// create it before the shards.
+    /// Builds the trunk table (with the state a pair's last active left:
+    /// operators' overrides, trunks down and their alerts) and publishes
+    /// the first snapshot: create it before the shards.
     pub fn new(
         cfg: Arc<Config>,
         shared: Arc<Shared>,
         transport: Arc<Transport>,
         sinks: Sinks,
-        overrides: HashMap<String, Overrides>,
+        saved: SavedTrunks,
     ) -> Control {
         let r = &cfg.router;
         let (mut trunks, _) =
             crate::reload::trunks(Vec::new(), &r.trunks, &r.probe, crate::now_ms());
-        for t in &mut trunks {
-            if let Some(o) = overrides.get(&t.cfg.name) {
-                info!(trunk.name = %t.cfg.name, overrides = %o.describe(), "trunk overrides taken over");
-                t.manual = o.clone();
-            }
-        }
         let alerter = Alerter::new(
             r.alert_webhook.clone(),
             Duration::from_secs(r.alert_hold_down_seconds),
         );
+        for t in &mut trunks {
+            if let Some(o) = saved.overrides.get(&t.cfg.name) {
+                info!(trunk.name = %t.cfg.name, overrides = %o.describe(), "trunk overrides taken over");
+                t.manual = o.clone();
+            }
+            if let Some(d) = saved.down.get(&t.cfg.name) {
+                info!(trunk.name = %t.cfg.name, reason = %d.reason, "trunk down as the pair's last active left it; its alert is firing already");
+                t.health = Health::inherited_down(r.probe.down_after, r.probe.up_after, d.since_ms);
+                alerter.assume_firing(Alert::Down, &t.cfg.name);
+            }
+        }
         let c = Control {
             cfg,
             shared,
@@ -484,6 +490,13 @@ impl Control {
         ));
         self.alerter
             .trunk_changed(Alert::Down, &t.name, &t.group, !up, &tr.reason);
+        if let Some(h) = &self.sinks.handover {
+            let down = (!up).then(|| DownTrunk {
+                since_ms: now,
+                reason: tr.reason.clone(),
+            });
+            h.trunk_down(&t.name, down);
+        }
         self.publish();
     }
 

@@ -98,6 +98,25 @@ enum Op {
         trunk: String,
         json: Option<String>,
     },
+    /// A trunk went down (`Some`) or came back up (`None`).
+    Down {
+        trunk: String,
+        json: Option<String>,
+    },
+}
+
+/// A trunk the pair's active found down: since when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownTrunk {
+    pub since_ms: u64,
+    pub reason: String,
+}
+
+/// The trunk state a pair's last active left, by trunk name.
+#[derive(Debug, Default)]
+pub struct SavedTrunks {
+    pub overrides: HashMap<String, Overrides>,
+    pub down: HashMap<String, DownTrunk>,
 }
 
 /// The hash of the calls ringing at `node` of `group`.
@@ -110,6 +129,11 @@ fn overrides_key(group: &str) -> String {
     format!("dm:ha:{group}:overrides")
 }
 
+/// The hash of the pair's trunks found down: trunk → its [`DownTrunk`].
+fn down_key(group: &str) -> String {
+    format!("dm:ha:{group}:down")
+}
+
 /// The pair's store of answered calls; cheap to clone.
 #[derive(Clone)]
 pub struct Handover {
@@ -117,8 +141,9 @@ pub struct Handover {
     directory: Directory,
     /// This node's hash of ringing calls.
     ringing: String,
-    /// The pair's hash of trunk overrides.
+    /// The pair's hashes of trunk overrides and of trunks down.
     overrides: String,
+    down: String,
     tx: mpsc::Sender<Op>,
 }
 
@@ -131,6 +156,7 @@ impl Handover {
             directory,
             ringing: ringing_key(group, node),
             overrides: overrides_key(group),
+            down: down_key(group),
             tx,
         };
         tokio::spawn(h.clone().write(rx, ttl.as_secs().max(1)));
@@ -184,27 +210,26 @@ impl Handover {
         });
     }
 
-    /// The pair's trunk overrides, as the last active left them (none
-    /// when Redis does not answer: the node starts as configured).
-    pub async fn saved_overrides(&self) -> HashMap<String, Overrides> {
+    /// A trunk went down (`Some`) or came back up (queued).
+    pub fn trunk_down(&self, trunk: &str, down: Option<DownTrunk>) {
+        self.queue(Op::Down {
+            trunk: trunk.to_string(),
+            json: down.and_then(|d| serde_json::to_string(&d).ok()),
+        });
+    }
+
+    /// The trunk state the pair's last active left: operators' overrides
+    /// and trunks found down (nothing when Redis does not answer: the node
+    /// starts as configured, and probes).
+    pub async fn saved_trunks(&self) -> SavedTrunks {
         let Some(mut r) = self.conn().await else {
-            warn!("trunk overrides not read (Redis): starting as configured");
-            return HashMap::new();
+            warn!("trunk state not read (Redis): starting as configured");
+            return SavedTrunks::default();
         };
-        let all: HashMap<String, String> = match redis::cmd("HGETALL")
-            .arg(&self.overrides)
-            .query_async(&mut r)
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(cause = %e, "trunk overrides not read: starting as configured");
-                return HashMap::new();
-            }
-        };
-        all.into_iter()
-            .filter_map(|(t, json)| Some((t, serde_json::from_str(&json).ok()?)))
-            .collect()
+        SavedTrunks {
+            overrides: read_hash(&mut r, &self.overrides).await,
+            down: read_hash(&mut r, &self.down).await,
+        }
     }
 
     /// Takes the calls that were ringing at a dead node, `node_lost` at
@@ -317,19 +342,8 @@ impl Handover {
                         c.arg(&self.ringing).arg(call_id);
                         c
                     }
-                    Op::Overrides {
-                        trunk,
-                        json: Some(json),
-                    } => {
-                        let mut c = redis::cmd("HSET");
-                        c.arg(&self.overrides).arg(trunk).arg(json);
-                        c
-                    }
-                    Op::Overrides { trunk, json: None } => {
-                        let mut c = redis::cmd("HDEL");
-                        c.arg(&self.overrides).arg(trunk);
-                        c
-                    }
+                    Op::Overrides { trunk, json } => hash_field(&self.overrides, trunk, json),
+                    Op::Down { trunk, json } => hash_field(&self.down, trunk, json),
                 };
                 match tokio::time::timeout(Duration::from_secs(2), cmd.exec_async(&mut r)).await {
                     Ok(Ok(())) => {
@@ -350,6 +364,36 @@ impl Handover {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Sets (`Some`) or deletes (`None`) one field of a hash.
+fn hash_field(key: &str, field: &str, value: &Option<String>) -> redis::Cmd {
+    let mut c = redis::cmd(if value.is_some() { "HSET" } else { "HDEL" });
+    c.arg(key).arg(field);
+    if let Some(v) = value {
+        c.arg(v);
+    }
+    c
+}
+
+/// A hash of JSON values, each decoded (fields that do not decode, and the
+/// whole hash when Redis fails, are left out: the node starts as
+/// configured for those).
+async fn read_hash<T: serde::de::DeserializeOwned>(r: &mut Redis, key: &str) -> HashMap<String, T> {
+    match redis::cmd("HGETALL")
+        .arg(key)
+        .query_async::<HashMap<String, String>>(r)
+        .await
+    {
+        Ok(all) => all
+            .into_iter()
+            .filter_map(|(field, json)| Some((field, serde_json::from_str(&json).ok()?)))
+            .collect(),
+        Err(e) => {
+            warn!(key, cause = %e, "trunk state not read: starting as configured");
+            HashMap::new()
         }
     }
 }

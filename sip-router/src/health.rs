@@ -53,6 +53,15 @@ impl Health {
     /// provisional timeout): a failure, unless a call got a reply from the
     /// trunk within that window (`last_reply_ms`, Unix ms, 0 = never): a
     /// call timing out now lost its packets; the trunk is alive.
+    /// A trunk the pair's last active left down at `since_ms`: down until
+    /// `up_after` successes, as if this node had seen it fail.
+    pub fn inherited_down(down_after: u32, up_after: u32, since_ms: u64) -> Self {
+        Self {
+            state: TrunkState::Down,
+            ..Self::new(down_after, up_after, since_ms)
+        }
+    }
+
     pub fn call_timed_out(
         &mut self,
         window_ms: u64,
@@ -223,5 +232,15 @@ mod tests {
             .unwrap();
         assert_eq!(t.cause, TrunkCause::Passive);
         assert!(t.reason.contains("no ringing"));
+    }
+
+    #[test]
+    fn an_inherited_down_trunk_needs_its_successes_to_come_up() {
+        let mut h = Health::inherited_down(3, 2, 1_000);
+        assert!(!h.is_up());
+        assert_eq!(h.since_ms, 1_000);
+        assert_eq!(h.success(TrunkCause::Probe, 2_000), None);
+        let up = h.success(TrunkCause::Probe, 3_000).expect("up");
+        assert_eq!((up.from, up.to), (TrunkState::Down, TrunkState::Up));
     }
 }

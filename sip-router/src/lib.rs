@@ -228,9 +228,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     ));
     let (control_tx, control_rx) = mpsc::channel(65_536);
     // Publishes the trunk table before any shard reads it.
-    // The operators' trunk overrides the pair's last active left.
-    let overrides = match &sinks.handover {
-        Some(h) => h.saved_overrides().await,
+    // The trunk state (operators' overrides, trunks down) the pair's last
+    // active left.
+    let saved = match &sinks.handover {
+        Some(h) => h.saved_trunks().await,
         None => Default::default(),
     };
     let control = control::Control::new(
@@ -238,7 +239,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         shared.clone(),
         transport.clone(),
         sinks.clone(),
-        overrides,
+        saved,
     );
     let mut queues = Vec::new();
     let mut shard_ctl = Vec::new();

@@ -9,7 +9,8 @@
 //! later call too; the call ringing at the death has its row as
 //! `node_lost`; every call is on record once, and no dialog record is left
 //! in Redis; an operator's trunk override on the dead node holds on the
-//! new one.
+//! new one, and so does a trunk it found down (since then, not found
+//! again).
 
 use std::time::{Duration, Instant};
 
@@ -26,9 +27,10 @@ fn leader(r: &TestRouter) -> f64 {
 }
 
 /// An active and a standby router of a new pair group (returned too) on
-/// `w`'s tracker, with trunk b ringing `ring_ms` before it answers.
+/// `w`'s tracker, with trunk b ringing `ring_ms` before it answers and
+/// trunk c dead (after b; probed every second, down at the first miss).
 fn pair(w: &World, ring_ms: u32) -> (TestRouter, TestRouter, String, Uas) {
-    let pb = free_port();
+    let (pb, pc) = (free_port(), free_port());
     let b = Uas::start(
         pb,
         Scenario::File("uas_ring_answer.xml", vec![("PAUSE", ring_ms.to_string())]),
@@ -38,9 +40,9 @@ fn pair(w: &World, ring_ms: u32) -> (TestRouter, TestRouter, String, Uas) {
     let active = TestRouter::start(
         &w.tracker.config,
         RouterOptions {
-            trunks: &[("b", pb)],
+            trunks: &[("b", pb), ("c", pc)],
             router: &ha,
-            probe: "",
+            probe: "interval_seconds = 1\ntimeout_ms = 300\ndown_after = 1\nup_after = 2",
         },
     );
     let standby = active.standby();
@@ -72,6 +74,26 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
     .send_empty()
     .expect("trunk command");
     assert_eq!(set.status(), 200);
+    // Trunk c found down by the active's probes: the pair keeps that too.
+    let c_down = |r: &TestRouter| {
+        let st = r.status();
+        let c = st["trunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "c")
+            .cloned()
+            .unwrap();
+        (!c["up"].as_bool().unwrap()).then(|| c["since_unix"].as_u64().unwrap())
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    let down_since = loop {
+        if let Some(since) = c_down(&active) {
+            break since;
+        }
+        assert!(Instant::now() < until, "trunk c never went down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
 
     // A call up at the death: answered through the active, its record in
     // Redis for the standby.
@@ -216,6 +238,11 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
         standby.status()["trunks"][0]["why"],
         "weight 7 by noc",
         "the operator's override was taken over"
+    );
+    assert_eq!(
+        c_down(&standby),
+        Some(down_since),
+        "trunk c down since the active found it, not found again"
     );
 }
 
