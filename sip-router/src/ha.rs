@@ -15,11 +15,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::routing::get;
-use dialmark_schemas::config::{HaConfig, RedisConfig};
+use dialmark_schemas::config::HaConfig;
 use dialmark_schemas::store::Redis;
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::Script;
 use tracing::{error, info, warn};
+
+use crate::directory::Directory;
 
 /// Renews the lease if this node holds it; answers the holder otherwise.
 const RENEW: &str = r"
@@ -231,7 +233,7 @@ pub async fn bind_when_free<T, E: std::fmt::Display, F: Future<Output = Result<T
 /// takes over from.
 pub async fn standby(
     cfg: &HaConfig,
-    redis: &RedisConfig,
+    directory: &Directory,
     http: SocketAddr,
     metrics: PrometheusHandle,
 ) -> anyhow::Result<(Redis, Lease, Option<Predecessor>)> {
@@ -252,11 +254,10 @@ pub async fn standby(
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+    // The router's one connection (it logs why it cannot connect).
     let mut conn = loop {
-        match tokio::time::timeout(Duration::from_secs(2), Redis::connect(redis)).await {
-            Ok(Ok(c)) => break c,
-            Ok(Err(e)) => warn!(cause = %e, "standby: Redis unreachable; waiting"),
-            Err(_) => warn!("standby: Redis connect timed out; waiting"),
+        if let Some(c) = directory.conn().await {
+            break c;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };

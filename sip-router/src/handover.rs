@@ -8,9 +8,10 @@
 //! writes the call's final rows (talk time to that BYE). Calls still
 //! ringing are listed per node (`dm:ha:{group}:ringing:{node}`, Call-ID →
 //! the call's row at its first ring): the node that takes over from a dead
-//! one records those as `node_lost`. Operators' trunk overrides (drain,
-//! forced state, priority, weight) are kept for the pair too
-//! (`dm:ha:{group}:overrides`) and taken over at start. Writes go through
+//! one records those as `node_lost`. The trunk state is kept for the pair
+//! too: operators' overrides (drain, forced state, priority, weight;
+//! `dm:ha:{group}:overrides`) and trunks found down (`dm:ha:{group}:down`),
+//! both taken over at start. Writes go through
 //! a queue that a task drains and retries while Redis is away: signalling
 //! never waits for Redis, and a full queue drops (counted) rather than
 //! blocks.
@@ -23,10 +24,11 @@ use dialmark_schemas::rows::{Call as CallRow, CallAttempt, Disposition};
 use dialmark_schemas::store::Redis;
 use serde::{Deserialize, Serialize};
 
-use crate::directory::Directory;
-use crate::manual::Overrides;
 use tokio::sync::mpsc;
 use tracing::warn;
+
+use crate::directory::Directory;
+use crate::manual::Overrides;
 
 /// Writes waiting for Redis at most; past it new ones are dropped.
 const QUEUE: usize = 65_536;
@@ -86,12 +88,10 @@ enum Op {
     Del {
         call_id: String,
     },
-    Ring {
+    /// A call rings (`Some`: its row) or rings no more (`None`).
+    Ringing {
         call_id: String,
-        json: String,
-    },
-    Unring {
-        call_id: String,
+        json: Option<String>,
     },
     /// A trunk's operator overrides (`None`: none left).
     Overrides {
@@ -184,9 +184,9 @@ impl Handover {
     /// A call rings (its row as at the first ring; queued).
     pub fn ring(&self, call_id: &str, row: &CallRow) {
         match serde_json::to_string(row) {
-            Ok(json) => self.queue(Op::Ring {
+            Ok(json) => self.queue(Op::Ringing {
                 call_id: call_id.to_string(),
-                json,
+                json: Some(json),
             }),
             Err(e) => warn!(cause = %e, "ringing call not encoded"),
         }
@@ -194,8 +194,9 @@ impl Handover {
 
     /// A call rings no more: answered or ended (queued).
     pub fn unring(&self, call_id: &str) {
-        self.queue(Op::Unring {
+        self.queue(Op::Ringing {
             call_id: call_id.to_string(),
+            json: None,
         });
     }
 
@@ -227,8 +228,8 @@ impl Handover {
             return SavedTrunks::default();
         };
         SavedTrunks {
-            overrides: read_hash(&mut r, &self.overrides).await,
-            down: read_hash(&mut r, &self.down).await,
+            overrides: saved(&mut r, &self.overrides).await,
+            down: saved(&mut r, &self.down).await,
         }
     }
 
@@ -245,19 +246,17 @@ impl Handover {
             return Vec::new();
         };
         let key = ringing_key(group, node);
-        let all: HashMap<String, String> =
-            match redis::cmd("HGETALL").arg(&key).query_async(&mut r).await {
-                Ok(m) => m,
-                Err(e) => {
-                    warn!(node, cause = %e, "the dead node's ringing calls could not be read");
-                    return Vec::new();
-                }
-            };
+        let all: HashMap<String, CallRow> = match read_hash(&mut r, &key).await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(node, cause = %e, "the dead node's ringing calls could not be read");
+                return Vec::new();
+            }
+        };
         if let Err(e) = redis::cmd("DEL").arg(&key).exec_async(&mut r).await {
             warn!(node, cause = %e, "the dead node's ringing list stays");
         }
-        all.values()
-            .filter_map(|json| serde_json::from_str::<CallRow>(json).ok())
+        all.into_values()
             .map(|mut row| {
                 row.disposition = Disposition::NodeLost;
                 row.ended = ((died_ms / 1000) as u32).max(row.received);
@@ -332,16 +331,7 @@ impl Handover {
                         c.arg(key(call_id));
                         c
                     }
-                    Op::Ring { call_id, json } => {
-                        let mut c = redis::cmd("HSET");
-                        c.arg(&self.ringing).arg(call_id).arg(json);
-                        c
-                    }
-                    Op::Unring { call_id } => {
-                        let mut c = redis::cmd("HDEL");
-                        c.arg(&self.ringing).arg(call_id);
-                        c
-                    }
+                    Op::Ringing { call_id, json } => hash_field(&self.ringing, call_id, json),
                     Op::Overrides { trunk, json } => hash_field(&self.overrides, trunk, json),
                     Op::Down { trunk, json } => hash_field(&self.down, trunk, json),
                 };
@@ -378,22 +368,24 @@ fn hash_field(key: &str, field: &str, value: &Option<String>) -> redis::Cmd {
     c
 }
 
-/// A hash of JSON values, each decoded (fields that do not decode, and the
-/// whole hash when Redis fails, are left out: the node starts as
-/// configured for those).
-async fn read_hash<T: serde::de::DeserializeOwned>(r: &mut Redis, key: &str) -> HashMap<String, T> {
-    match redis::cmd("HGETALL")
-        .arg(key)
-        .query_async::<HashMap<String, String>>(r)
-        .await
-    {
-        Ok(all) => all
-            .into_iter()
-            .filter_map(|(field, json)| Some((field, serde_json::from_str(&json).ok()?)))
-            .collect(),
-        Err(e) => {
-            warn!(key, cause = %e, "trunk state not read: starting as configured");
-            HashMap::new()
-        }
-    }
+/// One hash of the trunk state, or none when Redis fails (the node then
+/// starts as configured).
+async fn saved<T: serde::de::DeserializeOwned>(r: &mut Redis, key: &str) -> HashMap<String, T> {
+    read_hash(r, key).await.unwrap_or_else(|e| {
+        warn!(key, cause = %e, "trunk state not read: starting as configured");
+        HashMap::new()
+    })
+}
+
+/// A hash of JSON values, each decoded (a field that does not decode is
+/// left out).
+async fn read_hash<T: serde::de::DeserializeOwned>(
+    r: &mut Redis,
+    key: &str,
+) -> redis::RedisResult<HashMap<String, T>> {
+    let all: HashMap<String, String> = redis::cmd("HGETALL").arg(key).query_async(r).await?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(field, json)| Some((field, serde_json::from_str(&json).ok()?)))
+        .collect())
 }

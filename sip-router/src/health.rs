@@ -49,10 +49,6 @@ impl Health {
         }
     }
 
-    /// A real call got no provisional reply within `window_ms` (the
-    /// provisional timeout): a failure, unless a call got a reply from the
-    /// trunk within that window (`last_reply_ms`, Unix ms, 0 = never): a
-    /// call timing out now lost its packets; the trunk is alive.
     /// A trunk the pair's last active left down at `since_ms`: down until
     /// `up_after` successes, as if this node had seen it fail.
     pub fn inherited_down(down_after: u32, up_after: u32, since_ms: u64) -> Self {
@@ -62,6 +58,10 @@ impl Health {
         }
     }
 
+    /// A real call got no provisional reply within `window_ms` (the
+    /// provisional timeout): a failure, unless a call got a reply from the
+    /// trunk within that window (`last_reply_ms`, Unix ms, 0 = never): a
+    /// call timing out now lost its packets; the trunk is alive.
     pub fn call_timed_out(
         &mut self,
         window_ms: u64,

@@ -99,12 +99,17 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         dialmark_schemas::runtime::install_metrics().context("installing the metrics recorder")?;
     let config = Arc::new(config);
     let r = &config.router;
+    let directory = directory::Directory::new(
+        config.redis.clone(),
+        Duration::from_millis(r.route_cache_ms),
+        config.tracker.attribution_window_seconds,
+    );
     // One of a pair: a standby until it holds the lease; the address may
     // then still be held a moment by the active it replaces.
     let (pair, predecessor) = match r.ha.enabled {
         true => {
             let (redis, lease, before) =
-                ha::standby(&r.ha, &config.redis, r.http, metrics.clone()).await?;
+                ha::standby(&r.ha, &directory, r.http, metrics.clone()).await?;
             (Some((redis, lease)), before)
         }
         false => (None, None),
@@ -142,11 +147,6 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     info!(addr = %http.local_addr()?, "router http listening");
 
     let ch = dialmark_schemas::ch::client(&config.clickhouse);
-    let directory = directory::Directory::new(
-        config.redis.clone(),
-        Duration::from_millis(r.route_cache_ms),
-        config.tracker.attribution_window_seconds,
-    );
     let hooks = webhook::start(
         &r.call_webhook,
         directory.clone(),
@@ -227,13 +227,13 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         Duration::from_millis(r.tcp_message_timeout_ms),
     ));
     let (control_tx, control_rx) = mpsc::channel(65_536);
-    // Publishes the trunk table before any shard reads it.
     // The trunk state (operators' overrides, trunks down) the pair's last
     // active left.
     let saved = match &sinks.handover {
         Some(h) => h.saved_trunks().await,
         None => Default::default(),
     };
+    // Publishes the trunk table before any shard reads it.
     let control = control::Control::new(
         config.clone(),
         shared.clone(),

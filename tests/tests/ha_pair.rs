@@ -19,6 +19,16 @@ use dialmark_e2e::process::free_port;
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{Scenario, Uas};
 use dialmark_e2e::world::{call, calls, place_calls, spawn_call, world, World};
+use dialmark_schemas::store::Redis;
+
+/// The Redis keys matching `pattern`.
+async fn keys(r: &Redis, pattern: &str) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut r.clone())
+        .await
+        .unwrap()
+}
 
 fn leader(r: &TestRouter) -> f64 {
     r.metric("dialmark_router_ha_leader")
@@ -104,20 +114,13 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
         "127.0.0.1",
         &["-d", "6000"],
     );
-    let redis = dialmark_schemas::store::Redis::connect(&w.tracker.config.redis)
-        .await
-        .unwrap();
+    let redis = Redis::connect(&w.tracker.config.redis).await.unwrap();
     // This test's dialog records (other tests run alongside).
     let records = || {
         let (mut r, number) = (redis.clone(), w.number.clone());
         async move {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg("dm:dialog:*")
-                .query_async(&mut r)
-                .await
-                .unwrap();
             let mut ours = Vec::new();
-            for k in keys {
+            for k in keys(&r, "dm:dialog:*").await {
                 let v: Option<String> =
                     redis::cmd("GET").arg(&k).query_async(&mut r).await.unwrap();
                 if v.is_some_and(|v| v.contains(&number)) {
@@ -142,16 +145,7 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
         &["-timeout", "8s"],
     );
     let ringing_list = format!("dm:ha:{group}:ringing:*");
-    let ringing = || {
-        let (mut r, pattern) = (redis.clone(), ringing_list.clone());
-        async move {
-            redis::cmd("KEYS")
-                .arg(pattern)
-                .query_async::<Vec<String>>(&mut r)
-                .await
-                .unwrap()
-        }
-    };
+    let ringing = || keys(&redis, &ringing_list);
     let until = Instant::now() + Duration::from_secs(5);
     while ringing().await.is_empty() {
         assert!(Instant::now() < until, "the call never rang");
@@ -252,7 +246,7 @@ async fn the_standby_serves_the_address_within_5_s_of_the_actives_death() {
 async fn the_leader_lease_has_one_holder() {
     use dialmark_router::ha::{Lease, Renewal};
     use dialmark_schemas::config::HaConfig;
-    let mut redis = dialmark_schemas::store::Redis::connect(&dialmark_e2e::tracker::single_redis())
+    let mut redis = Redis::connect(&dialmark_e2e::tracker::single_redis())
         .await
         .unwrap();
     let group = unique("lease");

@@ -311,20 +311,7 @@ impl Inventory {
                 "display_mask: needs at least 4 '#' digit places".into(),
             ));
         }
-        let mut r = self.redis.clone();
-        let json =
-            serde_json::to_string(&site).map_err(|e| TrackerError::Internal(e.to_string()))?;
-        // One command per key: on a Redis Cluster the keys live on
-        // different slots, and a pipeline across slots is refused.
-        redis::cmd("SET")
-            .arg(layout::site_key(&site.id))
-            .arg(json)
-            .exec_async(&mut r)
-            .await?;
-        redis::cmd("SADD")
-            .arg(layout::SITES)
-            .arg(&site.id)
-            .exec_async(&mut r)
+        self.save_json(&layout::site_key(&site.id), &site, layout::SITES, &site.id)
             .await?;
         self.site_cache
             .lock()
@@ -417,17 +404,31 @@ impl Inventory {
     }
 
     async fn save_pool(&self, def: &PoolDef) -> Result<(), TrackerError> {
+        self.save_json(&layout::pool_key(&def.id), def, layout::POOLS, &def.id)
+            .await
+    }
+
+    /// A site's or pool's JSON under `key`, and `id` in the index set
+    /// `ids`: one command per key (on a Redis Cluster they live on
+    /// different slots, and a pipeline across slots is refused).
+    async fn save_json(
+        &self,
+        key: &str,
+        value: &impl Serialize,
+        ids: &str,
+        id: &str,
+    ) -> Result<(), TrackerError> {
+        let json =
+            serde_json::to_string(value).map_err(|e| TrackerError::Internal(e.to_string()))?;
         let mut r = self.redis.clone();
-        let json = serde_json::to_string(def).map_err(|e| TrackerError::Internal(e.to_string()))?;
-        // One command per key (Cluster slots), as in put_site.
         redis::cmd("SET")
-            .arg(layout::pool_key(&def.id))
+            .arg(key)
             .arg(json)
             .exec_async(&mut r)
             .await?;
         redis::cmd("SADD")
-            .arg(layout::POOLS)
-            .arg(&def.id)
+            .arg(ids)
+            .arg(id)
             .exec_async(&mut r)
             .await?;
         Ok(())

@@ -84,24 +84,30 @@ async fn lifecycle(r: &mut Redis, site: &str, active: u64) -> Result<Value, Trac
         .arg(layout::STOCK)
         .query_async(r)
         .await?;
-    let retired: Vec<String> = redis::cmd("ZRANGE")
-        .arg(layout::QUARANTINE)
-        .arg(0)
-        .arg(-1)
-        .query_async(r)
-        .await?;
-    let mut quarantine = 0u64;
-    for number in &retired {
-        // One key per command: routes live on many Cluster slots.
-        let owner: Option<String> = redis::cmd("HGET")
-            .arg(layout::route_key(number))
-            .arg("site")
+    let quarantine: u64 = if site.is_empty() {
+        redis::cmd("ZCARD")
+            .arg(layout::QUARANTINE)
+            .query_async(r)
+            .await?
+    } else {
+        let retired: Vec<String> = redis::cmd("ZRANGE")
+            .arg(layout::QUARANTINE)
+            .arg(0)
+            .arg(-1)
             .query_async(r)
             .await?;
-        if site.is_empty() || owner.as_deref() == Some(site) {
-            quarantine += 1;
+        let mut theirs = 0;
+        for number in &retired {
+            // One key per command: routes live on many Cluster slots.
+            let owner: Option<String> = redis::cmd("HGET")
+                .arg(layout::route_key(number))
+                .arg("site")
+                .query_async(r)
+                .await?;
+            theirs += u64::from(owner.as_deref() == Some(site));
         }
-    }
+        theirs
+    };
     Ok(serde_json::json!({ "stock": stock, "active": active, "quarantine": quarantine }))
 }
 
