@@ -152,6 +152,26 @@ PY
 
 dm_clickhouse_stop() { dm_stop_pid clickhouse "$1/clickhouse.pid"; }
 
+# dm_clickhouse_cluster_start CLUSTER DIR:HTTP:TCP:INTER...: one ClickHouse
+# server per argument, each knowing the cluster CLUSTER (in
+# <remote_servers>: one shard per server, by TCP port on 127.0.0.1).
+# `clickhouse.cluster` and `clickhouse.shards` name them to dialmark.
+dm_clickhouse_cluster_start() {
+  local cluster=$1 spec dir http tcp inter shards=""
+  shift
+  for spec in "$@"; do
+    IFS=: read -r dir http tcp inter <<<"$spec"
+    shards+="      <shard><replica><host>127.0.0.1</host><port>$tcp</port></replica></shard>"$'\n'
+  done
+  for spec in "$@"; do
+    IFS=: read -r dir http tcp inter <<<"$spec"
+    mkdir -p "$dir/etc/config.d"
+    printf '<yandex>\n  <remote_servers>\n    <%s>\n%s    </%s>\n  </remote_servers>\n</yandex>\n' \
+      "$cluster" "$shards" "$cluster" >"$dir/etc/config.d/dialmark-cluster.xml"
+    dm_clickhouse_start "$dir" "$http" "$tcp" "$inter"
+  done
+}
+
 # dm_spawn NAME PIDFILE LOGFILE COMMAND...: start a long-running process.
 dm_spawn() {
   local name=$1 pidfile=$2 logfile=$3

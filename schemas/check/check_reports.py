@@ -4,6 +4,13 @@
 
     python schemas/check/check_reports.py --clickhouse http://127.0.0.1:8123
 
+With --cluster NAME --cluster-servers URL,URL... --tracker-bin PATH the
+same fixture also goes into a ClickHouse cluster (one shard per server):
+the schema made by `dialmark-tracker migrate` with clickhouse.cluster set
+(local tables on each server, Distributed tables over them), the fixture
+inserted through the Distributed tables, each report run unchanged on
+them and compared with the one server's answer.
+
 Steps, on each engine: create a fresh database, apply every migration in
 schemas/migrations/ in order (split like the Rust runner: `--` comment
 lines dropped, statements split on `;`), load the fixture (fixture.py),
@@ -23,6 +30,7 @@ import math
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -156,6 +164,8 @@ class Http:
     """ClickHouse over HTTP (18.16: no compression, plain POST bodies)."""
 
     name = "clickhouse-18.16"
+    backfill = True
+    settings = {}
 
     def __init__(self, url):
         self.url = url.rstrip("/") + "/"
@@ -163,7 +173,7 @@ class Http:
         self.created = []
 
     def _post(self, sql, database=True):
-        params = {"database": self.database} if database else {}
+        params = dict(self.settings, database=self.database) if database else {}
         req = urllib.request.Request(self.url + "?" + urllib.parse.urlencode(params),
                                      data=sql.encode("utf-8"))
         try:
@@ -196,10 +206,59 @@ class Http:
                 self._post("DROP DATABASE IF EXISTS %s" % d, database=False)
 
 
+class Cluster(Http):
+    """A ClickHouse cluster through its Distributed tables, the schema made
+    by the Rust migrations runner (`dialmark-tracker migrate`)."""
+
+    name = "clickhouse-18.16-cluster"
+    backfill = False
+    # What dialmark's client sets on a cluster (schemas/src/ch.rs client()).
+    settings = {"insert_distributed_sync": "1", "distributed_product_mode": "global",
+                "prefer_localhost_replica": "0"}
+
+    def __init__(self, cluster, servers, tracker_bin):
+        super().__init__(servers[0])
+        self.cluster = cluster
+        self.servers = servers
+        self.tracker_bin = tracker_bin
+
+    def _drop(self, database):
+        for url in self.servers:
+            for d in (database, database + "_local"):
+                Http(url)._post("DROP DATABASE IF EXISTS %s" % d, database=False)
+
+    def create(self, database):
+        self._drop(database)
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write('[clickhouse]\nurl = "%s"\ndatabase = "%s"\ncluster = "%s"\nservers = [%s]\n'
+                    % (self.servers[0], database, self.cluster,
+                       ", ".join('"%s"' % u for u in self.servers)))
+        try:
+            run = subprocess.run([self.tracker_bin, "--config", f.name, "migrate"],
+                                 capture_output=True, text=True, timeout=300)
+        finally:
+            os.unlink(f.name)
+        if run.returncode != 0:
+            raise RuntimeError("dialmark-tracker migrate failed: %s" % (run.stderr or run.stdout)[-1500:])
+        self.created.append(database)
+        self.use(database)
+
+    def shard_counts(self, table):
+        """Rows of TABLE (FINAL) in each server's local table."""
+        return [int(Http(url)._post("SELECT count() FROM %s_local.%s FINAL" % (self.database, table),
+                                    database=False)) for url in self.servers]
+
+    def close(self, keep):
+        if not keep:
+            for d in self.created:
+                self._drop(d)
+
+
 class Chdb:
     """chDB: current ClickHouse in-process, a session on a scratch path."""
 
     name = "chdb"
+    backfill = True
 
     def __init__(self):
         from chdb import session  # noqa: imported here so --help works without it
@@ -273,12 +332,13 @@ def as_dicts(cols, rows):
     return [dict(zip(cols, r)) for r in rows]
 
 
-def diff(name, a, b):
-    """Compares two (cols, rows) results; returns a list of problems."""
+def diff(name, a, b, lb="chdb"):
+    """Compares two (cols, rows) results, a from 18.16 and b from engine lb;
+    returns a list of problems."""
     (ca, ra), (cb, rb) = a, b
     out = []
     if ca != cb:
-        out.append("columns differ:\n    18.16: %s\n    chdb : %s" % (ca, cb))
+        out.append("columns differ:\n    18.16: %s\n    %s: %s" % (ca, lb, cb))
         return out
     key = lambda r: json.dumps(r, sort_keys=True, default=str)
     sa, sb = sorted(ra, key=key), sorted(rb, key=key)
@@ -289,7 +349,7 @@ def diff(name, a, b):
         for r in only_a[:8]:
             out.append("    only 18.16: %s" % dict(zip(ca, r)))
         for r in only_b[:8]:
-            out.append("    only chdb : %s" % dict(zip(cb, r)))
+            out.append("    only %s: %s" % (lb, dict(zip(cb, r))))
     elif ra != rb:
         out.append("same rows, different order")
     return out
@@ -638,6 +698,10 @@ def main():
                     help="scratch database created (dropped first) on both engines")
     ap.add_argument("--from", dest="frm", default=fixture.FROM)
     ap.add_argument("--to", default=fixture.TO)
+    ap.add_argument("--cluster", help="also on this ClickHouse cluster (name in <remote_servers>)")
+    ap.add_argument("--cluster-servers", help="HTTP URLs of the cluster's servers, comma-separated")
+    ap.add_argument("--tracker-bin", default=os.path.join(os.path.dirname(SCHEMAS), "target/debug/dialmark-tracker"),
+                    help="dialmark-tracker binary that migrates the cluster")
     ap.add_argument("--keep", action="store_true", help="keep the databases afterwards")
     ap.add_argument("--only", action="append", help="run only this report (repeatable)")
     ap.add_argument("--show", action="store_true", help="print every result row")
@@ -678,9 +742,33 @@ def main():
     engines = []
     try:
         engines = [Http(args.clickhouse), Chdb()]
+        if args.cluster:
+            servers = [u for u in (args.cluster_servers or "").split(",") if u]
+            if len(servers) < 2:
+                raise RuntimeError("--cluster needs --cluster-servers with two servers or more")
+            engines.append(Cluster(args.cluster, servers, args.tracker_bin))
         backfill_db = args.database + "_backfill"
         for e in engines:
             t0 = time.time()
+            if not e.backfill:
+                # The cluster: the runner's schema, then the fixture.
+                e.create(args.database)
+                for stmt in fx.statements + fx.late_statements:
+                    e.execute(stmt)
+                counts = {t: e.shard_counts(t) for t in ("calls", "call_attempts", "visits")}
+                print("%s %s: database %s on %d servers, fixture loaded in %.1fs; rows (FINAL) per shard: %s"
+                      % (e.name, e.version(), args.database, len(e.servers), time.time() - t0,
+                         ", ".join("%s %s" % (t, "/".join(map(str, c))) for t, c in counts.items())))
+                for t, c in counts.items():
+                    # engines[0], the one server, holds the same inserts;
+                    # every version of a row on one shard, so the shards'
+                    # FINAL counts add up to the one server's.
+                    one = int(engines[0]._post("SELECT count() FROM %s FINAL" % t))
+                    if min(c) == 0 or sum(c) != one:
+                        failed = True
+                        print("cluster: %s rows (FINAL) per shard %s, expected %d in all (as on one server), none empty"
+                              % (t, c, one))
+                continue
             # Main database: every migration, then the fixture (rollups fed by
             # their views). Backfill database: the first migration, the
             # fixture, then the others (rollups filled by their INSERT ... SELECT).
@@ -719,16 +807,19 @@ def main():
                     except Exception as ex:
                         problems.append("%s error: %s" % (e.name, str(ex).strip()[:1500]))
                     timings.append(time.time() - t0)
-                if len(results) == 2:
-                    problems += diff(name, results[0], results[1])
+                if len(results) == len(engines):
+                    for e, other in zip(engines[1:], results[1:]):
+                        problems += diff(name, results[0], other, e.name)
                     rows = as_dicts(*results[0])
                     problems += known_values(name, site, rows, fx, args.frm, args.to, opts)
                     if args.show:
                         for r in rows:
                             print("    ", r)
-                if not site and not opts and len(results) == 2:
+                if not site and not opts and len(results) == len(engines):
                     # The same report over the backfilled rollups.
                     for e, main_result in zip(engines, results):
+                        if not e.backfill:
+                            continue
                         e.use(backfill_db)
                         try:
                             problems += ["backfill: " + x for x in
@@ -742,8 +833,9 @@ def main():
                     for pr in problems:
                         print("  " + pr)
                 else:
-                    print("report %s%s: ok (%d rows; 18.16 %.2fs, chdb %.2fs%s)"
-                          % (name, label, len(results[0][1]), timings[0], timings[1],
+                    print("report %s%s: ok (%d rows; %s%s)"
+                          % (name, label, len(results[0][1]),
+                             ", ".join("%s %.2fs" % (e.name, t) for e, t in zip(engines, timings)),
                              "" if site or opts else "; backfilled rollups agree"))
     except Exception as ex:
         failed = True

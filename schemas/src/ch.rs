@@ -11,8 +11,18 @@ use crate::config::ClickHouseConfig;
 /// Validation is off because 18.16 cannot answer the crate's schema probe
 /// (it needs RowBinaryWithNamesAndTypes).
 pub fn server_client(cfg: &ClickHouseConfig) -> Client {
+    connect(&cfg.url, cfg)
+}
+
+/// A client for one server of the cluster (`clickhouse.servers`), without
+/// a database selected: the migrations run on each.
+pub fn member_client(cfg: &ClickHouseConfig, url: &str) -> Client {
+    connect(url, cfg)
+}
+
+fn connect(url: &str, cfg: &ClickHouseConfig) -> Client {
     let mut c = Client::default()
-        .with_url(&cfg.url)
+        .with_url(url)
         .with_user(&cfg.user)
         .with_validation(false);
     if !cfg.password.is_empty() {
@@ -22,8 +32,21 @@ pub fn server_client(cfg: &ClickHouseConfig) -> Client {
 }
 
 /// A client bound to the dialmark database.
+///
+/// On a cluster the tables there are `Distributed`: an INSERT returns once
+/// every shard holds its rows (so the sink's spool may let them go), an IN
+/// or JOIN over another Distributed table is computed once and sent to the
+/// shards (GLOBAL: the tables are sharded by different keys), and the
+/// local shard is read over the network like the others (18.16's shortcut
+/// for it fails on FINAL with DEFAULT columns: "Cannot find column").
 pub fn client(cfg: &ClickHouseConfig) -> Client {
-    server_client(cfg).with_database(&cfg.database)
+    let c = server_client(cfg).with_database(&cfg.database);
+    if cfg.cluster.is_empty() {
+        return c;
+    }
+    c.with_setting("insert_distributed_sync", "1")
+        .with_setting("distributed_product_mode", "global")
+        .with_setting("prefer_localhost_replica", "0")
 }
 
 /// ClickHouse error codes that mean the request itself is wrong: schema

@@ -78,12 +78,21 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
-    /// HTTP endpoint of the ClickHouse server.
+    /// HTTP endpoint of the ClickHouse server (on a cluster: any of its
+    /// servers; the sink writes and the reports read through it).
     pub url: String,
     /// Database holding the dialmark tables; created by the migrations.
     pub database: String,
     pub user: String,
     pub password: String,
+    /// Name of a cluster in the servers' `<remote_servers>`; empty: one
+    /// server. Set, the migrations create the tables in
+    /// `{database}_local` on every server of `servers` and `Distributed`
+    /// tables of the same names in `{database}` over them.
+    pub cluster: String,
+    /// With `cluster`: the HTTP URL of every server of the cluster (one
+    /// per shard), for the migrations.
+    pub servers: Vec<String>,
 }
 
 impl Default for ClickHouseConfig {
@@ -93,6 +102,8 @@ impl Default for ClickHouseConfig {
             database: "dialmark".into(),
             user: "default".into(),
             password: String::new(),
+            cluster: String::new(),
+            servers: Vec::new(),
         }
     }
 }
@@ -687,6 +698,7 @@ impl RawConfig {
                 "must be letters, digits and _ and not start with a digit",
             ));
         }
+        self.clickhouse.validate_cluster()?;
         if self.sink.batch_rows == 0 {
             return Err(Error::config("sink.batch_rows", "must be at least 1"));
         }
@@ -922,6 +934,47 @@ pub fn check_webhook(url: &str, secret: &str) -> Result<(), (&'static str, &'sta
     Ok(())
 }
 
+impl ClickHouseConfig {
+    fn validate_cluster(&self) -> Result<(), Error> {
+        if self.cluster.is_empty() {
+            if !self.servers.is_empty() {
+                return Err(Error::config(
+                    "clickhouse.servers",
+                    "only with clickhouse.cluster",
+                ));
+            }
+            return Ok(());
+        }
+        if !is_identifier(&self.cluster) {
+            return Err(Error::config(
+                "clickhouse.cluster",
+                "must be letters, digits and _ and not start with a digit",
+            ));
+        }
+        if self.servers.is_empty() {
+            return Err(Error::config(
+                "clickhouse.servers",
+                "list the HTTP URL of every server of the cluster",
+            ));
+        }
+        for (i, u) in self.servers.iter().enumerate() {
+            if !u.starts_with("http://") && !u.starts_with("https://") {
+                return Err(Error::config(
+                    format!("clickhouse.servers[{i}]"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            if self.servers[..i].contains(u) {
+                return Err(Error::config(
+                    format!("clickhouse.servers[{i}]"),
+                    "listed twice",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -1004,6 +1057,16 @@ mod tests {
         let cases = [
             ("[clickhouse]\ndatabase = \"x; DROP\"\n", "clickhouse.database"),
             ("[clickhouse]\nurl = \"tcp://x\"\n", "clickhouse.url"),
+            ("[clickhouse]\ncluster = \"c\"\n", "clickhouse.servers"),
+            ("[clickhouse]\ncluster = \"a-b\"\n", "clickhouse.cluster"),
+            (
+                "[clickhouse]\ncluster = \"c\"\nservers = [\"http://a:8123\", \"b:8123\"]\n",
+                "clickhouse.servers[1]",
+            ),
+            (
+                "[clickhouse]\nservers = [\"http://a:8123\"]\n",
+                "clickhouse.servers",
+            ),
             (
                 "[redis]\nwait_replicas = 1\nwait_timeout_ms = 0\n",
                 "redis.wait_timeout_ms",

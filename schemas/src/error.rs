@@ -26,6 +26,8 @@ pub enum Error {
     },
     #[error("migration {name}: {reason}")]
     MigrationInvalid { name: String, reason: String },
+    #[error("clickhouse cluster: server {url}: {reason}")]
+    Cluster { url: String, reason: String },
 }
 
 impl Error {

@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`background`]: the low-priority thread the sinks deliver from.
 //! - [`ch`]: building a ClickHouse client; retry vs poison errors.
+//! - [`cluster`]: the tables on a ClickHouse cluster (local tables on each
+//!   server, Distributed ones over them, sharding keys).
 //! - [`config`]: the one TOML config format of both services, with defaults
 //!   and a `validate()` that names the bad field.
 //! - [`number`]: the one E.164 number normaliser.
@@ -23,6 +25,7 @@
 
 pub mod background;
 pub mod ch;
+pub mod cluster;
 pub mod config;
 pub mod digest;
 pub mod error;

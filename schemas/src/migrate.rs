@@ -7,9 +7,15 @@
 
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{error, info, warn};
 
+use crate::config::ClickHouseConfig;
 use crate::error::Error;
+use crate::sink::SchemaGate;
+
+/// How often a service that started without ClickHouse tries its
+/// migrations again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One migration file.
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +124,63 @@ impl Migration {
     pub fn checksum(&self) -> String {
         format!("{:016x}", crate::fnv1a(self.sql.as_bytes()))
     }
+}
+
+/// Applies every pending migration where `cfg` says: on the one server, or
+/// on every server of `cfg.cluster` with the Distributed tables over them
+/// ([`crate::cluster`]).
+pub async fn run(cfg: &ClickHouseConfig) -> Result<Report, Error> {
+    if cfg.cluster.is_empty() {
+        apply(&crate::ch::server_client(cfg), &cfg.database).await
+    } else {
+        crate::cluster::apply(cfg).await
+    }
+}
+
+/// [`run`] for a service starting up. ClickHouse unreachable (one server
+/// of a cluster, too) does not stop the start: calls and visits do not wait
+/// for the analytics. The migrations are then retried every [`RETRY`] in
+/// the background and the returned gate opens once they ran; the sinks keep
+/// their rows in the spool until then. The failed attempts count in
+/// `dialmark_sink_insert_errors{table="schema_migrations"}` (the
+/// ClickHouseUnreachable alert). Errors a retry cannot fix (a migration
+/// changed, a cluster unlike the config) stop the start.
+pub async fn run_or_retry(cfg: &ClickHouseConfig) -> Result<SchemaGate, Error> {
+    let first = match run(cfg).await {
+        Ok(_) => return Ok(SchemaGate::open()),
+        Err(e) if e.is_retryable() => e,
+        Err(e) => return Err(e),
+    };
+    warn!(
+        error = %first,
+        "ClickHouse is unreachable: serving anyway; rows wait in the spool until the migrations ran"
+    );
+    let (open, gate) = SchemaGate::closed();
+    let cfg = cfg.clone();
+    tokio::spawn(async move {
+        let mut failures = 1u64;
+        loop {
+            metrics::gauge!("dialmark_sink_insert_errors", "table" => "schema_migrations")
+                .set(failures as f64);
+            tokio::time::sleep(RETRY).await;
+            match run(&cfg).await {
+                Ok(report) => {
+                    info!(
+                        applied = ?report.applied,
+                        "ClickHouse is back and migrated: delivering the spooled rows"
+                    );
+                    let _ = open.send(true);
+                    return;
+                }
+                Err(e) if e.is_retryable() => warn!(error = %e, "ClickHouse still unreachable"),
+                Err(e) => {
+                    error!(error = %e, "ClickHouse migrations failed; rows stay in the spool")
+                }
+            }
+            failures += 1;
+        }
+    });
+    Ok(gate)
 }
 
 /// Creates the database if needed and applies every pending migration.

@@ -15,6 +15,11 @@
 //! Deliveries run on the [`crate::background`] thread, below the request
 //! path's CPU priority; `push` is the only part on the caller's thread.
 //!
+//! A sink delivers nothing until its [`SchemaGate`] is open: a process
+//! that started while ClickHouse was away keeps its rows in the spool until
+//! its migrations ran, rather than insert rows of a newer schema into older
+//! tables (rejected: dead letters).
+//!
 //! A sink may hand its acknowledged rows on to an [`Outbox`]: another spool
 //! whose reader (the completed-call webhook) thus sees a row only once it is
 //! final in ClickHouse. Rows are appended there before the batch is acked,
@@ -28,7 +33,7 @@ use std::time::Duration;
 
 use clickhouse::Client;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -84,6 +89,29 @@ pub enum SinkError {
         table: &'static str,
         message: String,
     },
+}
+
+/// Whether ClickHouse's schema is known to be current (this process's
+/// migrations ran); sinks deliver only then. See
+/// [`crate::migrate::run_or_retry`].
+#[derive(Clone, Debug)]
+pub struct SchemaGate(watch::Receiver<bool>);
+
+impl SchemaGate {
+    /// An open gate: the migrations ran (or are someone else's job).
+    pub fn open() -> Self {
+        Self(watch::channel(true).1)
+    }
+
+    /// A closed gate and what opens it (`send(true)`).
+    pub fn closed() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    pub fn is_open(&self) -> bool {
+        *self.0.borrow()
+    }
 }
 
 /// A spool fed with a sink's rows after ClickHouse acknowledged them.
@@ -143,17 +171,18 @@ impl<T: Table> Sink<T> {
         role: &str,
         lock_wait: Duration,
     ) -> Result<(Self, JoinHandle<()>), SinkError> {
-        Self::spawn_with_outbox(client, cfg, role, lock_wait, None)
+        Self::spawn_with(client, cfg, role, lock_wait, None, SchemaGate::open())
     }
 
-    /// [`Sink::spawn`], handing every row ClickHouse acknowledged on to
-    /// `outbox`.
-    pub fn spawn_with_outbox(
+    /// [`Sink::spawn`], delivering only once `schema` is open and handing
+    /// every row ClickHouse acknowledged on to `outbox` (if any).
+    pub fn spawn_with(
         client: Client,
         cfg: &SinkConfig,
         role: &str,
         lock_wait: Duration,
         outbox: Option<Outbox>,
+        schema: SchemaGate,
     ) -> Result<(Self, JoinHandle<()>), SinkError> {
         let dir = cfg.spool_dir.join(role).join(T::TABLE);
         let disk = |source| SinkError::Disk {
@@ -174,6 +203,7 @@ impl<T: Table> Sink<T> {
             stats: stats.clone(),
             dead_letter: dir.join("dead-letter.jsonl"),
             outbox,
+            schema,
             batch_rows: cfg.batch_rows,
             flush: Duration::from_millis(cfg.flush_ms),
             _row: PhantomData,
@@ -237,6 +267,7 @@ struct Delivery<T: Table> {
     stats: Arc<SinkStats>,
     dead_letter: PathBuf,
     outbox: Option<Outbox>,
+    schema: SchemaGate,
     batch_rows: usize,
     flush: Duration,
     _row: PhantomData<fn(T)>,
@@ -244,6 +275,13 @@ struct Delivery<T: Table> {
 
 impl<T: Table> Delivery<T> {
     async fn run(mut self) {
+        if !self.schema_current().await {
+            warn!(
+                table = T::TABLE,
+                "stopping before ClickHouse's schema was brought up to date; the rows stay in the spool for the next start"
+            );
+            return;
+        }
         let mut open = true;
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -284,6 +322,30 @@ impl<T: Table> Delivery<T> {
                 match self.rx.recv().await {
                     Some(()) => tokio::time::sleep(self.flush).await,
                     None => open = false,
+                }
+            }
+        }
+    }
+
+    /// Waits for the schema gate; false when every handle was dropped
+    /// first. Wake-ups meanwhile only mean rows are waiting on disk.
+    async fn schema_current(&mut self) -> bool {
+        loop {
+            if *self.schema.0.borrow_and_update() {
+                return true;
+            }
+            tokio::select! {
+                changed = self.schema.0.changed() => {
+                    if changed.is_err() {
+                        // Nothing can open it any more: wait for the end.
+                        while self.rx.recv().await.is_some() {}
+                        return false;
+                    }
+                }
+                wake = self.rx.recv() => {
+                    if wake.is_none() {
+                        return false;
+                    }
                 }
             }
         }

@@ -91,8 +91,9 @@ fn shard_count(configured: usize) -> usize {
 /// without dropping calls; a config that does not load is refused and the
 /// running one stays.
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let server = dialmark_schemas::ch::server_client(&config.clickhouse);
-    migrate::apply(&server, &config.clickhouse.database)
+    // Calls do not wait for the analytics: with ClickHouse away the node
+    // serves, and its rows wait in the spool until the migrations ran.
+    let schema = migrate::run_or_retry(&config.clickhouse)
         .await
         .with_context(|| format!("migrating ClickHouse at {}", config.clickhouse.url))?;
     let metrics =
@@ -155,19 +156,38 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         config.sink.fsync,
     )
     .context("opening the call webhook spools")?;
-    let (calls, t1) = Sink::<Call>::spawn_with_outbox(
+    let (calls, t1) = Sink::<Call>::spawn_with(
         ch.clone(),
         &config.sink,
         "router",
         Duration::ZERO,
         Some(hooks.outbox),
+        schema.clone(),
     )?;
-    let (attempts, t2) =
-        Sink::<CallAttempt>::spawn(ch.clone(), &config.sink, "router", Duration::ZERO)?;
-    let (trunk_events, t3) =
-        Sink::<TrunkEvent>::spawn(ch.clone(), &config.sink, "router", Duration::ZERO)?;
-    let (untrusted, t4) =
-        Sink::<UntrustedSource>::spawn(ch, &config.sink, "router", Duration::ZERO)?;
+    let (attempts, t2) = Sink::<CallAttempt>::spawn_with(
+        ch.clone(),
+        &config.sink,
+        "router",
+        Duration::ZERO,
+        None,
+        schema.clone(),
+    )?;
+    let (trunk_events, t3) = Sink::<TrunkEvent>::spawn_with(
+        ch.clone(),
+        &config.sink,
+        "router",
+        Duration::ZERO,
+        None,
+        schema.clone(),
+    )?;
+    let (untrusted, t4) = Sink::<UntrustedSource>::spawn_with(
+        ch,
+        &config.sink,
+        "router",
+        Duration::ZERO,
+        None,
+        schema,
+    )?;
     let sink_stats = vec![
         ("calls", calls.stats().clone()),
         ("call_attempts", attempts.stats().clone()),

@@ -25,6 +25,23 @@ pub fn clickhouse(test: &str) -> ClickHouseConfig {
     }
 }
 
+/// Config for a fresh database on the test ClickHouse cluster:
+/// `DIALMARK_TEST_CLICKHOUSE_CLUSTER` is `NAME=URL,URL` (the cluster's name
+/// in `<remote_servers>` and the HTTP URL of each server, one per shard).
+pub fn clickhouse_cluster(test: &str) -> ClickHouseConfig {
+    let spec = var("DIALMARK_TEST_CLICKHOUSE_CLUSTER");
+    let (name, urls) = spec
+        .split_once('=')
+        .expect("DIALMARK_TEST_CLICKHOUSE_CLUSTER is NAME=URL,URL");
+    let servers: Vec<String> = urls.split(',').map(str::to_string).collect();
+    ClickHouseConfig {
+        url: servers[0].clone(),
+        cluster: name.into(),
+        servers,
+        ..clickhouse(test)
+    }
+}
+
 /// The repository root (where `target/` and `ops/` are).
 pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

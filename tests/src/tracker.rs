@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use dialmark_schemas::config::{Config, RedisConfig};
+use dialmark_schemas::sink::SchemaGate;
 use dialmark_tracker::app::{AppState, SinkTasks};
 
 /// A running in-process tracker.
@@ -40,12 +41,9 @@ pub async fn config_on(
     );
     let mut config = Config::from_toml(&text).expect("test config");
     config.redis = redis;
-    dialmark_schemas::migrate::apply(
-        &dialmark_schemas::ch::server_client(&config.clickhouse),
-        &config.clickhouse.database,
-    )
-    .await
-    .expect("migrate");
+    dialmark_schemas::migrate::run(&config.clickhouse)
+        .await
+        .expect("migrate");
     config
 }
 
@@ -66,7 +64,7 @@ pub fn cluster_redis() -> RedisConfig {
 
 impl TestTracker {
     pub async fn start(config: Config) -> TestTracker {
-        let (state, sinks) = AppState::new(config.clone(), None, "tracker")
+        let (state, sinks) = AppState::new(config.clone(), None, "tracker", SchemaGate::open())
             .await
             .expect("tracker state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -112,6 +112,65 @@ async fn clickhouse_down_for_30s_under_load_loses_nothing() {
     );
 }
 
+/// A router (re)started while ClickHouse is away serves calls at once and
+/// delivers their rows once ClickHouse is back and migrated, into a
+/// database it never saw before: none lost, none set aside as rejected.
+#[tokio::test(flavor = "multi_thread")]
+async fn router_started_while_clickhouse_is_down_routes_and_delivers_later() {
+    let ch = PrivateClickHouse::start();
+    let t = TestTracker::start(config_on(ch.config("chstart"), single_redis(), "").await).await;
+    let number = provision(&t).await;
+    let mut rc = t.config.clone();
+    rc.clickhouse.database = "t_chstart_router".into();
+    ch.down();
+    let pb = free_port();
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let r = TestRouter::start(
+        &rc,
+        RouterOptions {
+            trunks: &[("b", pb)],
+            router: "",
+            probe: "",
+        },
+    );
+    let port = r.sip_port;
+    let n = number.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        sipp::uac(
+            port,
+            &n,
+            Scenario::Builtin("uac"),
+            "127.0.0.1",
+            20,
+            &["-r", "10", "-d", "200"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        run.successful(),
+        20,
+        "calls route while ClickHouse is down:\n{}",
+        run.output
+    );
+    assert!(
+        r.proc
+            .output()
+            .contains("ClickHouse is unreachable: serving anyway"),
+        "{}",
+        r.proc.output()
+    );
+    ch.up();
+    let (rows, distinct, attempts) = wait_counts(&rc.clickhouse, &number, 20, 40).await;
+    assert_eq!(
+        (rows, distinct, attempts),
+        (20, 20, 20),
+        "every call and attempt once, after the migrations ran\n{}",
+        r.proc.output()
+    );
+    assert!(r.proc.output().contains("ClickHouse is back and migrated"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn router_killed_mid_load_loses_no_finished_call() {
     let ch = PrivateClickHouse::start();

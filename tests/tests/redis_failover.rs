@@ -11,6 +11,10 @@
 //! - without a restart, the tracker leases again and the router's directory
 //!   reads routes again within 10 s of the kill (both times are printed;
 //!   `ops/README.md` has the measured ones).
+//!
+//! And with one master's replica dead: that master's leases stop being
+//! waited for (for a while: it has no replica to wait for), the other
+//! masters' leases are still waited for.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -156,6 +160,27 @@ impl Cluster {
             }
         }
         panic!("no master serves slot {slot}");
+    }
+
+    /// The port of the replica of the master on `master`.
+    fn replica_of(&self, master: u16) -> u16 {
+        self.nodes
+            .iter()
+            .map(|(p, _)| *p)
+            .find(|p| {
+                let info = cli(*p, &["info", "replication"]);
+                info.contains("role:slave") && info.contains(&format!("master_port:{master}\r"))
+            })
+            .expect("a replica")
+    }
+
+    /// How many `WAIT`s the node on `port` has served.
+    fn waits(&self, port: u16) -> u64 {
+        cli(port, &["info", "commandstats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("calls"))
     }
 
     fn kill(&mut self, port: u16) {
@@ -330,4 +355,63 @@ async fn a_killed_master_loses_no_lease_and_both_services_recover() {
             v.number
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_without_its_replica_leaves_the_others_waited_for() {
+    let mut cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let tracker = TestTracker::start(config("redisreplica", cluster.config(), "").await).await;
+    let slot_of = |pool: &str| format!("{}numbers", dialmark_schemas::layout::pool_prefix(pool));
+    // Two sites whose pools are on different masters.
+    let (site_a, pool_a, _) = provision(&tracker, 10).await;
+    let master_a = cluster.master_of(&slot_of(&pool_a));
+    let (site_b, master_b) = loop {
+        let (site, pool, _) = provision(&tracker, 10).await;
+        let m = cluster.master_of(&slot_of(&pool));
+        if m != master_a {
+            break (site, m);
+        }
+    };
+    let start = Instant::now();
+    let v = visit(&tracker, &site_b, start, 1).await;
+    assert_eq!(v.kind, "pool", "{v:?}");
+
+    // A's replica dies: a lease on A cannot reach a replica any more.
+    let replica_a = cluster.replica_of(master_a);
+    cluster.kill(replica_a);
+    wait_until("A lost its replica", Duration::from_secs(10), || {
+        cli(master_a, &["info", "replication"]).contains("connected_slaves:0")
+    });
+    let (a0, b0) = (cluster.waits(master_a), cluster.waits(master_b));
+    let v = visit(&tracker, &site_a, start, 2).await;
+    assert_eq!(v.kind, "pool", "{v:?}");
+    assert_eq!(
+        cluster.waits(master_a),
+        a0 + 1,
+        "the lease on A was waited for, in vain"
+    );
+    // B's leases are still protected after A's shortfall...
+    let v = visit(&tracker, &site_b, start, 3).await;
+    assert_eq!(v.kind, "pool", "{v:?}");
+    assert_eq!(
+        cluster.waits(master_b),
+        b0 + 1,
+        "the lease on B was waited for"
+    );
+    // ...while A's next ones do not queue behind the missing replica.
+    let t = Instant::now();
+    for i in 4..8 {
+        let v = visit(&tracker, &site_a, start, i).await;
+        assert_eq!(v.kind, "pool", "{v:?}");
+    }
+    assert_eq!(
+        cluster.waits(master_a),
+        a0 + 1,
+        "A is not waited for during the backoff"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
 }

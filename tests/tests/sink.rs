@@ -7,7 +7,7 @@ use std::time::Duration;
 use dialmark_e2e::env;
 use dialmark_schemas::config::SinkConfig;
 use dialmark_schemas::rows::{TrunkCause, TrunkEvent, TrunkState};
-use dialmark_schemas::sink::Sink;
+use dialmark_schemas::sink::{SchemaGate, Sink};
 use dialmark_schemas::{ch, migrate};
 
 fn event(i: u32) -> TrunkEvent {
@@ -175,6 +175,70 @@ async fn rejected_rows_go_to_the_dead_letter_file() {
             .load(std::sync::atomic::Ordering::Relaxed),
         3
     );
+    drop(sink);
+    task.await.unwrap();
+    ch::server_client(&cfg)
+        .query(&format!("DROP DATABASE {}", cfg.database))
+        .execute()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_wait_in_the_spool_until_the_schema_gate_opens() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Not migrated: an insert now would be rejected (unknown database) and
+    // its rows set aside as dead letters.
+    let cfg = env::clickhouse("sinkgate");
+    let spool = env::scratch_dir("sinkgate");
+    let sc = sink_cfg(&spool);
+    let (open, gate) = SchemaGate::closed();
+    let (sink, task) = Sink::<TrunkEvent>::spawn_with(
+        ch::client(&cfg),
+        &sc,
+        "test",
+        Duration::ZERO,
+        None,
+        gate.clone(),
+    )
+    .unwrap();
+    for i in 0..20 {
+        sink.push(event(i)).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10 * sc.flush_ms)).await;
+    let s = sink.stats().clone();
+    assert_eq!(
+        (
+            s.inserted.load(Relaxed),
+            s.insert_errors.load(Relaxed),
+            s.poisoned.load(Relaxed)
+        ),
+        (0, 0, 0),
+        "nothing tried while the gate is closed"
+    );
+    // A stop while it is closed keeps the rows for the next start.
+    drop(sink);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let (sink, task) =
+        Sink::<TrunkEvent>::spawn_with(ch::client(&cfg), &sc, "test", Duration::ZERO, None, gate)
+            .unwrap();
+    sink.push(event(20)).unwrap();
+    migrate::run(&cfg).await.unwrap();
+    open.send(true).unwrap();
+    let s = sink.stats().clone();
+    stat_until(
+        "rows delivered once the gate opened",
+        || s.inserted.load(Relaxed),
+        |n| n == 21,
+    )
+    .await;
+    assert_eq!(count(&cfg).await, 21);
+    assert_eq!(s.poisoned.load(Relaxed), 0);
+    assert!(!spool.join("test/trunk_events/dead-letter.jsonl").exists());
     drop(sink);
     task.await.unwrap();
     ch::server_client(&cfg)

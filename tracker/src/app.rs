@@ -13,7 +13,7 @@ use axum::Router;
 use dialmark_schemas::config::Config;
 use dialmark_schemas::layout::Scripts;
 use dialmark_schemas::rows::{LeaseEvent, NumberEvent, NumberLease, PoolSample, Visit};
-use dialmark_schemas::sink::Sink;
+use dialmark_schemas::sink::{SchemaGate, Sink};
 use dialmark_schemas::store::Redis;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
@@ -52,6 +52,7 @@ impl AppState {
         config: Config,
         metrics: Option<PrometheusHandle>,
         role: &str,
+        schema: SchemaGate,
     ) -> anyhow::Result<(Self, SinkTasks)> {
         let redis = Redis::connect(&config.redis)
             .await
@@ -64,10 +65,26 @@ impl AppState {
         } else {
             Duration::ZERO
         };
-        let (visits, t1) = Sink::<Visit>::spawn(ch.clone(), &config.sink, role, wait)?;
-        let (leases, t2) = Sink::<NumberLease>::spawn(ch.clone(), &config.sink, role, wait)?;
-        let (events, t3) = Sink::<NumberEvent>::spawn(ch.clone(), &config.sink, role, wait)?;
-        let (samples, t4) = Sink::<PoolSample>::spawn(ch.clone(), &config.sink, role, wait)?;
+        let (visits, t1) =
+            Sink::<Visit>::spawn_with(ch.clone(), &config.sink, role, wait, None, schema.clone())?;
+        let (leases, t2) = Sink::<NumberLease>::spawn_with(
+            ch.clone(),
+            &config.sink,
+            role,
+            wait,
+            None,
+            schema.clone(),
+        )?;
+        let (events, t3) = Sink::<NumberEvent>::spawn_with(
+            ch.clone(),
+            &config.sink,
+            role,
+            wait,
+            None,
+            schema.clone(),
+        )?;
+        let (samples, t4) =
+            Sink::<PoolSample>::spawn_with(ch.clone(), &config.sink, role, wait, None, schema)?;
         let inventory = Inventory {
             redis,
             scripts: Arc::new(Scripts::default()),

@@ -48,22 +48,25 @@ use tracing::info;
 
 /// Applies pending ClickHouse migrations.
 pub async fn migrate(config: &Config) -> anyhow::Result<migrate::Report> {
-    let server = dialmark_schemas::ch::server_client(&config.clickhouse);
-    migrate::apply(&server, &config.clickhouse.database)
+    migrate::run(&config.clickhouse)
         .await
         .with_context(|| format!("migrating ClickHouse at {}", config.clickhouse.url))
 }
 
 /// Runs the service until SIGINT/SIGTERM, then flushes the sinks.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    migrate(&config).await?;
+    // Visits do not wait for the analytics: with ClickHouse away the
+    // tracker serves, and its rows wait in the spool until the migrations ran.
+    let schema = migrate::run_or_retry(&config.clickhouse)
+        .await
+        .with_context(|| format!("migrating ClickHouse at {}", config.clickhouse.url))?;
     let metrics =
         dialmark_schemas::runtime::install_metrics().context("installing the metrics recorder")?;
     let listener = tokio::net::TcpListener::bind(config.tracker.listen)
         .await
         .with_context(|| format!("binding tracker.listen {}", config.tracker.listen))?;
     info!(addr = %listener.local_addr()?, "tracker listening");
-    let (state, sinks) = app::AppState::new(config, Some(metrics), "tracker").await?;
+    let (state, sinks) = app::AppState::new(config, Some(metrics), "tracker", schema).await?;
     let q = &state.config.tracker.quarantine;
     let timer = (q.release_interval_seconds > 0).then(|| {
         tokio::spawn(release::run(

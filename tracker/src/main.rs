@@ -182,7 +182,14 @@ async fn main() -> anyhow::Result<()> {
 
 async fn admin(config: Config, op: AdminOp) -> anyhow::Result<()> {
     use dialmark_tracker::{admin, inventory::AddNumbers, pool};
-    let (state, sinks) = dialmark_tracker::app::AppState::new(config, None, "tracker-cli").await?;
+    // Admin commands run after the services migrated ClickHouse.
+    let (state, sinks) = dialmark_tracker::app::AppState::new(
+        config,
+        None,
+        "tracker-cli",
+        dialmark_schemas::sink::SchemaGate::open(),
+    )
+    .await?;
     let inv = state.inventory.clone();
     let now = dialmark_schemas::unix_now();
     let out = match op {

@@ -300,7 +300,7 @@ async fn main() -> anyhow::Result<()> {
         database: args.database.clone(),
         ..ClickHouseConfig::default()
     };
-    dialmark_schemas::migrate::apply(&dialmark_schemas::ch::server_client(&cfg), &cfg.database)
+    dialmark_schemas::migrate::run(&cfg)
         .await
         .context("migrating the bench database")?;
     let ch = dialmark_schemas::ch::client(&cfg);
