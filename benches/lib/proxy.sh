@@ -11,7 +11,8 @@
 # KAM_CHILDREN, DESTINATION, STATIC_NUMBER, POOL_NUMBER,
 # DIALMARK_RUST_LOG, and log/die functions. Optional: ROUTER_EXTRA
 # (lines for [router]), PROBE_INTERVAL (seconds, default 10), KAM_SHM_MB
-# (Kamailio shared memory, default 1024).
+# (Kamailio shared memory, default 1024), KAM_DLG_HASH_SIZE (its dialog
+# hash table, default 4096).
 
 # ---------------------------------------------------------------- helpers
 
@@ -269,7 +270,7 @@ start_kamailio() {
     "$TRUNK_A" "$TRUNK_B" >"$RUN_DIR/dispatcher.list"
   PROXY_PIDFILE="$RUN_DIR/kamailio.pid"
   export KAM_SIP_PORT=$KAM_SIP KAM_REDIS_PORT=$REDIS_PORT KAM_DS_LIST="$RUN_DIR/dispatcher.list" \
-    KAM_ACC_DIR="$RUN_DIR/acc" KAM_TRUSTED=127.0.0.1/32 KAM_CHILDREN
+    KAM_ACC_DIR="$RUN_DIR/acc" KAM_TRUSTED=127.0.0.1/32 KAM_CHILDREN KAM_DLG_HASH_SIZE=${KAM_DLG_HASH_SIZE:-4096}
   kamailio -c -f "$KAM_CFG" >"$RUN_DIR/kamailio-check.log" 2>&1 || die "kamailio -c failed; see $RUN_DIR/kamailio-check.log"
   # -DD: stay in the foreground (our PID is the main process), -E: log to stderr
   nohup kamailio -f "$KAM_CFG" -m "${KAM_SHM_MB:-1024}" -P "$RUN_DIR/kamailio.main.pid" -DD -E >"$RUN_DIR/kamailio.log" 2>&1 &
