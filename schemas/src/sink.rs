@@ -114,6 +114,34 @@ impl SchemaGate {
     }
 }
 
+/// What the sinks of one process share: the client, the spool config, the
+/// role, the lock wait and the schema gate. [`SinkStarter::spawn`] starts
+/// one table's sink with them.
+pub struct SinkStarter<'a> {
+    pub client: Client,
+    pub cfg: &'a SinkConfig,
+    pub role: &'a str,
+    pub lock_wait: Duration,
+    pub schema: SchemaGate,
+}
+
+impl SinkStarter<'_> {
+    /// `T`'s sink; `outbox` as in [`Sink::spawn_with`].
+    pub fn spawn<T: Table>(
+        &self,
+        outbox: Option<Outbox>,
+    ) -> Result<(Sink<T>, JoinHandle<()>), SinkError> {
+        Sink::spawn_with(
+            self.client.clone(),
+            self.cfg,
+            self.role,
+            self.lock_wait,
+            outbox,
+            self.schema.clone(),
+        )
+    }
+}
+
 /// A spool fed with a sink's rows after ClickHouse acknowledged them.
 pub struct Outbox {
     writer: spool::Writer,

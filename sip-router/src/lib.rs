@@ -70,7 +70,7 @@ use anyhow::Context;
 use dialmark_schemas::config::Config;
 use dialmark_schemas::migrate;
 use dialmark_schemas::rows::{Call, CallAttempt, TrunkEvent, UntrustedSource};
-use dialmark_schemas::sink::Sink;
+use dialmark_schemas::sink::SinkStarter;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -156,38 +156,17 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         config.sink.fsync,
     )
     .context("opening the call webhook spools")?;
-    let (calls, t1) = Sink::<Call>::spawn_with(
-        ch.clone(),
-        &config.sink,
-        "router",
-        Duration::ZERO,
-        Some(hooks.outbox),
-        schema.clone(),
-    )?;
-    let (attempts, t2) = Sink::<CallAttempt>::spawn_with(
-        ch.clone(),
-        &config.sink,
-        "router",
-        Duration::ZERO,
-        None,
-        schema.clone(),
-    )?;
-    let (trunk_events, t3) = Sink::<TrunkEvent>::spawn_with(
-        ch.clone(),
-        &config.sink,
-        "router",
-        Duration::ZERO,
-        None,
-        schema.clone(),
-    )?;
-    let (untrusted, t4) = Sink::<UntrustedSource>::spawn_with(
-        ch,
-        &config.sink,
-        "router",
-        Duration::ZERO,
-        None,
+    let sinks = SinkStarter {
+        client: ch,
+        cfg: &config.sink,
+        role: "router",
+        lock_wait: Duration::ZERO,
         schema,
-    )?;
+    };
+    let (calls, t1) = sinks.spawn::<Call>(Some(hooks.outbox))?;
+    let (attempts, t2) = sinks.spawn::<CallAttempt>(None)?;
+    let (trunk_events, t3) = sinks.spawn::<TrunkEvent>(None)?;
+    let (untrusted, t4) = sinks.spawn::<UntrustedSource>(None)?;
     let sink_stats = vec![
         ("calls", calls.stats().clone()),
         ("call_attempts", attempts.stats().clone()),

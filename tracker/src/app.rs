@@ -13,7 +13,7 @@ use axum::Router;
 use dialmark_schemas::config::Config;
 use dialmark_schemas::layout::Scripts;
 use dialmark_schemas::rows::{LeaseEvent, NumberEvent, NumberLease, PoolSample, Visit};
-use dialmark_schemas::sink::{SchemaGate, Sink};
+use dialmark_schemas::sink::{SchemaGate, Sink, SinkStarter};
 use dialmark_schemas::store::Redis;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
@@ -65,26 +65,17 @@ impl AppState {
         } else {
             Duration::ZERO
         };
-        let (visits, t1) =
-            Sink::<Visit>::spawn_with(ch.clone(), &config.sink, role, wait, None, schema.clone())?;
-        let (leases, t2) = Sink::<NumberLease>::spawn_with(
-            ch.clone(),
-            &config.sink,
+        let sinks = SinkStarter {
+            client: ch.clone(),
+            cfg: &config.sink,
             role,
-            wait,
-            None,
-            schema.clone(),
-        )?;
-        let (events, t3) = Sink::<NumberEvent>::spawn_with(
-            ch.clone(),
-            &config.sink,
-            role,
-            wait,
-            None,
-            schema.clone(),
-        )?;
-        let (samples, t4) =
-            Sink::<PoolSample>::spawn_with(ch.clone(), &config.sink, role, wait, None, schema)?;
+            lock_wait: wait,
+            schema,
+        };
+        let (visits, t1) = sinks.spawn::<Visit>(None)?;
+        let (leases, t2) = sinks.spawn::<NumberLease>(None)?;
+        let (events, t3) = sinks.spawn::<NumberEvent>(None)?;
+        let (samples, t4) = sinks.spawn::<PoolSample>(None)?;
         let inventory = Inventory {
             redis,
             scripts: Arc::new(Scripts::default()),
