@@ -83,34 +83,31 @@ pub async fn apply_list(
     let local = local_database(&cfg.database);
     // Every server checked before any is changed: a wrong list leaves
     // nothing half-migrated.
-    let mut shards: Vec<(u32, &str)> = Vec::new();
+    let mut servers: Vec<(u32, &str, Client)> = Vec::new();
     for url in &cfg.servers {
         let server = crate::ch::member_client(cfg, url);
         let shard = shard_of(&server, cfg, url).await?;
-        if let Some((_, other)) = shards.iter().find(|(s, _)| *s == shard) {
+        if let Some((_, other, _)) = servers.iter().find(|(s, _, _)| *s == shard) {
             return Err(cluster(
                 url,
                 format!("is shard {shard} of '{}', like {other}", cfg.cluster),
             ));
         }
-        shards.push((shard, url));
+        servers.push((shard, url, server));
     }
     let mut report = Report::default();
-    for url in &cfg.servers {
-        let server = crate::ch::member_client(cfg, url);
-        let r = migrate::apply_list(&server, &local, migrations).await?;
+    for (_, url, server) in &servers {
+        let r = migrate::apply_list(server, &local, migrations).await?;
         for v in r.applied {
             if !report.applied.contains(&v) {
                 report.applied.push(v);
             }
         }
-        distribute(&server, cfg, &local)
-            .await
-            .map_err(|e| match e {
-                // Named by server, unless a retry may fix it.
-                Error::ClickHouse(e) if !crate::ch::retryable(&e) => cluster(url, e.to_string()),
-                e => e,
-            })?;
+        distribute(server, cfg, &local).await.map_err(|e| match e {
+            // Named by server, unless a retry may fix it.
+            Error::ClickHouse(e) if !crate::ch::retryable(&e) => cluster(url, e.to_string()),
+            e => e,
+        })?;
     }
     report.applied.sort_unstable();
     report.skipped = migrations

@@ -108,10 +108,6 @@ impl SchemaGate {
         let (tx, rx) = watch::channel(false);
         (tx, Self(rx))
     }
-
-    pub fn is_open(&self) -> bool {
-        *self.0.borrow()
-    }
 }
 
 /// What the sinks of one process share: the client, the spool config, the

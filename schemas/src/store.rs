@@ -240,9 +240,11 @@ mod tests {
         assert_eq!(key_slot("somekey"), 11058);
         assert_eq!(key_slot("foo{hash_tag}"), 2515);
         assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
-        // An empty tag hashes the whole key.
-        assert_eq!(key_slot("foo{}{bar}"), key_slot("foo{}{bar}"));
+        // The first tag only; an empty one hashes the whole key; the tag
+        // ends at the first `}` after the first `{`.
+        assert_eq!(key_slot("foo{bar}{zap}"), key_slot("bar"));
         assert_ne!(key_slot("foo{}{bar}"), key_slot("bar"));
+        assert_eq!(key_slot("foo{{bar}}zap"), key_slot("{bar"));
     }
 
     #[test]
