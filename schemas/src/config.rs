@@ -300,7 +300,8 @@ pub struct RouterConfig {
     /// `overload`.
     pub max_memory_mb: usize,
     /// A shard whose messages wait longer than this before it handles them
-    /// is behind: new calls are refused (503 + Retry-After, recorded as
+    /// (counted from the kernel's arrival stamp, so time in the UDP
+    /// socket's buffer counts) is behind: new calls are refused (503 + Retry-After, recorded as
     /// `overload`) until it catches up; replies and in-dialog requests
     /// are still served first.
     pub overload_delay_ms: u64,

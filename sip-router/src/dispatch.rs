@@ -94,10 +94,11 @@ impl Dispatcher {
         }))
     }
 
-    /// Takes one received message. `false` when the node is stopping.
-    pub async fn dispatch(&self, bytes: Vec<u8>, from: Peer) -> bool {
+    /// Takes one message that arrived at `received_ms` (for UDP the
+    /// kernel's stamp, so time in the socket buffer counts as queueing).
+    /// `false` when the node is stopping.
+    pub async fn dispatch(&self, bytes: Vec<u8>, from: Peer, received_ms: u64) -> bool {
         let d = &self.0;
-        let received_ms = crate::now_ms();
         let snap = d.shared.snapshot();
         if !self.admit(&snap, from, received_ms) {
             return true;

@@ -12,7 +12,8 @@
 //! Messages are handled in the order they were received, and a timer
 //! fires only after every message received before its deadline: the
 //! node's own queueing never fails a trunk over. A message that waited
-//! longer than `router.overload_delay_ms` marks the shard behind, and new
+//! longer than `router.overload_delay_ms` (since the kernel queued it: in
+//! the socket buffer, then in the shard's queue) marks the shard behind, and new
 //! calls are refused (503 + Retry-After, recorded as `overload`) until it
 //! catches up; so are calls over the memory budget.
 //!

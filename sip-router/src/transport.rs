@@ -6,6 +6,11 @@
 //! opens itself (to a TCP trunk, or back to a carrier whose connection is
 //! gone) and keeps while it is used, reading replies and requests from it
 //! like from any other (RFC 5923-style reuse).
+//!
+//! Every datagram carries the kernel's arrival stamp: the time it waited
+//! in the socket's buffer counts as queueing like the shards' own, so a
+//! node whose receivers fall behind sheds new calls before the buffer
+//! overflows, and the socket's drop counter is exported for the NOC.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -88,7 +93,67 @@ pub fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<(UdpSoc
     }
     // The kernel reports twice what it books for the payload.
     let granted = rustix::net::sockopt::socket_recv_buffer_size(&sock).unwrap_or(0);
+    stamp_arrivals(&sock);
     Ok((UdpSocket::from_std(sock)?, granted))
+}
+
+/// Asks the kernel for each datagram's arrival time and, once it has
+/// dropped some on a full buffer, the socket's drop count.
+fn stamp_arrivals(sock: &std::net::UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if let Err(e) = setsockopt(sock, sockopt::ReceiveTimestampns, &true) {
+        warn!(cause = %e, "no kernel arrival stamps: time in the socket buffer is not seen as overload");
+    }
+    if let Err(e) = setsockopt(sock, sockopt::RxqOvfl, &1) {
+        warn!(cause = %e, "no socket drop counter: dialmark_udp_receive_drops_total stays 0");
+    }
+}
+
+/// A datagram read from the UDP socket.
+struct Datagram {
+    len: usize,
+    from: SocketAddr,
+    /// When the kernel queued it (unix ms); now when it gave no stamp.
+    arrived_ms: u64,
+    /// Datagrams the socket dropped so far (the kernel says once > 0).
+    dropped: Option<u32>,
+}
+
+/// Reads one datagram with its ancillary data (non-blocking).
+fn recv_stamped(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+) -> std::io::Result<Datagram> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(cmsg), MsgFlags::empty())?;
+    let (mut arrived_ms, mut dropped) = (None, None);
+    for c in msg.cmsgs()? {
+        match c {
+            ControlMessageOwned::ScmTimestampns(t) => {
+                arrived_ms = Some(t.tv_sec() as u64 * 1_000 + t.tv_nsec() as u64 / 1_000_000);
+            }
+            ControlMessageOwned::RxqOvfl(n) => dropped = Some(n),
+            _ => {}
+        }
+    }
+    let from = msg.address.as_ref().and_then(|a| match a.family() {
+        Some(nix::sys::socket::AddressFamily::Inet) => {
+            a.as_sockaddr_in().map(|a| SocketAddr::V4((*a).into()))
+        }
+        Some(nix::sys::socket::AddressFamily::Inet6) => {
+            a.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into()))
+        }
+        _ => None,
+    });
+    let from = from.ok_or_else(|| std::io::Error::other("datagram without an IP source"))?;
+    Ok(Datagram {
+        len: msg.bytes,
+        from,
+        arrived_ms: arrived_ms.unwrap_or_else(crate::now_ms),
+        dropped,
+    })
 }
 
 impl Transport {
@@ -249,14 +314,28 @@ impl Transport {
 /// Reads UDP datagrams and hands them to the dispatcher. Several run on
 /// one socket.
 pub async fn udp_receiver(t: Arc<Transport>, d: Dispatcher) {
+    use std::os::fd::AsRawFd;
     let mut buf = vec![0u8; 65_535];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec, u32);
+    let fd = t.udp.as_raw_fd();
     loop {
-        match t.udp.recv_from(&mut buf).await {
-            Ok((n, addr)) => {
+        let read = t
+            .udp
+            .async_io(tokio::io::Interest::READABLE, || {
+                recv_stamped(fd, &mut buf, &mut cmsg)
+            })
+            .await;
+        match read {
+            Ok(g) => {
+                if let Some(n) = g.dropped {
+                    metrics::counter!("dialmark_udp_receive_drops_total").absolute(u64::from(n));
+                }
+                let n = g.len;
                 if n == 0 || buf[..n].iter().all(|b| matches!(b, b'\r' | b'\n')) {
                     continue; // keep-alive
                 }
-                if !d.dispatch(buf[..n].to_vec(), Peer::udp(addr)).await {
+                let from = Peer::udp(g.from);
+                if !d.dispatch(buf[..n].to_vec(), from, g.arrived_ms).await {
                     return;
                 }
             }
@@ -365,7 +444,7 @@ async fn tcp_conn(
                         addr,
                         tcp: Some(id),
                     };
-                    if !d.dispatch(bytes, from).await {
+                    if !d.dispatch(bytes, from, crate::now_ms()).await {
                         break 'conn;
                     }
                 }
@@ -398,6 +477,7 @@ async fn tcp_conn(
 /// Logs the receive buffer the kernel granted against what was asked.
 pub fn report_recv_buffer(asked: usize, granted: usize) {
     metrics::gauge!("dialmark_udp_recv_buffer_bytes").set(granted as f64);
+    metrics::counter!("dialmark_udp_receive_drops_total").absolute(0);
     if granted / 2 < asked {
         warn!(
             asked,

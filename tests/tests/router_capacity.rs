@@ -3,6 +3,8 @@
 //! ACK, re-INVITE, BYE), and a node over its memory budget refuses new
 //! calls with 503 + Retry-After, answers OPTIONS 503, records every
 //! refused call as `overload`, and takes calls again once load drops.
+//! Time a message spent in the socket's buffer counts as queueing: a node
+//! that fell behind its socket sheds the stale new calls.
 
 use std::time::Duration;
 
@@ -199,4 +201,88 @@ async fn over_its_memory_budget_the_node_sheds_new_calls_and_recovers() {
     assert_eq!(answered_after, count("answered") + 5, "{rows:?}");
     let status = r.status();
     assert_eq!(status["refusing_new_calls"], false, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_calls_that_waited_in_the_socket_buffer_are_shed() {
+    let w = world("csocket").await;
+    let pa = free_port();
+    let _a = Uas::start(
+        pa,
+        Scenario::File("uas_ring_answer.xml", vec![("PAUSE", "100".into())]),
+    );
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("a", pa)],
+            router: "overload_delay_ms = 200\nretry_after_seconds = 9",
+            probe: "",
+        },
+    );
+    // The node stops reading (a stall: CPU starved, swapped out) while
+    // new calls arrive; they wait in its socket buffer past the delay.
+    let carrier = Peer::bind();
+    let rt: std::net::SocketAddr = format!("127.0.0.1:{}", r.sip_port).parse().unwrap();
+    r.signal("STOP");
+    let stale = 6;
+    for i in 0..stale {
+        let text = rawsip::Invite {
+            number: &w.number,
+            call_id: &format!("{}@stale{i}", uuid::Uuid::new_v4().simple()),
+            branch: &rawsip::branch(),
+            from_tag: "ctag",
+            max_forwards: 70,
+            extra: &[],
+        }
+        .text(&carrier, rt);
+        carrier.send(rt, &text);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    r.signal("CONT");
+    // By Call-ID: unacknowledged 503s are retransmitted.
+    let mut finals = std::collections::HashMap::new();
+    while finals.len() < stale {
+        let (m, _) = carrier.wait(Duration::from_secs(5), |m| {
+            m.parsed().status().is_some_and(|c| c >= 180)
+        });
+        let m = m.expect("every stale INVITE got a reply");
+        finals.insert(m.header("call-id"), m);
+    }
+    for m in finals.values() {
+        assert!(m.is_reply(503, "INVITE"), "{}", m.start_line());
+        assert_eq!(m.header("retry-after").as_deref(), Some("9"));
+    }
+    // Caught up: fresh calls are routed and answered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = tokio::task::spawn_blocking({
+        let (port, number) = (r.sip_port, w.number.clone());
+        move || {
+            sipp::uac(
+                port,
+                &number,
+                Scenario::File("uac_or_503.xml", vec![("HOLD", "100".into())]),
+                "127.0.0.1",
+                4,
+                &[],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(after.success, "{}", after.output);
+    let rows = dispositions(&w, stale as u64 + 4).await;
+    assert_eq!(
+        rows,
+        vec![
+            ("answered".to_string(), 4),
+            ("overload".to_string(), stale as u64)
+        ],
+        "each stale call on record as overload, the later ones answered"
+    );
+    let drops = r.metric("dialmark_udp_receive_drops_total");
+    assert_eq!(
+        drops.len(),
+        1,
+        "the socket's drop counter is exported: {drops:?}"
+    );
 }
