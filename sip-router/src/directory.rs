@@ -168,14 +168,16 @@ impl Directory {
         }
     }
 
-    /// `PUBLISH channel msg` on the router's Redis connection.
-    pub async fn publish(&self, channel: &str, msg: &str) -> Result<(), String> {
+    /// `PUBLISH channel msg` of each message, pipelined on the router's
+    /// Redis connection.
+    pub async fn publish(&self, channel: &str, msgs: &[String]) -> Result<(), String> {
         let mut c = self.conn().await.ok_or("not connected")?;
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(channel).arg(msg);
-        cmd.query_async::<i64>(&mut c)
+        let mut pipe = redis::pipe();
+        for m in msgs {
+            pipe.cmd("PUBLISH").arg(channel).arg(m).ignore();
+        }
+        pipe.query_async::<()>(&mut c)
             .await
-            .map(drop)
             .map_err(|e| e.to_string())
     }
 
