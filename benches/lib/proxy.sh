@@ -117,14 +117,15 @@ stop_all() {
   if [ "${STARTED_CH:-0}" = 1 ]; then dm_clickhouse_stop "$VAR/clickhouse" || true; STARTED_CH=0; fi
 }
 
-# sipp_bg NAME PORT SCENARIO: a SIPp trunk in the background (-aa answers OPTIONS).
+# sipp_bg NAME PORT SCENARIO: a SIPp trunk in the background (-aa answers OPTIONS);
+# SIPP_BUFF_BYTES (when set) sizes its socket buffers (-buff_size).
 sipp_bg() {
   local name=$1 port=$2 sf=$3 out
   mkdir -p "$RUN_DIR/$name"
   # sipp -bg forks, prints the child's PID and exits non-zero
   # BENCH_SIPP_TRACE=1: SIPp's message and error logs in the run's folder.
   out=$(cd "$RUN_DIR/$name" && sipp -sf "$sf" -i 127.0.0.1 -p "$port" -aa -nostdin -bg \
-    ${BENCH_SIPP_TRACE:+-trace_msg -trace_err} 2>&1) || true
+    ${SIPP_BUFF_BYTES:+-buff_size "$SIPP_BUFF_BYTES"} ${BENCH_SIPP_TRACE:+-trace_msg -trace_err} 2>&1) || true
   echo "$out" | grep -o 'PID=\[[0-9]*\]' | tr -dc '0-9' >"$RUN_DIR/$name.pid"
   STARTED_PIDFILES+=("$RUN_DIR/$name.pid")
   [ -s "$RUN_DIR/$name.pid" ] && dm_pid_alive "$RUN_DIR/$name.pid" || die "sipp $name failed to start: $out"
