@@ -36,6 +36,24 @@ async fn dispositions(w: &dialmark_e2e::world::World, want: u64) -> Vec<(String,
     rows
 }
 
+/// Places `calls` short SIPp calls; each must be answered or refused 503.
+async fn calls_answered_or_refused(r: &TestRouter, w: &dialmark_e2e::world::World, calls: u32) {
+    let (port, number) = (r.sip_port, w.number.clone());
+    let run = tokio::task::spawn_blocking(move || {
+        sipp::uac(
+            port,
+            &number,
+            Scenario::File("uac_or_503.xml", vec![("HOLD", "100".into())]),
+            "127.0.0.1",
+            calls,
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(run.success, "{}", run.output);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_shards_route_every_request_of_many_calls() {
     let w = world("cshards").await;
@@ -180,22 +198,7 @@ async fn over_its_memory_budget_the_node_sheds_new_calls_and_recovers() {
         "the budget's worth was served: {rows:?}"
     );
     // Load gone: the node takes calls again.
-    let after = tokio::task::spawn_blocking({
-        let (port, number) = (r.sip_port, w.number.clone());
-        move || {
-            sipp::uac(
-                port,
-                &number,
-                Scenario::File("uac_or_503.xml", vec![("HOLD", "100".into())]),
-                "127.0.0.1",
-                5,
-                &[],
-            )
-        }
-    })
-    .await
-    .unwrap();
-    assert!(after.success, "{}", after.output);
+    calls_answered_or_refused(&r, &w, 5).await;
     let rows = dispositions(&w, u64::from(placed) + 6).await;
     let answered_after = rows.iter().find(|r| r.0 == "answered").map_or(0, |r| r.1);
     assert_eq!(answered_after, count("answered") + 5, "{rows:?}");
@@ -254,22 +257,7 @@ async fn new_calls_that_waited_in_the_socket_buffer_are_shed() {
     }
     // Caught up: fresh calls are routed and answered.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = tokio::task::spawn_blocking({
-        let (port, number) = (r.sip_port, w.number.clone());
-        move || {
-            sipp::uac(
-                port,
-                &number,
-                Scenario::File("uac_or_503.xml", vec![("HOLD", "100".into())]),
-                "127.0.0.1",
-                4,
-                &[],
-            )
-        }
-    })
-    .await
-    .unwrap();
-    assert!(after.success, "{}", after.output);
+    calls_answered_or_refused(&r, &w, 4).await;
     let rows = dispositions(&w, stale as u64 + 4).await;
     assert_eq!(
         rows,
