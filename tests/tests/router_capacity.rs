@@ -227,6 +227,21 @@ async fn new_calls_that_waited_in_the_socket_buffer_are_shed() {
     let carrier = Peer::bind();
     let rt: std::net::SocketAddr = format!("127.0.0.1:{}", r.sip_port).parse().unwrap();
     r.signal("STOP");
+    // kill returns before every thread has stopped; a thread still
+    // running would read (and route) an INVITE before the stall.
+    let tasks = format!("/proc/{}/task", r.proc.pid());
+    dialmark_e2e::process::wait_until(
+        "every router thread stopped",
+        Duration::from_secs(5),
+        || {
+            std::fs::read_dir(&tasks).unwrap().all(|t| {
+                let stat =
+                    std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+            })
+        },
+    );
     let stale = 6;
     for i in 0..stale {
         let text = rawsip::Invite {
