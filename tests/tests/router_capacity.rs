@@ -36,6 +36,39 @@ async fn dispositions(w: &dialmark_e2e::world::World, want: u64) -> Vec<(String,
     rows
 }
 
+/// A router with these `[router]` settings and one trunk that rings
+/// `ring_ms`, then answers.
+fn ringing_node(w: &dialmark_e2e::world::World, ring_ms: u32, router: &str) -> (Uas, TestRouter) {
+    let pa = free_port();
+    let uas = Uas::start(
+        pa,
+        Scenario::File("uas_ring_answer.xml", vec![("PAUSE", ring_ms.to_string())]),
+    );
+    let r = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("a", pa)],
+            router,
+            probe: "",
+        },
+    );
+    (uas, r)
+}
+
+/// A carrier's INVITE of a new call (Call-ID tagged `label`) to `rt`.
+fn send_new_call(carrier: &Peer, rt: std::net::SocketAddr, number: &str, label: &str) {
+    let text = rawsip::Invite {
+        number,
+        call_id: &format!("{}@{label}", uuid::Uuid::new_v4().simple()),
+        branch: &rawsip::branch(),
+        from_tag: "ctag",
+        max_forwards: 70,
+        extra: &[],
+    }
+    .text(carrier, rt);
+    carrier.send(rt, &text);
+}
+
 /// Places `calls` short SIPp calls; each must be answered or refused 503.
 async fn calls_answered_or_refused(r: &TestRouter, w: &dialmark_e2e::world::World, calls: u32) {
     let (port, number) = (r.sip_port, w.number.clone());
@@ -100,20 +133,8 @@ async fn two_shards_route_every_request_of_many_calls() {
 #[tokio::test(flavor = "multi_thread")]
 async fn over_its_memory_budget_the_node_sheds_new_calls_and_recovers() {
     let w = world("cbudget").await;
-    let pa = free_port();
     // Each call rings 4 s: held calls pile up past a 1 MiB budget.
-    let _a = Uas::start(
-        pa,
-        Scenario::File("uas_ring_answer.xml", vec![("PAUSE", "4000".into())]),
-    );
-    let r = TestRouter::start(
-        &w.tracker.config,
-        RouterOptions {
-            trunks: &[("a", pa)],
-            router: "max_memory_mb = 1\nretry_after_seconds = 7",
-            probe: "",
-        },
-    );
+    let (_a, r) = ringing_node(&w, 4000, "max_memory_mb = 1\nretry_after_seconds = 7");
     let placed = 600u32;
     let load = tokio::task::spawn_blocking({
         let (port, number) = (r.sip_port, w.number.clone());
@@ -154,16 +175,7 @@ async fn over_its_memory_budget_the_node_sheds_new_calls_and_recovers() {
             options_503 |= m.is_reply(503, "OPTIONS");
         }
         if refused.is_none() {
-            let text = rawsip::Invite {
-                number: &w.number,
-                call_id: &format!("{}@shed", uuid::Uuid::new_v4().simple()),
-                branch: &rawsip::branch(),
-                from_tag: "ctag",
-                max_forwards: 70,
-                extra: &[],
-            }
-            .text(&carrier, rt);
-            carrier.send(rt, &text);
+            send_new_call(&carrier, rt, &w.number, "shed");
             let (m, _) = carrier.wait(Duration::from_secs(1), |m| {
                 m.parsed().status().is_some_and(|c| c >= 180)
             });
@@ -209,19 +221,7 @@ async fn over_its_memory_budget_the_node_sheds_new_calls_and_recovers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn new_calls_that_waited_in_the_socket_buffer_are_shed() {
     let w = world("csocket").await;
-    let pa = free_port();
-    let _a = Uas::start(
-        pa,
-        Scenario::File("uas_ring_answer.xml", vec![("PAUSE", "100".into())]),
-    );
-    let r = TestRouter::start(
-        &w.tracker.config,
-        RouterOptions {
-            trunks: &[("a", pa)],
-            router: "overload_delay_ms = 200\nretry_after_seconds = 9",
-            probe: "",
-        },
-    );
+    let (_a, r) = ringing_node(&w, 100, "overload_delay_ms = 200\nretry_after_seconds = 9");
     // The node stops reading (a stall: CPU starved, swapped out) while
     // new calls arrive; they wait in its socket buffer past the delay.
     let carrier = Peer::bind();
@@ -244,16 +244,7 @@ async fn new_calls_that_waited_in_the_socket_buffer_are_shed() {
     );
     let stale = 6;
     for i in 0..stale {
-        let text = rawsip::Invite {
-            number: &w.number,
-            call_id: &format!("{}@stale{i}", uuid::Uuid::new_v4().simple()),
-            branch: &rawsip::branch(),
-            from_tag: "ctag",
-            max_forwards: 70,
-            extra: &[],
-        }
-        .text(&carrier, rt);
-        carrier.send(rt, &text);
+        send_new_call(&carrier, rt, &w.number, &format!("stale{i}"));
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     r.signal("CONT");
