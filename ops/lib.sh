@@ -152,25 +152,85 @@ PY
 
 dm_clickhouse_stop() { dm_stop_pid clickhouse "$1/clickhouse.pid"; }
 
-# dm_clickhouse_cluster_start CLUSTER DIR:HTTP:TCP:INTER...: one ClickHouse
-# server per argument, each knowing the cluster CLUSTER (in
-# <remote_servers>: one shard per server, by TCP port on 127.0.0.1).
-# `clickhouse.cluster` and `clickhouse.shards` name them to dialmark.
-dm_clickhouse_cluster_start() {
-  local cluster=$1 spec dir http tcp inter shards=""
-  shift
+# dm_clickhouse_cluster_conf CLUSTER ZOOKEEPER DIR:HTTP:TCP:INTER[:SHARD]...:
+# writes the cluster CLUSTER into the config.d of every server listed (in
+# <remote_servers>, by TCP port on 127.0.0.1; servers with the same SHARD
+# are its replicas, SHARD defaults to the server's position). ZOOKEEPER
+# (host:port, or empty) also gives each server that ZooKeeper and the
+# {shard} and {replica} macros replicated tables need. Run it before the
+# servers start: 18.16 reads macros at start only.
+dm_clickhouse_cluster_conf() {
+  local cluster=$1 zk=$2 spec dir http tcp inter shard n=0 body="" s
+  shift 2
+  local -A replicas=()
   for spec in "$@"; do
-    IFS=: read -r dir http tcp inter <<<"$spec"
-    shards+="      <shard><replica><host>127.0.0.1</host><port>$tcp</port></replica></shard>"$'\n'
+    n=$((n + 1))
+    IFS=: read -r dir http tcp inter shard <<<"$spec"
+    shard=${shard:-$n}
+    replicas[$shard]+="<replica><host>127.0.0.1</host><port>$tcp</port></replica>"
   done
+  for s in $(printf '%s\n' "${!replicas[@]}" | sort -n); do
+    body+="      <shard><internal_replication>true</internal_replication>${replicas[$s]}</shard>"$'\n'
+  done
+  n=0
   for spec in "$@"; do
-    IFS=: read -r dir http tcp inter <<<"$spec"
+    n=$((n + 1))
+    IFS=: read -r dir http tcp inter shard <<<"$spec"
     mkdir -p "$dir/etc/config.d"
     printf '<yandex>\n  <remote_servers>\n    <%s>\n%s    </%s>\n  </remote_servers>\n</yandex>\n' \
-      "$cluster" "$shards" "$cluster" >"$dir/etc/config.d/dialmark-cluster.xml"
+      "$cluster" "$body" "$cluster" >"$dir/etc/config.d/cluster-$cluster.xml"
+    if [ -n "$zk" ]; then
+      printf '<yandex>\n  <zookeeper><node><host>%s</host><port>%s</port></node></zookeeper>\n  <macros><shard>%s</shard><replica>127.0.0.1:%s</replica></macros>\n</yandex>\n' \
+        "${zk%:*}" "${zk##*:}" "${shard:-$n}" "$tcp" >"$dir/etc/config.d/zookeeper.xml"
+    fi
+  done
+}
+
+# dm_clickhouse_cluster_start CLUSTER DIR:HTTP:TCP:INTER...: one ClickHouse
+# server per argument, each one shard of the cluster CLUSTER (no ZooKeeper).
+# `clickhouse.cluster` and `clickhouse.servers` name them to dialmark.
+dm_clickhouse_cluster_start() {
+  local cluster=$1 spec dir http tcp inter
+  shift
+  dm_clickhouse_cluster_conf "$cluster" "" "$@"
+  for spec in "$@"; do
+    IFS=: read -r dir http tcp inter _ <<<"$spec"
     dm_clickhouse_start "$dir" "$http" "$tcp" "$inter"
   done
 }
+
+# dm_zookeeper_start DIR PORT: a standalone ZooKeeper on 127.0.0.1:PORT
+# (Debian's zookeeper package; replicated ClickHouse tables need one).
+dm_zookeeper_start() {
+  local dir port=$2
+  dir=$(mkdir -p "$1" && cd "$1" && pwd)
+  if dm_pid_alive "$dir/zookeeper.pid"; then
+    dm_log "zookeeper on :$port already running"
+    return 0
+  fi
+  mkdir -p "$dir/data"
+  cat >"$dir/zoo.cfg" <<EOF
+tickTime=500
+dataDir=$dir/data
+clientPort=$port
+clientPortAddress=127.0.0.1
+admin.enableServer=false
+4lw.commands.whitelist=ruok
+EOF
+  dm_spawn zookeeper "$dir/zookeeper.pid" "$dir/zookeeper.log" \
+    java -Xmx256m -cp /usr/share/java/zookeeper.jar \
+    org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg"
+  dm_wait "zookeeper :$port" 60 dm_zookeeper_ok "$port"
+}
+
+# dm_zookeeper_ok PORT: the ZooKeeper on 127.0.0.1:PORT answers "imok".
+dm_zookeeper_ok() {
+  local answer
+  answer=$(exec 3<>"/dev/tcp/127.0.0.1/$1" && printf ruok >&3 && timeout 2 cat <&3) 2>/dev/null
+  [ "$answer" = imok ]
+}
+
+dm_zookeeper_stop() { dm_stop_pid zookeeper "$1/zookeeper.pid"; }
 
 # dm_spawn NAME PIDFILE LOGFILE COMMAND...: start a long-running process.
 dm_spawn() {

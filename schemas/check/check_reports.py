@@ -9,7 +9,10 @@ same fixture also goes into a ClickHouse cluster (one shard per server):
 the schema made by `dialmark-tracker migrate` with clickhouse.cluster set
 (local tables on each server, Distributed tables over them), the fixture
 inserted through the Distributed tables, each report run unchanged on
-them and compared with the one server's answer.
+them and compared with the one server's answer. With --replicated-cluster
+NAME --replicated-servers URL,... the same on a cluster of replicated
+shards (clickhouse.replicated: servers listed shard by shard, two
+replicas each unless --replicas-per-shard says otherwise).
 
 Steps, on each engine: create a fresh database, apply every migration in
 schemas/migrations/ in order (split like the Rust runner: `--` comment
@@ -216,11 +219,14 @@ class Cluster(Http):
     settings = {"insert_distributed_sync": "1", "distributed_product_mode": "global",
                 "prefer_localhost_replica": "0"}
 
-    def __init__(self, cluster, servers, tracker_bin):
+    def __init__(self, cluster, servers, tracker_bin, replicas=1):
         super().__init__(servers[0])
         self.cluster = cluster
         self.servers = servers
         self.tracker_bin = tracker_bin
+        self.replicas = replicas
+        if replicas > 1:
+            self.name = "clickhouse-18.16-replicated"
 
     def _drop(self, database):
         for url in self.servers:
@@ -228,11 +234,15 @@ class Cluster(Http):
                 Http(url)._post("DROP DATABASE IF EXISTS %s" % d, database=False)
 
     def create(self, database):
+        if self.replicas > 1:
+            # Its servers may also be another cluster's: its own database.
+            database += "_repl"
         self._drop(database)
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-            f.write('[clickhouse]\nurl = "%s"\ndatabase = "%s"\ncluster = "%s"\nservers = [%s]\n'
+            f.write('[clickhouse]\nurl = "%s"\ndatabase = "%s"\ncluster = "%s"\nservers = [%s]\nreplicated = %s\n'
                     % (self.servers[0], database, self.cluster,
-                       ", ".join('"%s"' % u for u in self.servers)))
+                       ", ".join('"%s"' % u for u in self.servers),
+                       "true" if self.replicas > 1 else "false"))
         try:
             run = subprocess.run([self.tracker_bin, "--config", f.name, "migrate"],
                                  capture_output=True, text=True, timeout=300)
@@ -244,9 +254,16 @@ class Cluster(Http):
         self.use(database)
 
     def shard_counts(self, table):
-        """Rows of TABLE (FINAL) in each server's local table."""
-        return [int(Http(url)._post("SELECT count() FROM %s_local.%s FINAL" % (self.database, table),
-                                    database=False)) for url in self.servers]
+        """Rows of TABLE (FINAL) in each shard's local table (0 for a shard
+        whose replicas still differ after 60 s)."""
+        deadline = time.time() + 60
+        while True:
+            per_server = [int(Http(url)._post("SELECT count() FROM %s_local.%s FINAL" % (self.database, table),
+                                              database=False)) for url in self.servers]
+            shards = [per_server[i:i + self.replicas] for i in range(0, len(per_server), self.replicas)]
+            if all(len(set(r)) == 1 for r in shards) or time.time() > deadline:
+                return [r[0] if len(set(r)) == 1 else 0 for r in shards]
+            time.sleep(0.2)
 
     def close(self, keep):
         if not keep:
@@ -700,6 +717,9 @@ def main():
     ap.add_argument("--to", default=fixture.TO)
     ap.add_argument("--cluster", help="also on this ClickHouse cluster (name in <remote_servers>)")
     ap.add_argument("--cluster-servers", help="HTTP URLs of the cluster's servers, comma-separated")
+    ap.add_argument("--replicated-cluster", help="also on this cluster of replicated shards")
+    ap.add_argument("--replicated-servers", help="its servers' HTTP URLs, shard by shard, comma-separated")
+    ap.add_argument("--replicas-per-shard", type=int, default=2)
     ap.add_argument("--tracker-bin", default=os.path.join(os.path.dirname(SCHEMAS), "target/debug/dialmark-tracker"),
                     help="dialmark-tracker binary that migrates the cluster")
     ap.add_argument("--keep", action="store_true", help="keep the databases afterwards")
@@ -747,6 +767,11 @@ def main():
             if len(servers) < 2:
                 raise RuntimeError("--cluster needs --cluster-servers with two servers or more")
             engines.append(Cluster(args.cluster, servers, args.tracker_bin))
+        if args.replicated_cluster:
+            servers = [u for u in (args.replicated_servers or "").split(",") if u]
+            if len(servers) < 2 * args.replicas_per_shard:
+                raise RuntimeError("--replicated-cluster needs --replicated-servers with two shards or more")
+            engines.append(Cluster(args.replicated_cluster, servers, args.tracker_bin, args.replicas_per_shard))
         backfill_db = args.database + "_backfill"
         for e in engines:
             t0 = time.time()
@@ -757,7 +782,7 @@ def main():
                     e.execute(stmt)
                 counts = {t: e.shard_counts(t) for t in ("calls", "call_attempts", "visits")}
                 print("%s %s: database %s on %d servers, fixture loaded in %.1fs; rows (FINAL) per shard: %s"
-                      % (e.name, e.version(), args.database, len(e.servers), time.time() - t0,
+                      % (e.name, e.version(), e.database, len(e.servers), time.time() - t0,
                          ", ".join("%s %s" % (t, "/".join(map(str, c))) for t, c in counts.items())))
                 for t, c in counts.items():
                     # engines[0], the one server, holds the same inserts;

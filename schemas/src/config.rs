@@ -90,9 +90,14 @@ pub struct ClickHouseConfig {
     /// `{database}_local` on every server of `servers` and `Distributed`
     /// tables of the same names in `{database}` over them.
     pub cluster: String,
-    /// With `cluster`: the HTTP URL of every server of the cluster (one
-    /// per shard), for the migrations.
+    /// With `cluster`: the HTTP URL of every server of the cluster (each
+    /// replica of each shard), for the migrations.
     pub servers: Vec<String>,
+    /// With `cluster`: the local tables are `Replicated*MergeTree` (the
+    /// servers need `<zookeeper>` and the `{shard}`/`{replica}` macros), so
+    /// a shard may have several replicas. Off: plain `*MergeTree`, one
+    /// server per shard, no ZooKeeper.
+    pub replicated: bool,
 }
 
 impl Default for ClickHouseConfig {
@@ -104,6 +109,7 @@ impl Default for ClickHouseConfig {
             password: String::new(),
             cluster: String::new(),
             servers: Vec::new(),
+            replicated: false,
         }
     }
 }
@@ -944,6 +950,12 @@ impl ClickHouseConfig {
                     "only with clickhouse.cluster",
                 ));
             }
+            if self.replicated {
+                return Err(Error::config(
+                    "clickhouse.replicated",
+                    "only with clickhouse.cluster",
+                ));
+            }
             return Ok(());
         }
         if !is_identifier(&self.cluster) {
@@ -1060,6 +1072,7 @@ mod tests {
             ("[clickhouse]\nurl = \"tcp://x\"\n", "clickhouse.url"),
             ("[clickhouse]\ncluster = \"c\"\n", "clickhouse.servers"),
             ("[clickhouse]\ncluster = \"a-b\"\n", "clickhouse.cluster"),
+            ("[clickhouse]\nreplicated = true\n", "clickhouse.replicated"),
             (
                 "[clickhouse]\ncluster = \"c\"\nservers = [\"http://a:8123\", \"b:8123\"]\n",
                 "clickhouse.servers[1]",

@@ -89,12 +89,73 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// A row of `schema_migrations`.
 #[derive(Debug, Row, Serialize, Deserialize)]
-struct Applied {
-    version: u32,
+pub(crate) struct Applied {
+    pub(crate) version: u32,
     name: String,
     checksum: String,
     applied_at: u32,
+}
+
+/// How one server of a replicated cluster (`clickhouse.replicated`) runs
+/// the migrations: every MergeTree table is created as its
+/// `Replicated*MergeTree` twin under `zk_root` in ZooKeeper, and a
+/// follower (a shard's replica other than the one that runs them first)
+/// skips the ALTERs and INSERTs, which reach it through ZooKeeper. CREATE,
+/// DROP and RENAME are local to each replica on 18.16, so every replica
+/// runs those.
+#[derive(Debug, Clone, Copy)]
+pub struct Replica<'a> {
+    /// ZooKeeper path of the shard's tables, `{shard}` macro included.
+    pub zk_root: &'a str,
+    pub follower: bool,
+}
+
+impl Replica<'_> {
+    /// `sql` as this replica runs it; `None`: it arrives by replication.
+    pub fn statement(&self, sql: &str) -> Option<String> {
+        let head = sql.trim_start().to_ascii_uppercase();
+        if self.follower && (head.starts_with("ALTER") || head.starts_with("INSERT")) {
+            return None;
+        }
+        Some(replicated_engine(sql, self.zk_root))
+    }
+}
+
+/// `CREATE TABLE ... ENGINE = XMergeTree(args)` as `ENGINE =
+/// ReplicatedXMergeTree('{zk_root}/{table}', '{replica}', args)`; any other
+/// statement unchanged. The path names the table as created: a table
+/// renamed later keeps its path.
+fn replicated_engine(sql: &str, zk_root: &str) -> String {
+    const CREATE: &str = "CREATE TABLE IF NOT EXISTS ";
+    const ENGINE: &str = "ENGINE = ";
+    let upper = sql.to_ascii_uppercase();
+    let (Some(c), Some(e)) = (upper.find(CREATE), upper.find(ENGINE)) else {
+        return sql.to_string();
+    };
+    let table: String = sql[c + CREATE.len()..]
+        .chars()
+        .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '_')
+        .collect();
+    let rest = &sql[e + ENGINE.len()..];
+    let kind_len = rest
+        .find(|ch: char| !ch.is_ascii_alphanumeric())
+        .unwrap_or(rest.len());
+    let kind = &rest[..kind_len];
+    if !kind.ends_with("MergeTree") || kind.starts_with("Replicated") {
+        return sql.to_string();
+    }
+    let after = &rest[kind_len..];
+    let (args, tail) = match after.strip_prefix('(').and_then(|a| a.split_once(')')) {
+        Some((args, tail)) if !args.trim().is_empty() => (format!(", {}", args.trim()), tail),
+        Some((_, tail)) => (String::new(), tail),
+        None => (String::new(), after),
+    };
+    format!(
+        "{}{ENGINE}Replicated{kind}('{zk_root}/{table}', '{{replica}}'{args}){tail}",
+        &sql[..e]
+    )
 }
 
 /// What [`apply`] did.
@@ -198,6 +259,48 @@ pub async fn apply_list(
     database: &str,
     migrations: &[Migration],
 ) -> Result<Report, Error> {
+    apply_as(server, database, migrations, None).await
+}
+
+/// The migrations `server` has recorded in `database` (none if it has no
+/// `schema_migrations` yet).
+pub(crate) async fn applied(server: &Client, database: &str) -> Result<Vec<Applied>, Error> {
+    let exists: u64 = server
+        .query(
+            "SELECT count() FROM system.tables WHERE database = ? AND name = 'schema_migrations'",
+        )
+        .bind(database)
+        .fetch_one()
+        .await?;
+    if exists == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(server
+        .clone()
+        .with_database(database)
+        .query("SELECT version, name, checksum, toUInt32(applied_at) FROM schema_migrations FINAL ORDER BY version")
+        .fetch_all()
+        .await?)
+}
+
+/// Records `rows` in `schema_migrations` of `db` (a client bound to it).
+pub(crate) async fn record(db: &Client, rows: &[Applied]) -> Result<(), Error> {
+    let mut insert = db.insert::<Applied>("schema_migrations").await?;
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await?;
+    Ok(())
+}
+
+/// [`apply_list`] on one replica of a replicated cluster (`replica`), or
+/// on a plain server (`None`).
+pub async fn apply_as(
+    server: &Client,
+    database: &str,
+    migrations: &[Migration],
+    replica: Option<Replica<'_>>,
+) -> Result<Report, Error> {
     if !crate::config::is_identifier(database) {
         return Err(Error::MigrationInvalid {
             name: database.into(),
@@ -216,10 +319,7 @@ pub async fn apply_list(
     )
     .execute()
     .await?;
-    let done: Vec<Applied> = db
-        .query("SELECT version, name, checksum, toUInt32(applied_at) FROM schema_migrations FINAL ORDER BY version")
-        .fetch_all()
-        .await?;
+    let done = applied(server, database).await?;
     let mut report = Report::default();
     for m in migrations {
         let checksum = m.checksum();
@@ -243,18 +343,25 @@ pub async fn apply_list(
             });
         }
         for sql in statements {
+            let sql = match replica {
+                None => sql,
+                Some(r) => match r.statement(&sql) {
+                    Some(sql) => sql,
+                    None => continue,
+                },
+            };
             db.query(&sql).execute().await?;
         }
-        let mut insert = db.insert::<Applied>("schema_migrations").await?;
-        insert
-            .write(&Applied {
+        record(
+            &db,
+            &[Applied {
                 version: m.version,
                 name: m.name.into(),
                 checksum,
                 applied_at: crate::unix_now(),
-            })
-            .await?;
-        insert.end().await?;
+            }],
+        )
+        .await?;
         info!(
             migration.version = m.version,
             migration.name = m.name,
@@ -308,6 +415,53 @@ mod tests {
         };
         assert_ne!(edited.checksum(), sum);
         assert_eq!(m.checksum(), sum, "stable");
+    }
+
+    #[test]
+    fn replicas_create_replicated_tables_and_followers_skip_what_zookeeper_carries() {
+        let leader = Replica {
+            zk_root: "/clickhouse/dialmark/c/db_local/{shard}",
+            follower: false,
+        };
+        let sql = "CREATE TABLE IF NOT EXISTS calls_v4 (\n  a UInt8\n) ENGINE = ReplacingMergeTree(version)\nORDER BY a";
+        assert_eq!(
+            leader.statement(sql).unwrap(),
+            "CREATE TABLE IF NOT EXISTS calls_v4 (\n  a UInt8\n) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/dialmark/c/db_local/{shard}/calls_v4', '{replica}', version)\nORDER BY a"
+        );
+        assert_eq!(
+            leader
+                .statement("CREATE TABLE IF NOT EXISTS v (a UInt8) ENGINE = AggregatingMergeTree ORDER BY a")
+                .unwrap(),
+            "CREATE TABLE IF NOT EXISTS v (a UInt8) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/dialmark/c/db_local/{shard}/v', '{replica}') ORDER BY a"
+        );
+        let follower = Replica {
+            follower: true,
+            ..leader
+        };
+        assert_eq!(
+            follower.statement("ALTER TABLE calls ADD COLUMN x UInt8"),
+            None
+        );
+        assert_eq!(
+            follower.statement("\nINSERT INTO calls_v4 SELECT * FROM calls"),
+            None
+        );
+        assert!(leader
+            .statement("ALTER TABLE calls ADD COLUMN x UInt8")
+            .is_some());
+        let rename = "RENAME TABLE calls TO calls_v3, calls_v4 TO calls";
+        assert_eq!(follower.statement(rename).unwrap(), rename);
+        // Every table of every migration becomes replicated.
+        for m in MIGRATIONS {
+            for s in m.statements() {
+                let out = leader.statement(&s).unwrap();
+                if s.contains("MergeTree") {
+                    assert!(out.contains("ENGINE = Replicated"), "{}: {out}", m.name);
+                } else {
+                    assert_eq!(out, s);
+                }
+            }
+        }
     }
 
     #[test]

@@ -29,14 +29,29 @@ pub fn clickhouse(test: &str) -> ClickHouseConfig {
 /// `DIALMARK_TEST_CLICKHOUSE_CLUSTER` is `NAME=URL,URL` (the cluster's name
 /// in `<remote_servers>` and the HTTP URL of each server, one per shard).
 pub fn clickhouse_cluster(test: &str) -> ClickHouseConfig {
-    let spec = var("DIALMARK_TEST_CLICKHOUSE_CLUSTER");
-    let (name, urls) = spec
+    cluster_from("DIALMARK_TEST_CLICKHOUSE_CLUSTER", test)
+}
+
+/// Config for a fresh database on the test cluster with replicas
+/// (`clickhouse.replicated`): `DIALMARK_TEST_CLICKHOUSE_REPLICATED` is
+/// `NAME=URL,...`, two shards of two replicas through ZooKeeper, listed
+/// shard by shard.
+pub fn clickhouse_replicated(test: &str) -> ClickHouseConfig {
+    ClickHouseConfig {
+        replicated: true,
+        ..cluster_from("DIALMARK_TEST_CLICKHOUSE_REPLICATED", test)
+    }
+}
+
+fn cluster_from(name: &str, test: &str) -> ClickHouseConfig {
+    let spec = var(name);
+    let (cluster, urls) = spec
         .split_once('=')
-        .expect("DIALMARK_TEST_CLICKHOUSE_CLUSTER is NAME=URL,URL");
+        .unwrap_or_else(|| panic!("{name} is NAME=URL,URL"));
     let servers: Vec<String> = urls.split(',').map(str::to_string).collect();
     ClickHouseConfig {
         url: servers[0].clone(),
-        cluster: name.into(),
+        cluster: cluster.into(),
         servers,
         ..clickhouse(test)
     }
