@@ -3,6 +3,7 @@
 //! test, and child processes that are killed when a test ends.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod env;
 pub mod http;
 pub mod process;

@@ -11,25 +11,14 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use dialmark_e2e::cluster::{attempt, drop_all};
 use dialmark_e2e::env;
 use dialmark_schemas::config::{ClickHouseConfig, SinkConfig};
-use dialmark_schemas::rows::{CallAttempt, Outcome};
+use dialmark_schemas::rows::CallAttempt;
 use dialmark_schemas::sink::Sink;
 use dialmark_schemas::{ch, cluster, migrate, Error};
 
-/// Drops the test's databases on every server.
-async fn drop_all(cfg: &ClickHouseConfig) {
-    for url in &cfg.servers {
-        let server = ch::member_client(cfg, url);
-        for db in [cfg.database.clone(), cluster::local_database(&cfg.database)] {
-            server
-                .query(&format!("DROP DATABASE IF EXISTS {db}"))
-                .execute()
-                .await
-                .unwrap();
-        }
-    }
-}
+const ID_BASE: u128 = 0xd1a1_0000_0000;
 
 /// A number from one server, with no database selected.
 async fn on(cfg: &ClickHouseConfig, url: &str, sql: &str) -> u64 {
@@ -38,28 +27,6 @@ async fn on(cfg: &ClickHouseConfig, url: &str, sql: &str) -> u64 {
         .fetch_one()
         .await
         .unwrap_or_else(|e| panic!("{url}: {sql}: {e}"))
-}
-
-fn attempt(call: u32, version: u64, talk_ms: u32) -> CallAttempt {
-    CallAttempt {
-        call_id: uuid::Uuid::from_u128(0xd1a1_0000_0000 + u128::from(call)),
-        attempt: 1,
-        sip_call_id: format!("cluster-{call}"),
-        trunk: "trunk-a".into(),
-        destination: "+74951234567".into(),
-        started: 1_800_000_000 + call,
-        ended: 1_800_000_060 + call,
-        pdd_ms: 900,
-        answer_ms: 3000,
-        talk_ms,
-        final_code: 200,
-        reason: String::new(),
-        outcome: Outcome::Answered,
-        failover: 0,
-        version,
-        duration_ms: 60_000,
-        site: "shop".into(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,10 +51,10 @@ async fn sink_rows_land_on_both_shards_and_read_back_whole() {
     let (sink, task) =
         Sink::<CallAttempt>::spawn(ch::client(&cfg), &sc, "test", Duration::ZERO).unwrap();
     for call in 0..CALLS {
-        sink.push(attempt(call, 1, 1000)).unwrap();
+        sink.push(attempt(ID_BASE, call, 1, 1000)).unwrap();
     }
     for call in 0..CALLS {
-        sink.push(attempt(call, 2, 57_000)).unwrap();
+        sink.push(attempt(ID_BASE, call, 2, 57_000)).unwrap();
     }
     let stats = sink.stats().clone();
     for _ in 0..200 {

@@ -14,9 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use dialmark_e2e::cluster::{attempt, drop_all};
 use dialmark_e2e::env;
 use dialmark_schemas::config::{ClickHouseConfig, SinkConfig};
-use dialmark_schemas::rows::{CallAttempt, Outcome};
+use dialmark_schemas::rows::CallAttempt;
 use dialmark_schemas::sink::Sink;
 use dialmark_schemas::{ch, cluster, migrate, Error};
 
@@ -28,41 +29,6 @@ async fn on(cfg: &ClickHouseConfig, url: &str, sql: &str) -> Option<u64> {
         .fetch_one()
         .await
         .ok()
-}
-
-async fn drop_all(cfg: &ClickHouseConfig) {
-    for url in &cfg.servers {
-        let server = ch::member_client(cfg, url);
-        for db in [cfg.database.clone(), cluster::local_database(&cfg.database)] {
-            server
-                .query(&format!("DROP DATABASE IF EXISTS {db}"))
-                .execute()
-                .await
-                .unwrap();
-        }
-    }
-}
-
-fn attempt(call: u32) -> CallAttempt {
-    CallAttempt {
-        call_id: uuid::Uuid::from_u128(0xd1a2_0000_0000 + u128::from(call)),
-        attempt: 1,
-        sip_call_id: format!("replica-{call}"),
-        trunk: "trunk-a".into(),
-        destination: "+74951234567".into(),
-        started: 1_800_000_000 + call,
-        ended: 1_800_000_060 + call,
-        pdd_ms: 900,
-        answer_ms: 3000,
-        talk_ms: 57_000,
-        final_code: 200,
-        reason: String::new(),
-        outcome: Outcome::Answered,
-        failover: 0,
-        version: 1,
-        duration_ms: 60_000,
-        site: "shop".into(),
-    }
 }
 
 /// The data dir of `servers[1]` (shard 1's second replica), as `ops/test`
@@ -141,7 +107,8 @@ async fn replicas_agree(cfg: &ClickHouseConfig, rows: u64, within: Duration) -> 
 
 async fn push_and_wait(sink: &Sink<CallAttempt>, calls: std::ops::Range<u32>, total: u64) {
     for call in calls {
-        sink.push(attempt(call)).unwrap();
+        sink.push(attempt(0xd1a2_0000_0000, call, 1, 57_000))
+            .unwrap();
     }
     let stats = sink.stats().clone();
     let until = Instant::now() + Duration::from_secs(60);

@@ -1,0 +1,45 @@
+//! What the ClickHouse cluster tests share: dropping a test's databases on
+//! every server and the call-attempt rows they write.
+
+use dialmark_schemas::config::ClickHouseConfig;
+use dialmark_schemas::rows::{CallAttempt, Outcome};
+use dialmark_schemas::{ch, cluster};
+
+/// Drops the test's databases (`database` and its `_local`) on every
+/// server of the cluster.
+pub async fn drop_all(cfg: &ClickHouseConfig) {
+    for url in &cfg.servers {
+        let server = ch::member_client(cfg, url);
+        for db in [cfg.database.clone(), cluster::local_database(&cfg.database)] {
+            server
+                .query(&format!("DROP DATABASE IF EXISTS {db}"))
+                .execute()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// An answered attempt of call number `call` (its id from `id_base`), at
+/// row `version`, talking `talk_ms`.
+pub fn attempt(id_base: u128, call: u32, version: u64, talk_ms: u32) -> CallAttempt {
+    CallAttempt {
+        call_id: uuid::Uuid::from_u128(id_base + u128::from(call)),
+        attempt: 1,
+        sip_call_id: format!("cluster-{id_base:x}-{call}"),
+        trunk: "trunk-a".into(),
+        destination: "+74951234567".into(),
+        started: 1_800_000_000 + call,
+        ended: 1_800_000_060 + call,
+        pdd_ms: 900,
+        answer_ms: 3000,
+        talk_ms,
+        final_code: 200,
+        reason: String::new(),
+        outcome: Outcome::Answered,
+        failover: 0,
+        version,
+        duration_ms: 60_000,
+        site: "shop".into(),
+    }
+}
