@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::alert::{Alert, Alerter};
 use crate::dispatch::PROBE_BRANCH;
-use crate::handover::{DownTrunk, SavedTrunks};
+use crate::handover::{DegradedTrunk, DownTrunk, SavedTrunks};
 use crate::health::{Health, Transition};
 use crate::manual::{Command, Overrides};
 use crate::quality::{Breaker, Change, Rule};
@@ -120,7 +120,7 @@ pub struct Control {
 
 impl Control {
     /// Builds the trunk table (with the state a pair's last active left:
-    /// operators' overrides, trunks down and their alerts) and publishes
+    /// operators' overrides, trunks down or degraded and their alerts) and publishes
     /// the first snapshot: create it before the shards.
     pub fn new(
         cfg: Arc<Config>,
@@ -145,6 +145,11 @@ impl Control {
                 info!(trunk.name = %t.cfg.name, reason = %d.reason, "trunk down as the pair's last active left it; its alert is firing already");
                 t.health = Health::inherited_down(r.probe.down_after, r.probe.up_after, d.since_ms);
                 alerter.assume_firing(Alert::Down, &t.cfg.name);
+            }
+            if let Some(d) = saved.degraded.get(&t.cfg.name) {
+                info!(trunk.name = %t.cfg.name, reason = %d.reason, "trunk degraded as the pair's last active left it; its alert is firing already");
+                t.breaker.inherit(d.since_ms / 1000, &d.metric, d.limit);
+                alerter.assume_firing(Alert::Degraded, &t.cfg.name);
             }
         }
         let c = Control {
@@ -364,6 +369,15 @@ impl Control {
         });
         self.alerter
             .trunk_changed(Alert::Degraded, &name, &group, c.degraded, &detail);
+        if let Some(h) = &self.sinks.handover {
+            let degraded = c.degraded.then(|| DegradedTrunk {
+                since_ms: now,
+                metric: c.metric.to_string(),
+                limit: c.limit,
+                reason: detail.clone(),
+            });
+            h.trunk_degraded(&name, degraded);
+        }
         self.publish();
     }
 

@@ -10,8 +10,9 @@
 //! the call's row at its first ring): the node that takes over from a dead
 //! one records those as `node_lost`. The trunk state is kept for the pair
 //! too: operators' overrides (drain, forced state, priority, weight;
-//! `dm:ha:{group}:overrides`) and trunks found down (`dm:ha:{group}:down`),
-//! both taken over at start. Writes go through
+//! `dm:ha:{group}:overrides`), trunks found down (`dm:ha:{group}:down`)
+//! and trunks degraded by their call quality (`dm:ha:{group}:degraded`),
+//! all taken over at start. Writes go through
 //! a queue that a task drains and retries while Redis is away: signalling
 //! never waits for Redis, and a full queue drops (counted) rather than
 //! blocks.
@@ -103,6 +104,11 @@ enum Op {
         trunk: String,
         json: Option<String>,
     },
+    /// A trunk was degraded by its call quality (`Some`) or restored.
+    Degraded {
+        trunk: String,
+        json: Option<String>,
+    },
 }
 
 /// A trunk the pair's active found down: since when, and why.
@@ -112,11 +118,22 @@ pub struct DownTrunk {
     pub reason: String,
 }
 
+/// A trunk the pair's active degraded by its call quality: since when,
+/// and what tripped it (the breaker's metric and limit, for the recovery).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DegradedTrunk {
+    pub since_ms: u64,
+    pub metric: String,
+    pub limit: f64,
+    pub reason: String,
+}
+
 /// The trunk state a pair's last active left, by trunk name.
 #[derive(Debug, Default)]
 pub struct SavedTrunks {
     pub overrides: HashMap<String, Overrides>,
     pub down: HashMap<String, DownTrunk>,
+    pub degraded: HashMap<String, DegradedTrunk>,
 }
 
 /// The hash of the calls ringing at `node` of `group`.
@@ -134,6 +151,11 @@ fn down_key(group: &str) -> String {
     format!("dm:ha:{group}:down")
 }
 
+/// The hash of the pair's degraded trunks: trunk → its [`DegradedTrunk`].
+fn degraded_key(group: &str) -> String {
+    format!("dm:ha:{group}:degraded")
+}
+
 /// The pair's store of answered calls; cheap to clone.
 #[derive(Clone)]
 pub struct Handover {
@@ -141,9 +163,10 @@ pub struct Handover {
     directory: Directory,
     /// This node's hash of ringing calls.
     ringing: String,
-    /// The pair's hashes of trunk overrides and of trunks down.
+    /// The pair's hashes of trunk overrides, trunks down and degraded.
     overrides: String,
     down: String,
+    degraded: String,
     tx: mpsc::Sender<Op>,
 }
 
@@ -157,6 +180,7 @@ impl Handover {
             ringing: ringing_key(group, node),
             overrides: overrides_key(group),
             down: down_key(group),
+            degraded: degraded_key(group),
             tx,
         };
         tokio::spawn(h.clone().write(rx, ttl.as_secs().max(1)));
@@ -219,8 +243,16 @@ impl Handover {
         });
     }
 
-    /// The trunk state the pair's last active left: operators' overrides
-    /// and trunks found down (nothing when Redis does not answer: the node
+    /// A trunk was degraded by its quality (`Some`) or restored (queued).
+    pub fn trunk_degraded(&self, trunk: &str, degraded: Option<DegradedTrunk>) {
+        self.queue(Op::Degraded {
+            trunk: trunk.to_string(),
+            json: degraded.and_then(|d| serde_json::to_string(&d).ok()),
+        });
+    }
+
+    /// The trunk state the pair's last active left: operators' overrides,
+    /// trunks found down and trunks degraded (nothing when Redis does not answer: the node
     /// starts as configured, and probes).
     pub async fn saved_trunks(&self) -> SavedTrunks {
         let Some(mut r) = self.conn().await else {
@@ -230,6 +262,7 @@ impl Handover {
         SavedTrunks {
             overrides: saved(&mut r, &self.overrides).await,
             down: saved(&mut r, &self.down).await,
+            degraded: saved(&mut r, &self.degraded).await,
         }
     }
 
@@ -334,6 +367,7 @@ impl Handover {
                     Op::Ringing { call_id, json } => hash_field(&self.ringing, call_id, json),
                     Op::Overrides { trunk, json } => hash_field(&self.overrides, trunk, json),
                     Op::Down { trunk, json } => hash_field(&self.down, trunk, json),
+                    Op::Degraded { trunk, json } => hash_field(&self.degraded, trunk, json),
                 };
                 match tokio::time::timeout(Duration::from_secs(2), cmd.exec_async(&mut r)).await {
                     Ok(Ok(())) => {

@@ -367,6 +367,19 @@ impl Breaker {
         self.degraded_since.is_some()
     }
 
+    /// Degraded since `since_s` by `metric` against `limit`, as another
+    /// node judged it (the pair's last active): recovers as if it had
+    /// tripped here, on the calls this node sees.
+    pub fn inherit(&mut self, since_s: u64, metric: &str, limit: f64) {
+        let metric = match metric {
+            "pdd_p95_ms" => "pdd_p95_ms",
+            "short_share" => "short_share",
+            _ => "ner",
+        };
+        self.degraded_since = Some(since_s);
+        self.tripped = Some((metric, limit));
+    }
+
     /// Judges the trunk now; a change when it degrades or recovers.
     pub fn evaluate(&mut self, q: &Quality, now_s: u64, r: &Rule) -> Option<Change> {
         let since = match self.degraded_since {
@@ -658,6 +671,31 @@ mod tests {
         let c = b.evaluate(&q, t + 260, &r).expect("recovered");
         assert!(!c.degraded && c.reason.starts_with("recovered"), "{c:?}");
         assert_eq!((c.metric, c.value), ("ner", 1.0));
+    }
+
+    #[test]
+    fn an_inherited_degradation_holds_until_this_nodes_calls_recover_it() {
+        let (mut q, mut b, r) = (Quality::default(), Breaker::default(), rule());
+        let since = 5_000_000;
+        b.inherit(since, "pdd_p95_ms", 8_000.0);
+        assert!(b.is_degraded());
+        // No calls here yet: nothing to judge it on, it stays degraded
+        // (and its alert, already firing, is not sent again).
+        assert_eq!(b.evaluate(&q, since + 600, &r), None);
+        assert!(b.is_degraded());
+        // Its probing share rings slowly still: degraded.
+        for k in 0..10 {
+            q.record(since + 600 + k * 10, s(Outcome::Answered, 200, 9_500));
+        }
+        assert_eq!(b.evaluate(&q, since + 700, &r), None);
+        // Then rings fast for the recovery window: restored, on the metric
+        // that tripped it at the other node.
+        for k in 0..12 {
+            q.record(since + 710 + k * 10, s(Outcome::Answered, 200, 400));
+        }
+        let c = b.evaluate(&q, since + 840, &r).expect("recovered");
+        assert!(!c.degraded, "{c:?}");
+        assert_eq!((c.metric, c.limit), ("pdd_p95_ms", 8_000.0));
     }
 
     #[test]

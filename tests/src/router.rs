@@ -170,4 +170,14 @@ impl TestRouter {
             .read_json()
             .expect("status json")
     }
+
+    /// The state `/status.json` shows for trunk `name` (`up`, `degraded`…;
+    /// empty if it is not listed).
+    pub fn trunk_state(&self, name: &str) -> String {
+        self.status()["trunks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|x| x["name"] == name))
+            .map(|x| x["state"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    }
 }

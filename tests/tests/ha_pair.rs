@@ -10,7 +10,7 @@
 //! `node_lost`; every call is on record once, and no dialog record is left
 //! in Redis; an operator's trunk override on the dead node holds on the
 //! new one, and so does a trunk it found down (since then, not found
-//! again).
+//! again) or degraded by its calls' quality (its alert not sent again).
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use dialmark_e2e::env::unique;
 use dialmark_e2e::process::free_port;
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{Scenario, Uas};
-use dialmark_e2e::world::{call, calls, place_calls, spawn_call, world, World};
+use dialmark_e2e::world::{call, calls, place_calls, spawn_call, wait_for, world, World};
 use dialmark_schemas::store::Redis;
 
 /// The Redis keys matching `pattern`.
@@ -343,4 +343,110 @@ async fn two_hundred_talking_and_twenty_ringing_calls_are_all_on_record() {
             .all(|r| (14_000..17_000).contains(&r.talk_ms)),
         "whole talk times: {answered:?}"
     );
+}
+
+/// A trunk the active degraded by its calls' quality stays degraded at the
+/// new active, since then, with its alert not sent again (no alert storm
+/// at takeover).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trunk_degraded_by_its_calls_stays_degraded_after_the_takeover() {
+    let w = world("haqual").await;
+    let (hook_port, hooks) = dialmark_e2e::webhook::receiver();
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Uas::start(
+        pa,
+        Scenario::File(
+            "uas_reject.xml",
+            vec![
+                ("CODE", "503".into()),
+                ("REASON", "Service Unavailable".into()),
+            ],
+        ),
+    );
+    let _b = Uas::start(pb, Scenario::Builtin("uas"));
+    let group = unique("pairq");
+    let router = format!(
+        "alert_webhook = \"http://127.0.0.1:{hook_port}/alert\"\nalert_hold_down_seconds = 1\n\
+         [router.ha]\nenabled = true\ngroup = \"{group}\"\n\
+         [router.quality]\nwindow_seconds = 10\nmin_attempts = 10\nrecovery_seconds = 600\nprobe_percent = 20"
+    );
+    let mut active = TestRouter::start(
+        &w.tracker.config,
+        RouterOptions {
+            trunks: &[("a", pa), ("b", pb)],
+            router: &router,
+            probe: "",
+        },
+    );
+    let standby = active.standby();
+    assert_eq!(leader(&active), 1.0, "the first node holds the lease");
+
+    // a answers every call with 503: b carries them, a is degraded.
+    let run = place_calls(
+        active.sip_port,
+        &w.number,
+        Scenario::Builtin("uac"),
+        20,
+        &["-r", "10"],
+    )
+    .await;
+    assert!(run.success, "{}", run.output);
+    wait_for("a degraded at the active", 15, || {
+        active.trunk_state("a") == "degraded"
+    })
+    .await;
+    let degraded_alerts = || {
+        let log = hooks.lock().unwrap();
+        let of = |resolved: bool| {
+            log.iter()
+                .filter(|b| {
+                    b.body.contains("DialmarkTrunkDegraded")
+                        && b.body.contains("endsAt") == resolved
+                })
+                .count()
+        };
+        (of(false), of(true))
+    };
+    wait_for("the degraded alert", 10, || degraded_alerts() == (1, 0)).await;
+    // Kept for the pair before the death (the writes are queued).
+    let redis = Redis::connect(&w.tracker.config.redis).await.unwrap();
+    let saved = format!("dm:ha:{group}:degraded");
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let has: bool = redis::cmd("HEXISTS")
+            .arg(&saved)
+            .arg("a")
+            .query_async(&mut redis.clone())
+            .await
+            .unwrap();
+        if has {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "a's degradation never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    active.proc.kill9();
+    wait_for("the standby's takeover", 15, || leader(&standby) == 1.0).await;
+    assert_eq!(
+        standby.trunk_state("a"),
+        "degraded",
+        "a stays degraded at the new active:\n{}",
+        standby.proc.output()
+    );
+    assert!(
+        standby
+            .proc
+            .output()
+            .contains("trunk degraded as the pair's last active left it"),
+        "the takeover of a's state is in the log"
+    );
+    // Past the alert hold-down and a few quality ticks: no second alert,
+    // no recovery sent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(degraded_alerts(), (1, 0), "no alert at the takeover");
+    assert_eq!(standby.trunk_state("a"), "degraded");
 }

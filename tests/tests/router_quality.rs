@@ -79,14 +79,6 @@ async fn place(r: &TestRouter, w: &World, calls: u32, rate: &str) -> sipp::UacRu
     run
 }
 
-fn trunk_state(r: &TestRouter, name: &str) -> String {
-    r.status()["trunks"]
-        .as_array()
-        .and_then(|t| t.iter().find(|x| x["name"] == name))
-        .map(|x| x["state"].as_str().unwrap_or_default().to_string())
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trunk_failing_calls_is_rerouted_by_its_ner_and_restored() {
     let w = world("qner").await;
@@ -130,7 +122,7 @@ async fn a_trunk_failing_calls_is_rerouted_by_its_ner_and_restored() {
     );
     assert!(down.value < 0.1 && down.baseline == 0.7, "{down:?}");
     assert!(down.reason.contains("under the 70 % floor"), "{down:?}");
-    assert_eq!(trunk_state(&r, "a"), "degraded");
+    assert_eq!(r.trunk_state("a"), "degraded");
     // The status page lists the event and draws a's last hour: its NER
     // sparkline ends at 0 %.
     let status = r.status();
@@ -210,7 +202,7 @@ async fn a_trunk_failing_calls_is_rerouted_by_its_ner_and_restored() {
         up.shifted_calls >= 28,
         "the calls that went to b first are counted: {up:?}"
     );
-    wait_for("a up on /status", 10, || trunk_state(&r, "a") == "up").await;
+    wait_for("a up on /status", 10, || r.trunk_state("a") == "up").await;
     wait_for("recovery alert", 10, || {
         hooks
             .lock()
@@ -261,7 +253,7 @@ async fn an_operator_drains_and_resumes_a_trunk_on_record() {
 
     let (code, text) = post("/trunks/a/drain?actor=anna");
     assert_eq!((code, text.trim()), (200, "a: drained (drained by anna)"));
-    assert_eq!(trunk_state(&r, "a"), "drained");
+    assert_eq!(r.trunk_state("a"), "drained");
     place(&r, &w, 10, "10").await;
     let mut seen = (0, 0);
     for _ in 0..50 {
@@ -293,7 +285,7 @@ async fn an_operator_drains_and_resumes_a_trunk_on_record() {
         String::from_utf8_lossy(&bad.stderr).contains("400"),
         "{bad:?}"
     );
-    assert_eq!(trunk_state(&r, "a"), "up");
+    assert_eq!(r.trunk_state("a"), "up");
 
     let drained = event_where(&w, "drain", |e| e.state == "drained").await;
     assert_eq!(
