@@ -10,7 +10,7 @@ use crate::originate;
 use crate::wire::{self, Message};
 
 /// One side of the dialog, seen from the node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Leg {
     /// Request-URI of a request to this side (its Contact).
     pub target: String,

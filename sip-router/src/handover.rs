@@ -25,6 +25,8 @@ use dialmark_schemas::rows::{Call as CallRow, CallAttempt, Disposition};
 use dialmark_schemas::store::Redis;
 use serde::{Deserialize, Serialize};
 
+use crate::dialog::Leg;
+
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -53,6 +55,13 @@ pub struct DialogRecord {
     /// The From tag of the caller and the To tag of the trunk's 2xx.
     pub carrier_tag: String,
     pub trunk_tag: String,
+    /// What a BYE to each side takes (target, route set, From/To, CSeq
+    /// at the answer), for hanging an adopted call up at
+    /// `router.max_call_seconds`. Absent in records of older nodes.
+    #[serde(default)]
+    pub caller: Option<Leg>,
+    #[serde(default)]
+    pub callee: Option<Leg>,
 }
 
 impl DialogRecord {

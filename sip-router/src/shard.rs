@@ -36,6 +36,7 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::call::{self, Action, Call, Event, Setup, Source, Timer};
 use crate::control::ControlMsg;
+use crate::dialog::Dialog;
 use crate::directory::{self, Directory, Lookup};
 use crate::handover::{DialogRecord, Handover};
 use crate::journal::Journal;
@@ -179,8 +180,20 @@ struct Adopted {
     call_id: Box<str>,
     route: Tombstone,
     record: DialogRecord,
+    /// Its answer plus `router.max_call_seconds`: hung up then.
     expires_ms: u64,
+    /// What its BYEs take (none from a record of an older node).
+    dialog: Option<Dialog>,
 }
+
+/// CSeq numbers added to an adopted call's legs: in-dialog requests
+/// after its record was written (a re-INVITE) raised them where the record
+/// cannot see; a UAS refuses only a lower CSeq (RFC 3261 §12.2.2).
+const ADOPTED_CSEQ_MARGIN: u32 = 1_000;
+
+/// When an adopted call's BYEs are sent again over UDP (answers are not
+/// waited for: the call is gone either way), ms after the first.
+const ADOPTED_BYE_RESENDS_MS: [u64; 4] = [500, 1_500, 3_500, 7_500];
 
 /// The connection id of a TCP carrier of an adopted call: none of this
 /// node's, so the request opens one to where the carrier listens.
@@ -356,6 +369,10 @@ impl Shard {
             });
             let sleep = if drained_at.is_some() {
                 sleep.min(Duration::from_millis(100))
+            } else if !self.adopted.is_empty() {
+                // Adopted calls have no timer: their maximum duration is
+                // checked at least every second.
+                sleep.min(Duration::from_secs(1))
             } else {
                 sleep
             };
@@ -426,6 +443,20 @@ impl Shard {
     }
 
     fn expire(&mut self, now: u64) {
+        // Adopted calls whose BYE never came, at the maximum duration.
+        if self.adopted.values().any(|a| a.expires_ms <= now) {
+            let ended: Vec<u64> = self
+                .adopted
+                .iter()
+                .filter(|(_, a)| a.expires_ms <= now)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in ended {
+                if let Some(a) = self.adopted.remove(&key) {
+                    self.hang_up_adopted(key, a);
+                }
+            }
+        }
         while let Some(&(at, key)) = self.expiry.front() {
             if at > now {
                 break;
@@ -449,8 +480,6 @@ impl Shard {
             self.shrunk_ms = now;
             shrink(&mut self.calls);
             shrink(&mut self.tombstones);
-            // An adopted call whose BYE never came: gone with its record.
-            self.adopted.retain(|_, a| a.expires_ms > now);
             if self.expiry.capacity() > 4 * self.expiry.len().max(1024) {
                 self.expiry.shrink_to(2 * self.expiry.len());
             }
@@ -825,7 +854,22 @@ impl Shard {
                 call_id: rec.row.call_id,
                 expires_ms: 0,
             };
-            let expires_ms = crate::now_ms() + self.snap.config.router.max_call_seconds * 1000;
+            let expires_ms = rec.answered_ms + self.snap.config.router.max_call_seconds * 1000;
+            let dialog = match (&rec.caller, &rec.callee) {
+                (Some(caller), Some(callee)) => {
+                    let leg = |l: &crate::dialog::Leg| crate::dialog::Leg {
+                        cseq: l.cseq.saturating_add(ADOPTED_CSEQ_MARGIN),
+                        ..l.clone()
+                    };
+                    Some(Dialog {
+                        call_id: msg.call_id().into(),
+                        me: self.snap.policy.me.clone(),
+                        caller: leg(caller),
+                        callee: leg(callee),
+                    })
+                }
+                _ => None,
+            };
             self.adopted.insert(
                 key,
                 Adopted {
@@ -833,6 +877,7 @@ impl Shard {
                     route,
                     record: rec,
                     expires_ms,
+                    dialog,
                 },
             );
         }
@@ -851,6 +896,64 @@ impl Shard {
         self.bury(key, a.route);
     }
 
+    /// An adopted call at `router.max_call_seconds` (its BYE never came):
+    /// both sides hung up as its own node would have, its rows closed at
+    /// the limit as `timeout`, its record gone.
+    fn hang_up_adopted(&mut self, key: u64, a: Adopted) {
+        let Adopted {
+            call_id,
+            route,
+            record,
+            expires_ms,
+            dialog,
+        } = a;
+        match dialog {
+            Some(mut d) => {
+                warn!(call_id = %call_id, trunk.name = %record.attempt.trunk, "adopted call at router.max_call_seconds: hanging up both sides");
+                let id = record.row.call_id;
+                let to_caller = d.bye_to_caller(&call::branch(&id, 0, true));
+                self.send_repeated(Hop::Carrier(route.carrier, route.carrier_back), to_caller);
+                if let Some((addr, tcp)) = route.trunk {
+                    let to_callee =
+                        d.bye_to_callee(&call::branch(&id, record.attempt.attempt, true));
+                    self.send_repeated(Hop::Trunk(addr, tcp), to_callee);
+                }
+            }
+            None => {
+                warn!(call_id = %call_id, "adopted call at router.max_call_seconds: its record (from an older node) cannot make BYEs; closed on record only")
+            }
+        }
+        let (mut row, attempt) = record.closed(expires_ms);
+        row.disposition = Disposition::Timeout;
+        if let Some(h) = &self.sinks.handover {
+            h.del(&call_id);
+        }
+        self.attempt_row(attempt, crate::now_ms());
+        self.record(row);
+        self.bury(key, route);
+    }
+
+    /// Sends a request the node originates now and, over UDP, again after
+    /// each of [`ADOPTED_BYE_RESENDS_MS`].
+    fn send_repeated(&self, to: Hop, bytes: Vec<u8>) {
+        let udp = match to {
+            Hop::Trunk(_, tcp) => !tcp,
+            Hop::Carrier(p, _) => p.tcp.is_none(),
+        };
+        if udp {
+            let (transport, bytes) = (self.transport.clone(), bytes.clone());
+            tokio::spawn(async move {
+                let mut at = 0;
+                for due in ADOPTED_BYE_RESENDS_MS {
+                    tokio::time::sleep(Duration::from_millis(due - at)).await;
+                    at = due;
+                    send_hop(&transport, to, bytes.clone());
+                }
+            });
+        }
+        send_hop(&self.transport, to, bytes);
+    }
+
     /// What the other node of the pair needs to carry `e`'s answered call
     /// on.
     fn dialog_record(e: &Entry, c: &Call) -> Option<DialogRecord> {
@@ -867,6 +970,8 @@ impl Shard {
             trunk_tcp,
             carrier_tag: c.carrier_tag().to_string(),
             trunk_tag: c.answered_tag()?.to_string(),
+            caller: c.dialog().map(|d| d.caller.clone()),
+            callee: c.dialog().map(|d| d.callee.clone()),
         })
     }
 
@@ -1417,6 +1522,9 @@ impl Shard {
             }
             return;
         };
+        if let Some(d) = self.adopted.get_mut(&key).and_then(|a| a.dialog.as_mut()) {
+            d.saw_request(matches!(to, Hop::Trunk(..)), cseq);
+        }
         let me = &self.snap.policy.me;
         let branch = format!(
             "{FORWARD_BRANCH}{:016x}",
@@ -1445,13 +1553,7 @@ impl Shard {
         .build();
         let from_caller = matches!(to, Hop::Trunk(..));
         debug!(method, from_caller, "in-dialog request forwarded");
-        match to {
-            Hop::Trunk(addr, true) => self.transport.send_tcp(addr, bytes, None),
-            Hop::Trunk(addr, false) => {
-                self.transport.send_udp(addr, &bytes);
-            }
-            Hop::Carrier(peer, back) => self.transport.send_or_reopen(peer, back, bytes),
-        }
+        send_hop(&self.transport, to, bytes);
         if method == "BYE" {
             match self.adopted.remove(&key) {
                 Some(a) => self.close_adopted(key, a),
@@ -1498,6 +1600,16 @@ enum Hop {
     Trunk(SocketAddr, bool),
     /// The carrier, and where it listens if its TCP connection is gone.
     Carrier(Peer, Option<SocketAddr>),
+}
+
+fn send_hop(transport: &Arc<Transport>, to: Hop, bytes: Vec<u8>) {
+    match to {
+        Hop::Trunk(addr, true) => transport.send_tcp(addr, bytes, None),
+        Hop::Trunk(addr, false) => {
+            transport.send_udp(addr, &bytes);
+        }
+        Hop::Carrier(peer, back) => transport.send_or_reopen(peer, back, bytes),
+    }
 }
 
 /// Where a carrier that reached us over TCP listens: its Via's sent-by

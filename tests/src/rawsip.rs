@@ -307,3 +307,50 @@ impl TcpPeer {
         )
     }
 }
+
+/// A carrier call from a raw peer (From tag `ctag`): INVITE sent, 100
+/// Trying seen; the INVITE's text.
+pub fn invite(carrier: &Peer, router: SocketAddr, number: &str, call_id: &str) -> String {
+    let branch = branch();
+    let text = Invite {
+        number,
+        call_id,
+        branch: &branch,
+        from_tag: "ctag",
+        max_forwards: 70,
+        extra: &["Supported: 100rel"],
+    }
+    .text(carrier, router);
+    carrier.send(router, &text);
+    carrier.expect(Duration::from_secs(3), "100 Trying", |m| {
+        m.is_reply(100, "INVITE")
+    });
+    text
+}
+
+/// The ACK a carrier sends for a 2xx of [`invite`], through the router.
+pub fn ack_2xx(carrier: &Peer, router: SocketAddr, ok: &Msg, call_id: &str) {
+    let ack = in_dialog(
+        "ACK",
+        &contact(ok),
+        carrier,
+        router,
+        &format!("<sip:+79161234567@{}>;tag=ctag", carrier.addr),
+        &ok.header("to").unwrap(),
+        call_id,
+        1,
+        &branch(),
+        &[],
+    );
+    carrier.send(router, &ack);
+}
+
+/// The URI of a message's Contact.
+pub fn contact(m: &Msg) -> String {
+    let c = m.header("contact").unwrap_or_default();
+    c.trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap_or("")
+        .to_string()
+}

@@ -125,19 +125,27 @@ impl TestRouter {
     /// Samples of the metric family `name` from `/metrics`: (series with
     /// labels, value).
     pub fn metric(&self, name: &str) -> Vec<(String, f64)> {
+        self.try_metric(name).expect("router /metrics")
+    }
+
+    /// [`Self::metric`], `None` when `/metrics` does not answer (a node
+    /// being killed or taking over).
+    pub fn try_metric(&self, name: &str) -> Option<Vec<(String, f64)>> {
         let text = ureq::get(&format!("http://127.0.0.1:{}/metrics", self.http_port))
             .call()
-            .expect("router /metrics")
+            .ok()?
             .body_mut()
             .read_to_string()
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect()
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| {
+                    let (k, v) = l.rsplit_once(' ')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect(),
+        )
     }
 
     /// The router's sink spool directory (`sink.spool_dir`).

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dialmark_e2e::process::free_port;
-use dialmark_e2e::rawsip::{self, in_dialog, Invite, Msg, Peer};
+use dialmark_e2e::rawsip::{self, ack_2xx, contact, in_dialog, invite, Invite, Peer};
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{Scenario, Uas};
 use dialmark_e2e::world::{
@@ -39,49 +39,6 @@ fn start(w: &World, trunks: &[(&str, u16)], router: &str, probe: &str) -> TestRo
             probe,
         },
     )
-}
-
-/// A carrier call from a raw peer: INVITE sent, 100 Trying seen.
-fn invite(carrier: &Peer, router: SocketAddr, number: &str, call_id: &str) -> String {
-    let branch = rawsip::branch();
-    let text = Invite {
-        number,
-        call_id,
-        branch: &branch,
-        from_tag: "ctag",
-        max_forwards: 70,
-        extra: &["Supported: 100rel"],
-    }
-    .text(carrier, router);
-    carrier.send(router, &text);
-    carrier.expect(3 * S, "100 Trying", |m| m.is_reply(100, "INVITE"));
-    text
-}
-
-/// The ACK a carrier sends for a 2xx, through the router.
-fn ack_2xx(carrier: &Peer, router: SocketAddr, ok: &Msg, call_id: &str) {
-    let ack = in_dialog(
-        "ACK",
-        &contact(ok),
-        carrier,
-        router,
-        &format!("<sip:+79161234567@{}>;tag=ctag", carrier.addr),
-        &ok.header("to").unwrap(),
-        call_id,
-        1,
-        &rawsip::branch(),
-        &[],
-    );
-    carrier.send(router, &ack);
-}
-
-fn contact(m: &Msg) -> String {
-    let c = m.header("contact").unwrap_or_default();
-    c.trim_start_matches('<')
-        .split('>')
-        .next()
-        .unwrap_or("")
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
