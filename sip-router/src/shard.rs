@@ -199,6 +199,9 @@ const ADOPTED_BYE_RESENDS_MS: [u64; 4] = [500, 1_500, 3_500, 7_500];
 /// node's, so the request opens one to where the carrier listens.
 const NO_CONN: u64 = u64::MAX;
 
+/// Calls copied per loop turn during a journal rotation: a few ms of work.
+const JOURNAL_COPY_BATCH: usize = 2_048;
+
 /// How often a shard gives back the map capacity a load peak left.
 const SHRINK_EVERY_MS: u64 = 10_000;
 
@@ -240,6 +243,8 @@ pub struct Shard {
     journal: Journal,
     /// Calls of the pair's other node carried on here.
     adopted: HashMap<u64, Adopted>,
+    /// During a journal rotation: the calls still to copy to the new file.
+    journal_copy: Vec<u64>,
     /// When the maps were last shrunk.
     shrunk_ms: u64,
     /// When the gauges were last published.
@@ -284,6 +289,7 @@ impl Shard {
                 snap,
                 journal,
                 adopted: HashMap::new(),
+                journal_copy: Vec::new(),
                 shrunk_ms: 0,
                 published_ms: 0,
             },
@@ -369,6 +375,8 @@ impl Shard {
             });
             let sleep = if drained_at.is_some() {
                 sleep.min(Duration::from_millis(100))
+            } else if self.journal.rotating() {
+                Duration::ZERO
             } else if !self.adopted.is_empty() {
                 // Adopted calls have no timer: their maximum duration is
                 // checked at least every second.
@@ -443,6 +451,9 @@ impl Shard {
     }
 
     fn expire(&mut self, now: u64) {
+        if self.journal.rotating() {
+            self.copy_journal();
+        }
         // Adopted calls whose BYE never came, at the maximum duration.
         if self.adopted.values().any(|a| a.expires_ms <= now) {
             let ended: Vec<u64> = self
@@ -1278,13 +1289,44 @@ impl Shard {
             }
         }
         if self.journal.wants_rotation() {
-            let open = self.calls.values().filter_map(|e| match &e.state {
-                State::Live(c) => c.progress_row(),
-                State::Routing { .. } => None,
-            });
-            if let Err(e) = self.journal.rotate(open) {
-                tracing::error!(cause = %e, "journal rotation failed");
+            match self.journal.start_rotation() {
+                Ok(()) => {
+                    self.journal_copy = self
+                        .calls
+                        .iter()
+                        .filter(|(_, e)| matches!(e.state, State::Live(_)))
+                        .map(|(k, _)| *k)
+                        .collect();
+                }
+                Err(e) => tracing::error!(cause = %e, "journal rotation failed"),
             }
+        }
+    }
+
+    /// A batch of a journal rotation's copy (see [`crate::journal`]); the
+    /// old file goes once every call up is in the new one.
+    fn copy_journal(&mut self) {
+        let from = self.journal_copy.len().saturating_sub(JOURNAL_COPY_BATCH);
+        let keys = self.journal_copy.split_off(from);
+        let calls = &self.calls;
+        let rows = keys
+            .iter()
+            .filter_map(|k| match calls.get(k).map(|e| &e.state) {
+                Some(State::Live(c)) => c.progress_row(),
+                _ => None,
+            });
+        let done = match self.journal.copy(rows) {
+            Ok(()) if self.journal_copy.is_empty() => self.journal.finish_rotation(),
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The old file stays (recovery reads it too); the copy stops.
+                self.journal_copy.clear();
+                self.journal.keep_old();
+                Err(e)
+            }
+        };
+        if let Err(e) = done {
+            tracing::error!(cause = %e, "journal rotation failed");
         }
     }
 
