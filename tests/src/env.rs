@@ -43,6 +43,16 @@ pub fn clickhouse_replicated(test: &str) -> ClickHouseConfig {
     }
 }
 
+/// The data dirs of the servers of `DIALMARK_TEST_CLICKHOUSE_REPLICATED`,
+/// in the same order (`DIALMARK_TEST_CLICKHOUSE_REPLICATED_DIRS`): tests
+/// that stop a server or give it a cluster file find them there.
+pub fn clickhouse_replicated_dirs() -> Vec<std::path::PathBuf> {
+    var("DIALMARK_TEST_CLICKHOUSE_REPLICATED_DIRS")
+        .split(',')
+        .map(std::path::PathBuf::from)
+        .collect()
+}
+
 fn cluster_from(name: &str, test: &str) -> ClickHouseConfig {
     let spec = var(name);
     let (cluster, urls) = spec

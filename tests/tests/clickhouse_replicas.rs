@@ -34,10 +34,7 @@ async fn on(cfg: &ClickHouseConfig, url: &str, sql: &str) -> Option<u64> {
 /// The data dir of `servers[1]` (shard 1's second replica), as `ops/test`
 /// started it: its PID file, config and log are there.
 fn killable_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("DIALMARK_TEST_CLICKHOUSE_REPLICA_DIR")
-            .expect("DIALMARK_TEST_CLICKHOUSE_REPLICA_DIR (ops/test sets it)"),
-    )
+    env::clickhouse_replicated_dirs().swap_remove(1)
 }
 
 fn pid_of(dir: &std::path::Path) -> i32 {
