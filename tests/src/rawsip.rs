@@ -345,6 +345,32 @@ pub fn ack_2xx(carrier: &Peer, router: SocketAddr, ok: &Msg, call_id: &str) {
     carrier.send(router, &ack);
 }
 
+/// A carrier call through the router answered by `trunk` (To tag `tt`,
+/// Contact `sip:pbx@` the trunk) and ACKed end to end: the carrier's 2xx.
+pub fn answered_call(
+    carrier: &Peer,
+    trunk: &Peer,
+    router: SocketAddr,
+    number: &str,
+    call_id: &str,
+) -> Msg {
+    let s = Duration::from_secs(1);
+    invite(carrier, router, number, call_id);
+    let inv = trunk.expect(3 * s, "INVITE", |m| m.is_request("INVITE"));
+    trunk.send(
+        inv.from,
+        &inv.reply(
+            200,
+            "tt",
+            &[("Contact", format!("<sip:pbx@{}>", trunk.addr))],
+        ),
+    );
+    let ok = carrier.expect(3 * s, "200 OK", |m| m.is_reply(200, "INVITE"));
+    ack_2xx(carrier, router, &ok, call_id);
+    trunk.expect(2 * s, "ACK", |m| m.is_request("ACK"));
+    ok
+}
+
 /// The URI of a message's Contact.
 pub fn contact(m: &Msg) -> String {
     let c = m.header("contact").unwrap_or_default();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use dialmark_e2e::env::unique;
 use dialmark_e2e::process::free_port;
-use dialmark_e2e::rawsip::{self, ack_2xx, contact, in_dialog, invite, Peer};
+use dialmark_e2e::rawsip::{self, answered_call, contact, in_dialog, Peer};
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{Scenario, Uas};
 use dialmark_e2e::world::{call, calls, place_calls, spawn_call, wait_for, world, World};
@@ -482,19 +482,7 @@ async fn an_adopted_call_is_hung_up_at_the_maximum_duration() {
     let rt: SocketAddr = format!("127.0.0.1:{}", active.sip_port).parse().unwrap();
     let carrier = Peer::bind();
     let call_id = format!("{}@ha", uuid::Uuid::new_v4().simple());
-    invite(&carrier, rt, &w.number, &call_id);
-    let inv = trunk.expect(3 * S, "INVITE", |m| m.is_request("INVITE"));
-    trunk.send(
-        inv.from,
-        &inv.reply(
-            200,
-            "tt",
-            &[("Contact", format!("<sip:pbx@{}>", trunk.addr))],
-        ),
-    );
-    let ok = carrier.expect(3 * S, "200 OK", |m| m.is_reply(200, "INVITE"));
-    ack_2xx(&carrier, rt, &ok, &call_id);
-    trunk.expect(2 * S, "ACK", |m| m.is_request("ACK"));
+    let ok = answered_call(&carrier, &trunk, rt, &w.number, &call_id);
     let redis = Redis::connect(&w.tracker.config.redis).await.unwrap();
     let record = || {
         let (mut r, key) = (redis.clone(), format!("dm:dialog:{call_id}"));

@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dialmark_e2e::process::free_port;
-use dialmark_e2e::rawsip::{self, ack_2xx, contact, in_dialog, invite, Invite, Peer};
+use dialmark_e2e::rawsip::{
+    self, ack_2xx, answered_call, contact, in_dialog, invite, Invite, Peer,
+};
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{Scenario, Uas};
 use dialmark_e2e::world::{
@@ -445,19 +447,7 @@ async fn cancel_and_ack_of_a_reinvite_follow_its_branch() {
     let carrier = Peer::bind();
     let rt = router_addr(&r);
     let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
-    invite(&carrier, rt, &w.number, &call_id);
-    let inv = trunk.expect(3 * S, "INVITE", |m| m.is_request("INVITE"));
-    trunk.send(
-        inv.from,
-        &inv.reply(
-            200,
-            "tt",
-            &[("Contact", format!("<sip:pbx@{}>", trunk.addr))],
-        ),
-    );
-    let ok = carrier.expect(2 * S, "200 OK", |m| m.is_reply(200, "INVITE"));
-    ack_2xx(&carrier, rt, &ok, &call_id);
-    trunk.expect(2 * S, "ACK", |m| m.is_request("ACK"));
+    let ok = answered_call(&carrier, &trunk, rt, &w.number, &call_id);
     let (caller, callee) = (
         format!("<sip:+79161234567@{}>;tag=ctag", carrier.addr),
         ok.header("to").unwrap(),
@@ -734,19 +724,7 @@ async fn the_drain_deadline_hangs_up_both_legs_and_records_the_call() {
     let carrier = Peer::bind();
     let rt = router_addr(&r);
     let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
-    invite(&carrier, rt, &w.number, &call_id);
-    let inv = trunk.expect(3 * S, "INVITE", |m| m.is_request("INVITE"));
-    trunk.send(
-        inv.from,
-        &inv.reply(
-            200,
-            "tt",
-            &[("Contact", format!("<sip:pbx@{}>", trunk.addr))],
-        ),
-    );
-    let ok = carrier.expect(2 * S, "200 OK", |m| m.is_reply(200, "INVITE"));
-    ack_2xx(&carrier, rt, &ok, &call_id);
-    trunk.expect(2 * S, "ACK", |m| m.is_request("ACK"));
+    answered_call(&carrier, &trunk, rt, &w.number, &call_id);
     let options = |peer: &Peer| {
         let text = in_dialog(
             "OPTIONS",
@@ -806,19 +784,7 @@ async fn the_maximum_call_duration_hangs_up_both_legs() {
     let carrier = Peer::bind();
     let rt = router_addr(&r);
     let call_id = format!("{}@edge", uuid::Uuid::new_v4().simple());
-    invite(&carrier, rt, &w.number, &call_id);
-    let inv = trunk.expect(3 * S, "INVITE", |m| m.is_request("INVITE"));
-    trunk.send(
-        inv.from,
-        &inv.reply(
-            200,
-            "tt",
-            &[("Contact", format!("<sip:pbx@{}>", trunk.addr))],
-        ),
-    );
-    let ok = carrier.expect(3 * S, "200 OK", |m| m.is_reply(200, "INVITE"));
-    ack_2xx(&carrier, rt, &ok, &call_id);
-    trunk.expect(2 * S, "ACK", |m| m.is_request("ACK"));
+    let ok = answered_call(&carrier, &trunk, rt, &w.number, &call_id);
     let bye = carrier.expect(4 * S, "BYE to the caller at the maximum duration", |m| {
         m.is_request("BYE")
     });
