@@ -231,22 +231,12 @@ async fn migrate_shard(
             ),
         ));
     }
-    let followers: Vec<&Server> = replicas
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != lead)
-        .map(|(_, r)| *r)
-        .collect();
-    for (f, n) in followers.iter().zip(
-        applied
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| i != lead)
-            .map(|(_, n)| *n),
-    ) {
-        if n == 0 && applied[lead] > 0 {
-            copy_schema(leader, f, local).await?;
+    let mut followers: Vec<&Server> = Vec::new();
+    for (i, r) in replicas.iter().enumerate().filter(|&(i, _)| i != lead) {
+        if applied[i] == 0 && applied[lead] > 0 {
+            copy_schema(leader, r, local).await?;
         }
+        followers.push(r);
     }
     let as_leader = migrate::Replica {
         zk_root,

@@ -1558,12 +1558,12 @@ impl Call {
         });
     }
 
-    /// Hangs up both legs of an answered call (BYE each way).
     /// The confirmed dialog (after the answer, until the call ends).
     pub fn dialog(&self) -> Option<&Dialog> {
         self.dialog.as_deref()
     }
 
+    /// Hangs up both legs of an answered call (BYE each way).
     fn release(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let Some(d) = self.dialog.as_mut() else {
             return;

@@ -24,12 +24,10 @@ use std::time::Duration;
 use dialmark_schemas::rows::{Call as CallRow, CallAttempt, Disposition};
 use dialmark_schemas::store::Redis;
 use serde::{Deserialize, Serialize};
-
-use crate::dialog::Leg;
-
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::dialog::Leg;
 use crate::directory::Directory;
 use crate::manual::Overrides;
 
@@ -103,21 +101,23 @@ enum Op {
         call_id: String,
         json: Option<String>,
     },
-    /// A trunk's operator overrides (`None`: none left).
-    Overrides {
+    /// A trunk's field in one of the pair's trunk hashes (`None`: gone).
+    Trunk {
+        hash: TrunkHash,
         trunk: String,
         json: Option<String>,
     },
-    /// A trunk went down (`Some`) or came back up (`None`).
-    Down {
-        trunk: String,
-        json: Option<String>,
-    },
-    /// A trunk was degraded by its call quality (`Some`) or restored.
-    Degraded {
-        trunk: String,
-        json: Option<String>,
-    },
+}
+
+/// The pair's hashes of trunk state, a field per trunk.
+#[derive(Debug, Clone, Copy)]
+enum TrunkHash {
+    /// Operators' overrides (none left: no field).
+    Overrides,
+    /// Found down (back up: no field).
+    Down,
+    /// Degraded by its call quality (restored: no field).
+    Degraded,
 }
 
 /// A trunk the pair's active found down: since when, and why.
@@ -235,28 +235,25 @@ impl Handover {
 
     /// An operator changed a trunk's overrides: kept for the pair (queued).
     pub fn trunk_overrides(&self, trunk: &str, o: &Overrides) {
-        let json = (*o != Overrides::default())
-            .then(|| serde_json::to_string(o).ok())
-            .flatten();
-        self.queue(Op::Overrides {
-            trunk: trunk.to_string(),
-            json,
-        });
+        let set = (*o != Overrides::default()).then_some(o);
+        self.trunk_field(TrunkHash::Overrides, trunk, set);
     }
 
     /// A trunk went down (`Some`) or came back up (queued).
     pub fn trunk_down(&self, trunk: &str, down: Option<DownTrunk>) {
-        self.queue(Op::Down {
-            trunk: trunk.to_string(),
-            json: down.and_then(|d| serde_json::to_string(&d).ok()),
-        });
+        self.trunk_field(TrunkHash::Down, trunk, down.as_ref());
     }
 
     /// A trunk was degraded by its quality (`Some`) or restored (queued).
     pub fn trunk_degraded(&self, trunk: &str, degraded: Option<DegradedTrunk>) {
-        self.queue(Op::Degraded {
+        self.trunk_field(TrunkHash::Degraded, trunk, degraded.as_ref());
+    }
+
+    fn trunk_field<T: Serialize>(&self, hash: TrunkHash, trunk: &str, value: Option<&T>) {
+        self.queue(Op::Trunk {
+            hash,
             trunk: trunk.to_string(),
-            json: degraded.and_then(|d| serde_json::to_string(&d).ok()),
+            json: value.and_then(|v| serde_json::to_string(v).ok()),
         });
     }
 
@@ -374,9 +371,14 @@ impl Handover {
                         c
                     }
                     Op::Ringing { call_id, json } => hash_field(&self.ringing, call_id, json),
-                    Op::Overrides { trunk, json } => hash_field(&self.overrides, trunk, json),
-                    Op::Down { trunk, json } => hash_field(&self.down, trunk, json),
-                    Op::Degraded { trunk, json } => hash_field(&self.degraded, trunk, json),
+                    Op::Trunk { hash, trunk, json } => {
+                        let key = match hash {
+                            TrunkHash::Overrides => &self.overrides,
+                            TrunkHash::Down => &self.down,
+                            TrunkHash::Degraded => &self.degraded,
+                        };
+                        hash_field(key, trunk, json)
+                    }
                 };
                 match tokio::time::timeout(Duration::from_secs(2), cmd.exec_async(&mut r)).await {
                     Ok(Ok(())) => {

@@ -138,8 +138,13 @@ impl Journal {
     fn write(&mut self, rec: &Record) -> io::Result<()> {
         let mut line = Vec::new();
         push(&mut line, rec)?;
-        self.file.write_all(&line)?;
-        self.written += line.len() as u64;
+        self.append(&line)
+    }
+
+    /// `lines` at the end of the file, in one write.
+    fn append(&mut self, lines: &[u8]) -> io::Result<()> {
+        self.file.write_all(lines)?;
+        self.written += lines.len() as u64;
         Ok(())
     }
 
@@ -181,9 +186,7 @@ impl Journal {
         for row in open {
             push(&mut buf, &Record::Open(Box::new(row)))?;
         }
-        self.file.write_all(&buf)?;
-        self.written += buf.len() as u64;
-        Ok(())
+        self.append(&buf)
     }
 
     /// The copy failed: the old file is left for recovery to read (and

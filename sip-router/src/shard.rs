@@ -36,7 +36,7 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::call::{self, Action, Call, Event, Setup, Source, Timer};
 use crate::control::ControlMsg;
-use crate::dialog::Dialog;
+use crate::dialog::{Dialog, Leg};
 use crate::directory::{self, Directory, Lookup};
 use crate::handover::{DialogRecord, Handover};
 use crate::journal::Journal;
@@ -199,6 +199,9 @@ const ADOPTED_BYE_RESENDS_MS: [u64; 4] = [500, 1_500, 3_500, 7_500];
 /// node's, so the request opens one to where the carrier listens.
 const NO_CONN: u64 = u64::MAX;
 
+/// How often a shard looks for adopted calls at their maximum duration.
+const ADOPTED_CHECK_MS: u64 = 250;
+
 /// Calls copied per loop turn during a journal rotation: a few ms of work.
 const JOURNAL_COPY_BATCH: usize = 2_048;
 
@@ -243,6 +246,8 @@ pub struct Shard {
     journal: Journal,
     /// Calls of the pair's other node carried on here.
     adopted: HashMap<u64, Adopted>,
+    /// When the adopted calls were last checked for their maximum duration.
+    adopted_checked_ms: u64,
     /// During a journal rotation: the calls still to copy to the new file.
     journal_copy: Vec<u64>,
     /// When the maps were last shrunk.
@@ -289,6 +294,7 @@ impl Shard {
                 snap,
                 journal,
                 adopted: HashMap::new(),
+                adopted_checked_ms: 0,
                 journal_copy: Vec::new(),
                 shrunk_ms: 0,
                 published_ms: 0,
@@ -454,8 +460,11 @@ impl Shard {
         if self.journal.rotating() {
             self.copy_journal();
         }
-        // Adopted calls whose BYE never came, at the maximum duration.
-        if self.adopted.values().any(|a| a.expires_ms <= now) {
+        // Adopted calls whose BYE never came, at the maximum duration:
+        // looked for every ADOPTED_CHECK_MS, not at every turn of a busy
+        // loop (a takeover can bring a node's worth of them).
+        if now >= self.adopted_checked_ms + ADOPTED_CHECK_MS {
+            self.adopted_checked_ms = now;
             let ended: Vec<u64> = self
                 .adopted
                 .iter()
@@ -868,7 +877,7 @@ impl Shard {
             let expires_ms = rec.answered_ms + self.snap.config.router.max_call_seconds * 1000;
             let dialog = match (&rec.caller, &rec.callee) {
                 (Some(caller), Some(callee)) => {
-                    let leg = |l: &crate::dialog::Leg| crate::dialog::Leg {
+                    let leg = |l: &Leg| Leg {
                         cseq: l.cseq.saturating_add(ADOPTED_CSEQ_MARGIN),
                         ..l.clone()
                     };
@@ -897,14 +906,26 @@ impl Shard {
 
     /// The BYE of an adopted call: its final rows, written here.
     fn close_adopted(&mut self, key: u64, a: Adopted) {
-        let now = crate::now_ms();
-        let (row, attempt) = a.record.closed(now);
+        let (row, attempt) = a.record.closed(crate::now_ms());
+        self.end_adopted(key, &a.call_id, a.route, row, attempt);
+    }
+
+    /// An adopted call is over: its final rows, its record gone, its
+    /// tombstone.
+    fn end_adopted(
+        &mut self,
+        key: u64,
+        call_id: &str,
+        route: Tombstone,
+        row: CallRow,
+        attempt: CallAttempt,
+    ) {
         if let Some(h) = &self.sinks.handover {
-            h.del(&a.call_id);
+            h.del(call_id);
         }
-        self.attempt_row(attempt, now);
+        self.attempt_row(attempt, crate::now_ms());
         self.record(row);
-        self.bury(key, a.route);
+        self.bury(key, route);
     }
 
     /// An adopted call at `router.max_call_seconds` (its BYE never came):
@@ -936,12 +957,7 @@ impl Shard {
         }
         let (mut row, attempt) = record.closed(expires_ms);
         row.disposition = Disposition::Timeout;
-        if let Some(h) = &self.sinks.handover {
-            h.del(&call_id);
-        }
-        self.attempt_row(attempt, crate::now_ms());
-        self.record(row);
-        self.bury(key, route);
+        self.end_adopted(key, &call_id, route, row, attempt);
     }
 
     /// Sends a request the node originates now and, over UDP, again after
@@ -1564,8 +1580,9 @@ impl Shard {
             }
             return;
         };
+        let from_caller = matches!(to, Hop::Trunk(..));
         if let Some(d) = self.adopted.get_mut(&key).and_then(|a| a.dialog.as_mut()) {
-            d.saw_request(matches!(to, Hop::Trunk(..)), cseq);
+            d.saw_request(from_caller, cseq);
         }
         let me = &self.snap.policy.me;
         let branch = format!(
@@ -1593,7 +1610,6 @@ impl Shard {
             add: &[],
         }
         .build();
-        let from_caller = matches!(to, Hop::Trunk(..));
         debug!(method, from_caller, "in-dialog request forwarded");
         send_hop(&self.transport, to, bytes);
         if method == "BYE" {
