@@ -1,9 +1,25 @@
 //! What the ClickHouse cluster tests share: dropping a test's databases on
-//! every server and the call-attempt rows they write.
+//! every server, the call-attempt rows they write and waiting for the sink
+//! to have inserted them.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use dialmark_schemas::config::ClickHouseConfig;
-use dialmark_schemas::rows::{CallAttempt, Outcome};
+use dialmark_schemas::rows::{CallAttempt, Outcome, Table};
+use dialmark_schemas::sink::Sink;
 use dialmark_schemas::{ch, cluster};
+
+/// Waits until `sink` has inserted `total` rows in all, failing after
+/// `within`.
+pub async fn wait_inserted<T: Table>(sink: &Sink<T>, total: u64, within: Duration) {
+    let stats = sink.stats().clone();
+    let until = Instant::now() + within;
+    while stats.inserted.load(Ordering::Relaxed) < total && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stats.inserted.load(Ordering::Relaxed), total);
+}
 
 /// Drops the test's databases (`database` and its `_local`) on every
 /// server of the cluster.

@@ -345,6 +345,21 @@ pub fn ack_2xx(carrier: &Peer, router: SocketAddr, ok: &Msg, call_id: &str) {
     carrier.send(router, &ack);
 }
 
+/// A trunk answering the INVITE it gets next: 200 with To tag `tt` and
+/// Contact `sip:pbx@` the trunk. The INVITE.
+pub fn answer(trunk: &Peer) -> Msg {
+    let inv = trunk.expect(Duration::from_secs(3), "INVITE", |m| m.is_request("INVITE"));
+    trunk.send(
+        inv.from,
+        &inv.reply(
+            200,
+            "tt",
+            &[("Contact", format!("<sip:pbx@{}>", trunk.addr))],
+        ),
+    );
+    inv
+}
+
 /// A carrier call through the router answered by `trunk` (To tag `tt`,
 /// Contact `sip:pbx@` the trunk) and ACKed end to end: the carrier's 2xx.
 pub fn answered_call(
@@ -356,15 +371,7 @@ pub fn answered_call(
 ) -> Msg {
     let s = Duration::from_secs(1);
     invite(carrier, router, number, call_id);
-    let inv = trunk.expect(3 * s, "INVITE", |m| m.is_request("INVITE"));
-    trunk.send(
-        inv.from,
-        &inv.reply(
-            200,
-            "tt",
-            &[("Contact", format!("<sip:pbx@{}>", trunk.addr))],
-        ),
-    );
+    answer(trunk);
     let ok = carrier.expect(3 * s, "200 OK", |m| m.is_reply(200, "INVITE"));
     ack_2xx(carrier, router, &ok, call_id);
     trunk.expect(2 * s, "ACK", |m| m.is_request("ACK"));

@@ -8,10 +8,9 @@
 //! The reports over the cluster are compared with one server's answers by
 //! `schemas/check/check_reports.py --cluster` (also in `ops/test`).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use dialmark_e2e::cluster::{attempt, drop_all};
+use dialmark_e2e::cluster::{attempt, drop_all, wait_inserted};
 use dialmark_e2e::env;
 use dialmark_schemas::config::{ClickHouseConfig, SinkConfig};
 use dialmark_schemas::rows::CallAttempt;
@@ -56,14 +55,7 @@ async fn sink_rows_land_on_both_shards_and_read_back_whole() {
     for call in 0..CALLS {
         sink.push(attempt(ID_BASE, call, 2, 57_000)).unwrap();
     }
-    let stats = sink.stats().clone();
-    for _ in 0..200 {
-        if stats.inserted.load(Ordering::Relaxed) == u64::from(2 * CALLS) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(stats.inserted.load(Ordering::Relaxed), u64::from(2 * CALLS));
+    wait_inserted(&sink, u64::from(2 * CALLS), Duration::from_secs(10)).await;
     drop(sink);
     task.await.unwrap();
 

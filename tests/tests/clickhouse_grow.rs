@@ -8,10 +8,9 @@
 //! their data dirs, where the cluster file goes).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dialmark_e2e::cluster::{attempt, drop_all};
+use dialmark_e2e::cluster::{attempt, drop_all, wait_inserted};
 use dialmark_e2e::env;
 use dialmark_schemas::config::{ClickHouseConfig, SinkConfig};
 use dialmark_schemas::rows::CallAttempt;
@@ -87,12 +86,7 @@ async fn write(cfg: &ClickHouseConfig, calls: std::ops::Range<u32>) {
     for call in calls {
         sink.push(attempt(ID_BASE, call, 1, 30_000)).unwrap();
     }
-    let stats = sink.stats().clone();
-    let until = Instant::now() + Duration::from_secs(30);
-    while stats.inserted.load(Ordering::Relaxed) < n && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(stats.inserted.load(Ordering::Relaxed), n);
+    wait_inserted(&sink, n, Duration::from_secs(30)).await;
     drop(sink);
     task.await.unwrap();
 }

@@ -11,10 +11,9 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dialmark_e2e::cluster::{attempt, drop_all};
+use dialmark_e2e::cluster::{attempt, drop_all, wait_inserted};
 use dialmark_e2e::env;
 use dialmark_schemas::config::{ClickHouseConfig, SinkConfig};
 use dialmark_schemas::rows::CallAttempt;
@@ -107,12 +106,7 @@ async fn push_and_wait(sink: &Sink<CallAttempt>, calls: std::ops::Range<u32>, to
         sink.push(attempt(0xd1a2_0000_0000, call, 1, 57_000))
             .unwrap();
     }
-    let stats = sink.stats().clone();
-    let until = Instant::now() + Duration::from_secs(60);
-    while stats.inserted.load(Ordering::Relaxed) < total && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(stats.inserted.load(Ordering::Relaxed), total);
+    wait_inserted(sink, total, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -21,7 +21,7 @@ use dialmark_e2e::process::free_port;
 use dialmark_e2e::rawsip::{self, answered_call, contact, in_dialog, Peer};
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{Scenario, Uas};
-use dialmark_e2e::world::{call, calls, place_calls, spawn_call, wait_for, world, World};
+use dialmark_e2e::world::{call, calls, place_calls, reject, spawn_call, wait_for, world, World};
 use dialmark_schemas::store::Redis;
 
 const S: Duration = Duration::from_secs(1);
@@ -360,16 +360,7 @@ async fn a_trunk_degraded_by_its_calls_stays_degraded_after_the_takeover() {
     let w = world("haqual").await;
     let (hook_port, hooks) = dialmark_e2e::webhook::receiver();
     let (pa, pb) = (free_port(), free_port());
-    let _a = Uas::start(
-        pa,
-        Scenario::File(
-            "uas_reject.xml",
-            vec![
-                ("CODE", "503".into()),
-                ("REASON", "Service Unavailable".into()),
-            ],
-        ),
-    );
+    let _a = Uas::start(pa, reject(503, "Service Unavailable"));
     let _b = Uas::start(pb, Scenario::Builtin("uas"));
     let group = unique("pairq");
     let router = format!(

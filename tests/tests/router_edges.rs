@@ -1075,15 +1075,7 @@ async fn a_tcp_carrier_that_closed_its_connection_gets_the_bye_on_a_new_one() {
             b = rawsip::branch(),
         ))
         .await;
-    let inv = trunk.expect(3 * S, "INVITE", |m| m.is_request("INVITE"));
-    trunk.send(
-        inv.from,
-        &inv.reply(
-            200,
-            "tt",
-            &[("Contact", format!("<sip:pbx@{}>", trunk.addr))],
-        ),
-    );
+    rawsip::answer(&trunk);
     let ok = carrier
         .expect(3 * S, "200 on the carrier's connection", |m| {
             m.is_reply(200, "INVITE")

@@ -10,7 +10,7 @@ use std::time::Duration;
 use dialmark_e2e::process::{bin, free_port};
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{self, Scenario, Uas};
-use dialmark_e2e::world::{place_calls, wait_for, world, World};
+use dialmark_e2e::world::{place_calls, reject, wait_for, world, World};
 
 #[derive(clickhouse::Row, serde::Deserialize, Debug)]
 struct Event {
@@ -84,14 +84,7 @@ async fn a_trunk_failing_calls_is_rerouted_by_its_ner_and_restored() {
     let w = world("qner").await;
     let (hook_port, hooks) = dialmark_e2e::webhook::receiver();
     let (pa, pb) = (free_port(), free_port());
-    let refusing = Scenario::File(
-        "uas_reject.xml",
-        vec![
-            ("CODE", "503".into()),
-            ("REASON", "Service Unavailable".into()),
-        ],
-    );
-    let a = Uas::start(pa, refusing);
+    let a = Uas::start(pa, reject(503, "Service Unavailable"));
     let _b = Uas::start(pb, Scenario::Builtin("uas"));
     let router = format!(
         "alert_webhook = \"http://127.0.0.1:{hook_port}/alert\"\nalert_hold_down_seconds = 1\n\
