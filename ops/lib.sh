@@ -186,19 +186,6 @@ dm_clickhouse_cluster_conf() {
   done
 }
 
-# dm_clickhouse_cluster_start CLUSTER DIR:HTTP:TCP:INTER...: one ClickHouse
-# server per argument, each one shard of the cluster CLUSTER (no ZooKeeper).
-# `clickhouse.cluster` and `clickhouse.servers` name them to dialmark.
-dm_clickhouse_cluster_start() {
-  local cluster=$1 spec dir http tcp inter
-  shift
-  dm_clickhouse_cluster_conf "$cluster" "" "$@"
-  for spec in "$@"; do
-    IFS=: read -r dir http tcp inter _ <<<"$spec"
-    dm_clickhouse_start "$dir" "$http" "$tcp" "$inter"
-  done
-}
-
 # dm_zookeeper_start DIR PORT: a standalone ZooKeeper on 127.0.0.1:PORT
 # (Debian's zookeeper package; replicated ClickHouse tables need one).
 dm_zookeeper_start() {
