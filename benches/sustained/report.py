@@ -146,6 +146,7 @@ def run(dirpath, target, pair, run_id, date, settings, step_minutes, max_fail_pc
     before = [int(x) for x in open(os.path.join(dirpath, "mem_before")).read().split()]
     after = [int(x) for x in open(os.path.join(dirpath, "mem_after")).read().split()]
     drops = [int(x) for x in open(os.path.join(dirpath, "drops")).read().split()]
+    allocator = {w: alloc_mb(os.path.join(dirpath, "alloc_" + w)) for w in ("before", "after")}
     res = {
         "target": target, "pair": int(pair), "run_id": run_id, "date": date, "settings": settings,
         "machine": cps.machine(), "rates": rates, "step_minutes": int(step_minutes),
@@ -163,10 +164,45 @@ def run(dirpath, target, pair, run_id, date, settings, step_minutes, max_fail_pc
         "calls_with_attempts": int(rec[1]) if len(rec) > 1 else 0,
         "clean_steps": len(clean),
     }
+    if all(allocator.values()):
+        res["allocator_mb"] = allocator
     with open(os.path.join(dirpath, "result.json"), "w") as fh:
         json.dump(res, fh, indent=1)
     print("%s (pair %s): max sustained CPS %s, peak %s concurrent calls" % (
         target, pair, sustained, res["peak_concurrent_calls"]))
+
+
+def alloc_mb(path):
+    """dialmark's allocator counters ("kind bytes" lines from /metrics) in MB, {} if not read."""
+    if not os.path.exists(path):
+        return {}
+    return {k: round(int(float(v)) / 1048576, 1) for k, v in (l.split() for l in open(path) if l.strip())}
+
+
+def memory_lines(runs):
+    """Memory after the load against before it, per run (the target: within 10 %)."""
+    out = []
+    for r in runs:
+        p = r["pss_mb"]
+        if not p["before"]:
+            continue
+        grew = 100.0 * (p["after"] - p["before"]) / p["before"]
+        line = "- %s pair %d: PSS %s MB %d s after the load vs %s MB before (%+.0f %%; target within 10 %%: %s)" % (
+            r["target"], r["pair"], fmt(p["after"]), int(knob_of(r, "AFTER_SECONDS", "60")), fmt(p["before"]), grew,
+            "met" if grew <= 10 else "not met")
+        a = r.get("allocator_mb")
+        if a:
+            line += "; jemalloc before / after: allocated %s / %s, resident %s / %s, metadata %s / %s MB" % (
+                fmt(a["before"].get("allocated")), fmt(a["after"].get("allocated")),
+                fmt(a["before"].get("resident")), fmt(a["after"].get("resident")),
+                fmt(a["before"].get("metadata")), fmt(a["after"].get("metadata")))
+        out.append(line + ".")
+    return out
+
+
+def knob_of(r, name, default):
+    found = re.search(r"%s=([^;]+)" % name, r["settings"])
+    return found.group(1).strip() if found else default
 
 
 def fmt(v, nd=1):
@@ -183,8 +219,7 @@ def section(results):
              any_r["machine"])
 
     def knob(name, default):
-        found = re.search(r"%s=([^;]+)" % name, any_r["settings"])
-        return found.group(1).strip() if found else default
+        return knob_of(any_r, name, default)
 
     out += [
         "Real carrier traffic through the proxy, held for minutes, not bursts of 1-second calls:",
@@ -211,6 +246,15 @@ def section(results):
             m["nproc"], m["cpu"], m["mem_gb"], m["kernel"], m["sipp"], m["kamailio"]),
         "ClickHouse) shares these cores.",
         "",
+    ]
+    hosts = {}
+    for r in results.values():
+        hosts.setdefault("%s, Linux %s" % (r["machine"]["cpu"], r["machine"]["kernel"]), set()).add(r["pair"])
+    if len(hosts) > 1:
+        out += ["The pairs ran on more than one VM (both targets of a pair on the same one): %s." % "; ".join(
+            "pair%s %s on %s" % ("s" if len(p) > 1 else "", ", ".join(str(x) for x in sorted(p)), h)
+            for h, p in sorted(hosts.items(), key=lambda kv: min(kv[1]))), ""]
+    out += [
         "| pair | target | run (UTC) | max sustained CPS | peak concurrent calls | peak dialogs | PSS MB before / peak / after | CPU ms / 1,000 calls (last clean step) | INVITE→180 added p99 ms | attempts recorded / calls placed | proxy socket UDP drops |",
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -243,6 +287,7 @@ def section(results):
         out.append("Clean at the highest step: %s — their maximum is above the plan's top rate; the ratio is then a lower bound." % (
             ", ".join("%s (pair %d)" % (r["target"], r["pair"]) for r in top)))
     out.append("")
+    out += ["Memory after the load:", ""] + memory_lines(runs) + [""]
     for r in runs:
         out += ["`%s` pair %d (%s; %s):" % (r["target"], r["pair"], r["date"], r["settings"]), "",
                 "| CPS | calls | failed % | concurrent at end | CPU ms / 1,000 | INVITE→180 p99 / added ms |",

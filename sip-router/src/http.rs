@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::allocator::AllocatorStats;
 use crate::control::ControlMsg;
 use crate::manual::Command;
 use crate::now_ms;
@@ -130,6 +131,9 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         0.0
     });
     export_quality(&s.shared);
+    if let Some(a) = AllocatorStats::read() {
+        a.export();
+    }
     match &s.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

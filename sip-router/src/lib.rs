@@ -32,6 +32,7 @@
 //! - [`webhook`]: the signed call webhooks, global and per site (durable spools).
 //! - [`live`]: the live call feed on Redis pub/sub, for the marketers' call log.
 //! - [`http`]: `/healthz`, `/metrics`, `/status` for the NOC.
+//! - [`allocator`]: jemalloc's counters (our data vs. pages it keeps).
 //! - [`ha`]: the active/standby pair: the leader lease, the takeover.
 //! - [`handover`]: answered calls in Redis, carried to their end by the
 //!   pair's other node.
@@ -39,6 +40,7 @@
 
 pub mod abuse;
 pub mod alert;
+pub mod allocator;
 pub mod call;
 pub mod control;
 pub mod dialog;

@@ -128,6 +128,16 @@ async fn two_shards_route_every_request_of_many_calls() {
         per_shard.iter().map(|(_, n)| *n).sum::<f64>(),
         f64::from(calls)
     );
+    // jemalloc's counters, what tells a memory peak's leftovers apart.
+    let alloc: std::collections::HashMap<String, f64> = r
+        .metric("dialmark_router_allocator_bytes")
+        .into_iter()
+        .collect();
+    let kind = |k: &str| alloc[&format!("dialmark_router_allocator_bytes{{kind=\"{k}\"}}")];
+    assert!(kind("allocated") > 0.0, "{alloc:?}");
+    assert!(kind("allocated") <= kind("active"), "{alloc:?}");
+    assert!(kind("active") <= kind("resident"), "{alloc:?}");
+    assert!(kind("metadata") > 0.0, "{alloc:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
