@@ -143,7 +143,11 @@ pub struct Reader {
     /// First record not acknowledged.
     acked: Pos,
     /// Buffered: a batch of small records costs a few reads, not two each.
+    /// Kept open at the end of the written data: the writer appends there.
     file: Option<BufReader<File>>,
+    /// Where the cursor stood when the next segment was seen: the end of
+    /// this one is read once more from there before it is left.
+    sealed: Option<Pos>,
 }
 
 impl Reader {
@@ -172,6 +176,7 @@ impl Reader {
             cursor,
             acked: cursor,
             file: None,
+            sealed: None,
         })
     }
 
@@ -215,57 +220,54 @@ impl Reader {
             }
             let f = self.file.as_mut().expect("opened above");
             let mut head = [0u8; 8];
-            match read_full(f, &mut head)? {
-                8 => {}
-                _ => {
-                    // End of this segment's data: a newer segment means this
-                    // one is finished (or torn); otherwise wait for more.
-                    let newer = segments(&self.dir)?
-                        .into_iter()
-                        .find(|s| *s > self.cursor.seq);
-                    match newer {
-                        Some(s) => {
-                            self.file = None;
-                            self.cursor = Pos { seq: s, offset: 0 };
-                            continue;
-                        }
-                        None => {
-                            self.file = None;
-                            return Ok(None);
-                        }
-                    }
+            let got = read_full(f, &mut head)?;
+            let payload = if got == 8 {
+                let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+                let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+                if len > MAX_RECORD {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "corrupt spool record length",
+                    ));
                 }
+                let mut payload = vec![0u8; len];
+                let whole = read_full(f, &mut payload)? == len && crc32fast::hash(&payload) == crc;
+                whole.then_some(payload)
+            } else {
+                None
+            };
+            if let Some(payload) = payload {
+                self.cursor.offset += 8 + payload.len() as u64;
+                return Ok(Some(payload));
             }
-            let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
-            if len > MAX_RECORD {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "corrupt spool record length",
-                ));
-            }
-            let mut payload = vec![0u8; len];
-            if read_full(f, &mut payload)? < len || crc32fast::hash(&payload) != crc {
-                // Torn tail of a segment being written (or of a crash): retry later.
-                self.file = None;
-                if segments(&self.dir)?
-                    .into_iter()
-                    .any(|s| s > self.cursor.seq)
-                {
-                    let next = segments(&self.dir)?
-                        .into_iter()
-                        .find(|s| *s > self.cursor.seq)
-                        .expect("checked");
-                    self.cursor = Pos {
-                        seq: next,
-                        offset: 0,
-                    };
-                    continue;
+            // The end of what is written here so far: caught up with the
+            // writer, a record it is still writing, or the torn tail of a
+            // crash.
+            if !seg_path(&self.dir, self.cursor.seq + 1).exists() {
+                // The writer appends here. At a record's boundary the open
+                // file reads on from the cursor when it does (a wake-up
+                // costs a read, not an open, a 64 kB buffer and a directory
+                // listing: it came once per call with the webhook outbox);
+                // in the middle of one, read it again from the cursor.
+                if got != 0 {
+                    self.file = None;
                 }
                 return Ok(None);
             }
-            self.cursor.offset += 8 + len as u64;
-            return Ok(Some(payload));
+            // The writer moved to the next segment (numbered consecutively:
+            // it starts at the last + 1) and never writes here again. What
+            // it wrote before may have landed after the read above: read
+            // once more from the cursor before leaving; ending at the same
+            // place again, the rest is a crash's torn tail.
+            self.file = None;
+            if self.sealed == Some(self.cursor) {
+                self.cursor = Pos {
+                    seq: self.cursor.seq + 1,
+                    offset: 0,
+                };
+            } else {
+                self.sealed = Some(self.cursor);
+            }
         }
     }
 
@@ -389,6 +391,46 @@ mod tests {
             .err()
             .expect("second writer refused");
         assert!(err.to_string().contains("in use"), "{err}");
+    }
+
+    #[test]
+    fn a_caught_up_reader_reads_on_from_its_open_file() {
+        // A caught-up reader woken for each new record used to reopen its
+        // segment every time (an open, a 64 kB buffer and a directory
+        // listing per call). With the segment's name gone, only a reader
+        // that kept the file open sees what the writer appends next.
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Writer::open(d.path(), Fsync::Never, std::time::Duration::ZERO).unwrap();
+        let mut r = Reader::open(d.path()).unwrap();
+        w.append(b"a").unwrap();
+        assert_eq!(r.read(10).unwrap().0, vec![b"a".to_vec()]);
+        assert!(r.read(10).unwrap().0.is_empty(), "caught up");
+        fs::remove_file(seg_path(d.path(), 1)).unwrap();
+        w.append(b"b").unwrap();
+        assert_eq!(r.read(10).unwrap().0, vec![b"b".to_vec()]);
+    }
+
+    #[test]
+    fn a_caught_up_reader_follows_the_writer_into_its_next_segment() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Writer::open(d.path(), Fsync::Never, std::time::Duration::ZERO).unwrap();
+        let mut r = Reader::open(d.path()).unwrap();
+        let big = vec![b'x'; MAX_RECORD];
+        let mut written = 0;
+        while w.seq == 1 {
+            w.append(&big).unwrap();
+            written += 1;
+            // Caught up now and then, as a delivery is.
+            if written % 5 == 0 {
+                assert_eq!(r.read(100).unwrap().0.len(), 5);
+            }
+        }
+        w.append(b"last").unwrap();
+        let (rows, pos) = r.read(100).unwrap();
+        assert_eq!(rows.len(), written % 5 + 1);
+        assert_eq!(rows.last().unwrap(), b"last");
+        assert_eq!(pos.seq, 2, "in the writer's new segment");
+        assert!(r.read(100).unwrap().0.is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use dialmark_e2e::http::{send, Resp};
 use dialmark_e2e::process::free_port;
 use dialmark_e2e::router::{RouterOptions, TestRouter};
 use dialmark_e2e::sipp::{Scenario, Uas};
-use dialmark_e2e::world::{call, calls, reject, world};
+use dialmark_e2e::world::{attempts, call, calls, reject, world};
 use serde_json::{json, Value};
 
 fn bearer(token: &str) -> Vec<(&'static str, String)> {
@@ -77,6 +77,9 @@ async fn a_site_token_reads_its_calls_attempts_journey_and_reports() {
         assert!(run.success, "{}\n{}", run.output, r.proc.output());
     }
     calls(&w, &w.number, 3).await;
+    // Each table's rows come on their own: the last call's row may be in
+    // ClickHouse before its second attempt's.
+    attempts(&w, &w.number, 6).await;
 
     // The admin issues the marketer's token, once per name.
     let tokens = format!("/v1/admin/sites/{}/tokens", w.site);
