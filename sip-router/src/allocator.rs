@@ -5,7 +5,7 @@
 //! `metadata`, which jemalloc never gives back). Exported on `/metrics`
 //! for the NOC and read by the sustained bench before and after its load.
 
-use tikv_jemalloc_ctl::{epoch, stats};
+use tikv_jemalloc_ctl::{epoch, opt, stats, stats_print};
 
 /// jemalloc's totals in bytes at the moment of [`AllocatorStats::read`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,10 @@ pub struct AllocatorStats {
     pub metadata: usize,
     /// Bytes of address space kept mapped but given back to the system.
     pub retained: usize,
+    /// Arenas threads are spread over (`opt.narenas`; the binary asks for
+    /// one, `main.rs`; jemalloc adds one of its own for allocations over
+    /// 8 MB).
+    pub arenas: u32,
 }
 
 impl AllocatorStats {
@@ -33,10 +37,12 @@ impl AllocatorStats {
             resident: stats::resident::read().ok()?,
             metadata: stats::metadata::read().ok()?,
             retained: stats::retained::read().ok()?,
+            arenas: opt::narenas::read().ok()?,
         })
     }
 
-    /// Sets `dialmark_router_allocator_bytes{kind=...}`.
+    /// Sets `dialmark_router_allocator_bytes{kind=...}` and
+    /// `dialmark_router_allocator_arenas`.
     pub fn export(&self) {
         let kinds = [
             ("allocated", self.allocated),
@@ -48,7 +54,22 @@ impl AllocatorStats {
         for (kind, bytes) in kinds {
             metrics::gauge!("dialmark_router_allocator_bytes", "kind" => kind).set(bytes as f64);
         }
+        metrics::gauge!("dialmark_router_allocator_arenas").set(f64::from(self.arenas));
     }
+}
+
+/// jemalloc's full report (`malloc_stats_print` as text: totals, then per
+/// arena its metadata, thread caches and every size class's slabs), to
+/// see where memory stays after a peak. Served on `/debug/allocator`.
+pub fn report() -> String {
+    let mut options = stats_print::Options::default();
+    options.skip_constants = true;
+    options.skip_mutex_statistics = true;
+    let mut out = Vec::new();
+    if let Err(e) = stats_print::stats_print(&mut out, options) {
+        return format!("jemalloc gave no report: {e}\n");
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -63,5 +84,12 @@ mod tests {
         assert!(s.metadata > 0, "{s:?}");
         assert!(s.allocated <= s.active, "{s:?}");
         assert!(s.active <= s.resident, "{s:?}");
+        assert!(s.arenas >= 1, "{s:?}");
+    }
+
+    #[test]
+    fn the_report_names_the_metadata() {
+        let r = report();
+        assert!(r.contains("metadata"), "{r}");
     }
 }

@@ -65,7 +65,21 @@ pub fn router(state: HttpState) -> Router {
         .route("/status", get(status_page))
         .route("/status.json", get(status_json))
         .route("/trunks/{name}/{command}", post(trunk_command))
+        .route("/debug/allocator", get(allocator_report))
         .with_state(state)
+}
+
+/// `GET /debug/allocator`: jemalloc's full report, for the NOC to see where
+/// memory stays after a peak (loopback only, like the trunk commands).
+async fn allocator_report(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if !peer.ip().is_loopback() {
+        return (
+            StatusCode::FORBIDDEN,
+            "the allocator report is served to the node itself only (loopback)\n",
+        )
+            .into_response();
+    }
+    crate::allocator::report().into_response()
 }
 
 #[derive(serde::Deserialize)]

@@ -138,6 +138,19 @@ async fn two_shards_route_every_request_of_many_calls() {
     assert!(kind("allocated") <= kind("active"), "{alloc:?}");
     assert!(kind("active") <= kind("resident"), "{alloc:?}");
     assert!(kind("metadata") > 0.0, "{alloc:?}");
+    // One arena (main.rs): fewer leftovers after a peak.
+    assert_eq!(
+        r.metric("dialmark_router_allocator_arenas"),
+        [("dialmark_router_allocator_arenas".to_string(), 1.0)]
+    );
+    // jemalloc's full report, for the NOC.
+    let report = ureq::get(&format!("http://127.0.0.1:{}/debug/allocator", r.http_port))
+        .call()
+        .expect("/debug/allocator")
+        .body_mut()
+        .read_to_string()
+        .expect("report");
+    assert!(report.contains("metadata"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
