@@ -72,14 +72,18 @@ pub fn router(state: HttpState) -> Router {
 /// `GET /debug/allocator`: jemalloc's full report, for the NOC to see where
 /// memory stays after a peak (loopback only, like the trunk commands).
 async fn allocator_report(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if !peer.ip().is_loopback() {
-        return (
-            StatusCode::FORBIDDEN,
-            "the allocator report is served to the node itself only (loopback)\n",
-        )
-            .into_response();
+    if let Some(refused) = remote_refused(
+        peer,
+        "the allocator report is served to the node itself only (loopback)\n",
+    ) {
+        return refused;
     }
     crate::allocator::report().into_response()
+}
+
+/// 403 with `why` for a request from anywhere but the node itself.
+fn remote_refused(peer: SocketAddr, why: &'static str) -> Option<Response> {
+    (!peer.ip().is_loopback()).then(|| (StatusCode::FORBIDDEN, why).into_response())
 }
 
 #[derive(serde::Deserialize)]
@@ -95,12 +99,11 @@ async fn trunk_command(
     Path((name, command)): Path<(String, String)>,
     Query(q): Query<Actor>,
 ) -> Response {
-    if !peer.ip().is_loopback() {
-        return (
-            StatusCode::FORBIDDEN,
-            "trunk commands are taken from the node itself only (loopback)\n",
-        )
-            .into_response();
+    if let Some(refused) = remote_refused(
+        peer,
+        "trunk commands are taken from the node itself only (loopback)\n",
+    ) {
+        return refused;
     }
     let command = match command.parse::<Command>() {
         Ok(c) => c,
