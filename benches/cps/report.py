@@ -365,7 +365,47 @@ def fmt(v, nd=1):
     return str(v)
 
 
-def section(results):
+def shards_section(shards):
+    """Two routing shards against one (`run shards`): per pair, the max
+    clean CPS of each and their ratio, median and spread."""
+    if not shards:
+        return []
+    out = ["### Shards: two routing shards vs one (plain)", "",
+           "`benches/cps/run shards`: dialmark alone with `router.shards = 2` and `= 1`, alternating"
+           " (2, 1, 2, 1, …), plain variant, the same steps as above.", "",
+           "| pair | shards | run (UTC) | max clean CPS | CPU ms / 1,000 calls | INVITE→180 added p99 ms | first failing step: achieved CPS, proxy socket drops, failed % |",
+           "| ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+    for (n, pair), r in sorted(shards.items(), key=lambda x: (x[0][1], -x[0][0])):
+        a = r.get("at_max") or {}
+        u = r.get("first_unclean")
+        fail = "none (no step failed)"
+        if u:
+            us = first_unclean_step(r)
+            fail = "%d: %s, %s, %s" % (u["rate"], fmt(u["achieved_cps"], 0), us.get("proxy_udp_drops", "–"), fmt(u["fail_pct"], 2))
+        out.append("| %d | %d | %s | %s | %s | %s | %s |" % (
+            pair, n, r["date"], r["max_clean_cps"], fmt(a.get("cpu_ms_per_1000")),
+            fmt(a.get("added_ms", {}).get("180", {}).get("p99")), fail))
+    ratios = []
+    for pair in sorted({p for (_, p) in shards}):
+        two, one = shards.get((2, pair)), shards.get((1, pair))
+        if two and one and one["max_clean_cps"]:
+            ratios.append((two["max_clean_cps"] / one["max_clean_cps"], two))
+    if ratios:
+        vals = sorted(x[0] for x in ratios)
+        med = statistics.median(vals)
+        # The two-shard run's limit was the load generator: no step failed,
+        # or its first failing step was lost at SIPp's sockets.
+        bound = [x for x in ratios if not x[1].get("first_unclean") or generator_limited(x[1])]
+        out += ["", "2 shards / 1 shard max clean CPS per pair: %s; **median %.2f×** (spread %.2f–%.2f×, %d pair%s; target ≥ 1.6×: %s)." % (
+            ", ".join("%.2f×" % x[0] for x in ratios), med, vals[0], vals[-1], len(vals),
+            "" if len(vals) == 1 else "s", "met" if med >= 1.6 else "not met")]
+        if bound:
+            out += ["", "In %d of these pairs the two-shard run stopped at the load generator (no step failed, or the"
+                    " carrier fell short with nothing dropped at the router's socket): those ratios are lower bounds." % len(bound)]
+    return out + [""]
+
+
+def section(results, shards=None):
     out = [BEGIN, "", "## Router CPS vs Kamailio", ""]
     if not results:
         out += ["No results yet: run `benches/cps/run all`.", "", END]
@@ -398,6 +438,7 @@ def section(results):
         "benches/cps/run dialmark plain      # also: dialmark failover,",
         "benches/cps/run kamailio plain      #       kamailio failover",
         "benches/cps/run all                 # PAIRS (3) alternating pairs per variant",
+        "benches/cps/run shards              # dialmark, 2 shards vs 1, PAIRS alternating pairs",
         "```",
         "",
         "Machine: %s cores, %s, %s GB RAM, Linux %s; %s; %s." % (
@@ -494,6 +535,7 @@ def section(results):
             if extra:
                 out += ["", "; ".join(extra) + "."]
             out.append("")
+    out += shards_section(shards or {})
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
     if os.path.exists(notes):
         out += [open(notes).read().strip(), ""]
@@ -510,11 +552,16 @@ def readme(results_dir, path):
     for f in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         r = json.load(open(f))
         results["%s-%s-%d" % (r["target"], r["variant"], r.get("pair", 1))] = r
+    shards = {}
+    for f in sorted(glob.glob(os.path.join(results_dir, "shards", "*.json"))):
+        m = re.search(r"-s(\d+)-[a-z]+-(\d+)\.json$", f)
+        if m:
+            shards[(int(m.group(1)), int(m.group(2)))] = json.load(open(f))
     if not os.path.exists(path):
         date = max((r["date"] for r in results.values()), default="?")
         with open(path, "w") as fh:
             fh.write(HEADER.format(date=date))
-    put_section(path, BEGIN, END, section(results))
+    put_section(path, BEGIN, END, section(results, shards))
 
 
 def main():
