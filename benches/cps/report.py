@@ -365,6 +365,16 @@ def fmt(v, nd=1):
     return str(v)
 
 
+def ratio_line(what, ratios, target):
+    """The per-pair ratios (in pair order), their median and spread, and
+    whether the median meets the target."""
+    vals = sorted(ratios)
+    med = statistics.median(vals)
+    return "%s per pair: %s; **median %.2f×** (spread %.2f–%.2f×, %d pair%s; target ≥ %s×: %s)." % (
+        what, ", ".join("%.2f×" % x for x in ratios), med, vals[0], vals[-1], len(vals),
+        "" if len(vals) == 1 else "s", target, "met" if med >= target else "not met")
+
+
 def shards_section(shards):
     """Two routing shards against one (`run shards`): per pair, the max
     clean CPS of each and their ratio, median and spread."""
@@ -377,11 +387,10 @@ def shards_section(shards):
            "| ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     for (n, pair), r in sorted(shards.items(), key=lambda x: (x[0][1], -x[0][0])):
         a = r.get("at_max") or {}
-        u = r.get("first_unclean")
+        u = first_unclean_step(r)
         fail = "none (no step failed)"
         if u:
-            us = first_unclean_step(r)
-            fail = "%d: %s, %s, %s" % (u["rate"], fmt(u["achieved_cps"], 0), us.get("proxy_udp_drops", "–"), fmt(u["fail_pct"], 2))
+            fail = "%d: %s, %s, %s" % (u["rate"], fmt(u["achieved_cps"], 0), u.get("proxy_udp_drops", "–"), fmt(u["fail_pct"], 2))
         out.append("| %d | %d | %s | %s | %s | %s | %s |" % (
             pair, n, r["date"], r["max_clean_cps"], fmt(a.get("cpu_ms_per_1000")),
             fmt(a.get("added_ms", {}).get("180", {}).get("p99")), fail))
@@ -391,14 +400,10 @@ def shards_section(shards):
         if two and one and one["max_clean_cps"]:
             ratios.append((two["max_clean_cps"] / one["max_clean_cps"], two))
     if ratios:
-        vals = sorted(x[0] for x in ratios)
-        med = statistics.median(vals)
         # The two-shard run's limit was the load generator: no step failed,
         # or its first failing step was lost at SIPp's sockets.
         bound = [x for x in ratios if not x[1].get("first_unclean") or generator_limited(x[1])]
-        out += ["", "2 shards / 1 shard max clean CPS per pair: %s; **median %.2f×** (spread %.2f–%.2f×, %d pair%s; target ≥ 1.6×: %s)." % (
-            ", ".join("%.2f×" % x[0] for x in ratios), med, vals[0], vals[-1], len(vals),
-            "" if len(vals) == 1 else "s", "met" if med >= 1.6 else "not met")]
+        out += ["", ratio_line("2 shards / 1 shard max clean CPS", [x[0] for x in ratios], 1.6)]
         if bound:
             out += ["", "In %d of these pairs the two-shard run stopped at the load generator (no step failed, or the"
                     " carrier fell short with nothing dropped at the router's socket): those ratios are lower bounds." % len(bound)]
@@ -476,12 +481,9 @@ def section(results, shards=None):
             if d and k and k["max_clean_cps"]:
                 ratios.append((d["max_clean_cps"] / k["max_clean_cps"], p, d, k))
         if ratios:
-            vals = sorted(x[0] for x in ratios)
-            med = statistics.median(vals)
             capped = any(not x[2].get("first_unclean") for x in ratios)
-            out += ["", "dialmark / Kamailio max clean CPS per pair: %s; **median %.2f×** (spread %.2f–%.2f×, %d pair%s; target ≥ 1.5×: %s)." % (
-                ", ".join("%.2f×" % x[0] for x in sorted(ratios, key=lambda x: x[1])), med, vals[0], vals[-1],
-                len(vals), "" if len(vals) == 1 else "s", "met" if med >= 1.5 else "not met")]
+            out += ["", ratio_line("dialmark / Kamailio max clean CPS",
+                                   [x[0] for x in sorted(ratios, key=lambda x: x[1])], 1.5)]
             if capped:
                 out += ["", "dialmark did not fail at the highest step of some runs: the load generator"
                         " (SIPp ×3 on the same 2 cores), not the router, was the limit there, so those ratios are lower bounds."]
